@@ -1,0 +1,1 @@
+//! The adjoint client library and CLI.

@@ -1,0 +1,43 @@
+//! The adjoint graph: IR, op set, autodiff transforms and the f64 reference
+//! interpreter.
+//!
+//! - [`Graph`]: typed values and nodes in topological order ([`ir`]), built
+//!   with a [`Builder`], checked by [`validate::validate`], loaded and saved
+//!   as protobuf or proto3 JSON by [`serialize`].
+//! - [`Op`]: the op set, one file per family under [`ops`], each op with its
+//!   shape, VJP, JVP and cost rules side by side.
+//! - [`autodiff`]: `grad` (reverse mode, returning one graph that computes
+//!   the loss and the gradients), `jvp` (forward mode) and Hessian-vector
+//!   products by composing them.
+//! - [`interp`]: runs any bound graph in f64; the oracle for every gradient
+//!   check and for the fast backends.
+//! - [`zoo`]: the reference workload models.
+//!
+//! The crate is pure: no async, no I/O, no device. It is deterministic: the
+//! same input gives byte-identical graphs in every process.
+
+pub mod attr;
+pub mod autodiff;
+pub mod builder;
+pub mod dtype;
+pub mod error;
+pub mod init;
+pub mod interp;
+pub mod ir;
+pub mod ops;
+pub mod rng;
+pub mod serialize;
+pub mod shape;
+pub mod validate;
+pub mod zoo;
+
+pub use attr::{Attr, AttrReader, Attrs};
+pub use builder::Builder;
+pub use dtype::DType;
+pub use error::{Error, NodeRef, Result};
+pub use ir::{
+    Distribution, FanMode, Graph, Init, Input, InputRole, Node, NodeId, Param, StateVar,
+    TensorData, TensorType, Value, ValueId,
+};
+pub use ops::Op;
+pub use shape::{Dim, Shape};

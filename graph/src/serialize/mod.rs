@@ -1,0 +1,1 @@
+//! Loading and saving graphs: protobuf and proto3 JSON.
