@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ops::{
-    Binary, Index, Loss, MatMul, Movement, Nn, Op, Reduce, ReduceKind, Unary, GeluApprox,
+    Binary, GeluApprox, Index, Loss, MatMul, Movement, Nn, Op, Reduce, ReduceKind, Unary,
 };
 use crate::{
-    validate, DType, Dim, Error, Graph, Init, Input, InputRole, Node, NodeRef, Param, Result,
-    Shape, StateVar, TensorType, Value, ValueId,
+    DType, Dim, Error, Graph, Init, Input, InputRole, Node, NodeRef, Param, Result, Shape,
+    StateVar, TensorType, Value, ValueId, validate,
 };
 
 /// Appends values and nodes to a graph.
@@ -132,14 +132,26 @@ impl Builder {
         Ok(self.add_value(name, ty))
     }
 
-    pub fn input(&mut self, name: &str, dtype: DType, shape: Shape, role: InputRole) -> Result<ValueId> {
+    pub fn input(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: Shape,
+        role: InputRole,
+    ) -> Result<ValueId> {
         let value = self.add_named_value(name, TensorType::new(dtype, shape))?;
         self.graph.inputs.push(Input { value, role });
         Ok(value)
     }
 
     /// A trainable parameter.
-    pub fn param(&mut self, name: &str, dtype: DType, shape: &[usize], init: Init) -> Result<ValueId> {
+    pub fn param(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<ValueId> {
         let value = self.add_named_value(name, TensorType::new(dtype, Shape::of(shape)))?;
         self.graph.params.push(Param {
             value,
@@ -150,7 +162,13 @@ impl Builder {
     }
 
     /// A parameter that is read but never trained.
-    pub fn frozen_param(&mut self, name: &str, dtype: DType, shape: &[usize], init: Init) -> Result<ValueId> {
+    pub fn frozen_param(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<ValueId> {
         let value = self.param(name, dtype, shape, init)?;
         if let Some(p) = self.graph.params.last_mut() {
             p.trainable = false;
@@ -159,7 +177,13 @@ impl Builder {
     }
 
     /// Non-trainable state; set its update with [`Builder::set_state_update`].
-    pub fn state(&mut self, name: &str, dtype: DType, shape: &[usize], init: Init) -> Result<ValueId> {
+    pub fn state(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<ValueId> {
         let value = self.add_named_value(name, TensorType::new(dtype, Shape::of(shape)))?;
         self.graph.state.push(StateVar {
             value,
@@ -201,6 +225,21 @@ impl Builder {
         self.value_names.remove(&old);
         self.value_names.insert(name, v);
         Ok(())
+    }
+
+    /// `name` (scoped) if no value has it yet, else `name_1`, `name_2`, …
+    pub fn fresh_name(&mut self, name: &str) -> String {
+        self.unique(self.scoped(name), |b, n| b.value_names.contains_key(n))
+    }
+
+    /// Renames a value to `name`, or to `name_1`, `name_2`, … when taken;
+    /// returns the name given.
+    pub fn rename_unique(&mut self, v: ValueId, name: &str) -> String {
+        let name = self.fresh_name(name);
+        let old = std::mem::replace(&mut self.graph.values[v.index()].name, name.clone());
+        self.value_names.remove(&old);
+        self.value_names.insert(name.clone(), v);
+        name
     }
 
     /// Appends a node and returns its outputs, typed by the op's shape rule.
@@ -356,11 +395,23 @@ impl Builder {
         self.matmul_t(a, b, false, false)
     }
     /// `op(a) · op(b)` where `op` transposes the last two axes when asked.
-    pub fn matmul_t(&mut self, a: ValueId, b: ValueId, trans_a: bool, trans_b: bool) -> Result<ValueId> {
+    pub fn matmul_t(
+        &mut self,
+        a: ValueId,
+        b: ValueId,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Result<ValueId> {
         self.node1(Op::MatMul(MatMul { trans_a, trans_b }), &[a, b])
     }
 
-    pub fn reduce(&mut self, kind: ReduceKind, x: ValueId, axes: &[i64], keep_dims: bool) -> Result<ValueId> {
+    pub fn reduce(
+        &mut self,
+        kind: ReduceKind,
+        x: ValueId,
+        axes: &[i64],
+        keep_dims: bool,
+    ) -> Result<ValueId> {
         let reduce = Reduce {
             kind,
             axes: axes.to_vec(),
@@ -405,7 +456,14 @@ impl Builder {
         self.node1(Op::Movement(Movement::Slice { axis, start, end }), &[x])
     }
     pub fn pad(&mut self, x: ValueId, axis: i64, before: usize, after: usize) -> Result<ValueId> {
-        self.node1(Op::Movement(Movement::Pad { axis, before, after }), &[x])
+        self.node1(
+            Op::Movement(Movement::Pad {
+                axis,
+                before,
+                after,
+            }),
+            &[x],
+        )
     }
 
     /// Sums `x` down to `shape`, undoing a numpy broadcast: leading axes are
@@ -422,15 +480,28 @@ impl Builder {
                 axes.push((lead + i) as i64);
             }
         }
-        let summed = if axes.is_empty() { x } else { self.sum(x, &axes, true)? };
+        let summed = if axes.is_empty() {
+            x
+        } else {
+            self.sum(x, &axes, true)?
+        };
         self.reshape(summed, shape.clone())
     }
 
     pub fn gather(&mut self, data: ValueId, indices: ValueId, axis: i64) -> Result<ValueId> {
         self.node1(Op::Index(Index::Gather { axis }), &[data, indices])
     }
-    pub fn scatter_add(&mut self, updates: ValueId, indices: ValueId, axis: i64, size: usize) -> Result<ValueId> {
-        self.node1(Op::Index(Index::ScatterAdd { axis, size }), &[updates, indices])
+    pub fn scatter_add(
+        &mut self,
+        updates: ValueId,
+        indices: ValueId,
+        axis: i64,
+        size: usize,
+    ) -> Result<ValueId> {
+        self.node1(
+            Op::Index(Index::ScatterAdd { axis, size }),
+            &[updates, indices],
+        )
     }
     pub fn one_hot(&mut self, indices: ValueId, depth: usize, dtype: DType) -> Result<ValueId> {
         self.node1(Op::Index(Index::OneHot { depth, dtype }), &[indices])
@@ -443,7 +514,13 @@ impl Builder {
         self.node1(Op::Nn(Nn::LogSoftmax { axis }), &[x])
     }
     /// Layer normalisation over the last axis with scale and shift.
-    pub fn layer_norm(&mut self, x: ValueId, gamma: ValueId, beta: ValueId, eps: f64) -> Result<ValueId> {
+    pub fn layer_norm(
+        &mut self,
+        x: ValueId,
+        gamma: ValueId,
+        beta: ValueId,
+        eps: f64,
+    ) -> Result<ValueId> {
         self.node1(Op::Nn(Nn::LayerNorm { eps }), &[x, gamma, beta])
     }
     /// Dropout with drop probability `p`; `key` identifies this dropout site

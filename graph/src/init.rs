@@ -5,7 +5,7 @@
 //! order of declarations or on which process draws it.
 
 use crate::interp::Tensor;
-use crate::rng::{key_of, Stream};
+use crate::rng::{Stream, key_of};
 use crate::{DType, Distribution, Error, FanMode, Graph, Init, Result, TensorData, ValueId};
 
 /// The first value of `value` under `init`.
@@ -23,7 +23,10 @@ pub fn materialize(graph: &Graph, value: ValueId, init: &Init, seed: u64) -> Res
             if t.shape != shape {
                 return Err(Error::InvalidValue {
                     value: graph.name_of(value).to_owned(),
-                    message: format!("initial values have shape {:?}, expected {shape:?}", t.shape),
+                    message: format!(
+                        "initial values have shape {:?}, expected {shape:?}",
+                        t.shape
+                    ),
                 });
             }
             decode(t).map_err(|message| Error::InvalidValue {
@@ -33,7 +36,9 @@ pub fn materialize(graph: &Graph, value: ValueId, init: &Init, seed: u64) -> Res
         }
         Init::Zeros => vec![0.0; n],
         Init::Constant(c) => vec![*c; n],
-        Init::Normal { mean, std } => (0..n as u64).map(|i| mean + std * stream.normal(i)).collect(),
+        Init::Normal { mean, std } => (0..n as u64)
+            .map(|i| mean + std * stream.normal(i))
+            .collect(),
         Init::Uniform { low, high } => (0..n as u64)
             .map(|i| low + (high - low) * stream.uniform(i))
             .collect(),
@@ -86,16 +91,24 @@ pub fn decode(t: &TensorData) -> std::result::Result<Vec<f64>, String> {
     }
     let chunks = t.bytes.chunks_exact(size);
     Ok(match t.dtype {
-        DType::F32 => chunks.map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap()))).collect(),
-        DType::F64 => chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        DType::F32 => chunks
+            .map(|c| f64::from(f32::from_le_bytes(c.try_into().unwrap())))
+            .collect(),
+        DType::F64 => chunks
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
         DType::BF16 => chunks
             .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f64())
             .collect(),
         DType::F16 => chunks
             .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f64())
             .collect(),
-        DType::I32 => chunks.map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
-        DType::I64 => chunks.map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        DType::I32 => chunks
+            .map(|c| f64::from(i32::from_le_bytes(c.try_into().unwrap())))
+            .collect(),
+        DType::I64 => chunks
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
         DType::Bool => chunks.map(|c| f64::from(u8::from(c[0] != 0))).collect(),
     })
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{init, Error, Graph, Result, ValueId};
+use crate::{Error, Graph, Result, ValueId, init};
 
 /// A dense row-major f64 tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +45,10 @@ impl Tensor {
 
     /// Applies `f` to every element.
     pub fn map(&self, f: impl Fn(f64) -> f64) -> Tensor {
-        Tensor::new(self.shape.clone(), self.data.iter().map(|&x| f(x)).collect())
+        Tensor::new(
+            self.shape.clone(),
+            self.data.iter().map(|&x| f(x)).collect(),
+        )
     }
 
     /// Sum of elementwise products.
@@ -106,7 +109,10 @@ pub fn broadcast_all(shapes: &[&[usize]]) -> std::result::Result<Vec<usize>, Str
 }
 
 /// Evaluates `f` elementwise over the broadcast of `inputs`.
-pub fn broadcast_map(inputs: &[&Tensor], f: impl Fn(&[f64]) -> f64) -> std::result::Result<Tensor, String> {
+pub fn broadcast_map(
+    inputs: &[&Tensor],
+    f: impl Fn(&[f64]) -> f64,
+) -> std::result::Result<Tensor, String> {
     let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape.as_slice()).collect();
     let out_shape = broadcast_all(&shapes)?;
     let n: usize = out_shape.iter().product();
@@ -134,7 +140,11 @@ pub struct EvalCx {
 /// Runs a bound graph. `feeds` gives inputs by value; parameters and state
 /// not fed are materialized from their initializers with `cx.seed`.
 /// Returns every value computed (`None` for values never produced).
-pub fn run(graph: &Graph, feeds: &BTreeMap<ValueId, Tensor>, cx: &EvalCx) -> Result<Vec<Option<Tensor>>> {
+pub fn run(
+    graph: &Graph,
+    feeds: &BTreeMap<ValueId, Tensor>,
+    cx: &EvalCx,
+) -> Result<Vec<Option<Tensor>>> {
     if !graph.is_static() {
         return Err(Error::Eval(
             "the graph has an unbound batch dimension; bind it first".into(),
@@ -189,15 +199,19 @@ pub fn run(graph: &Graph, feeds: &BTreeMap<ValueId, Tensor>, cx: &EvalCx) -> Res
 }
 
 /// Runs a bound graph and returns its outputs in order.
-pub fn run_outputs(graph: &Graph, feeds: &BTreeMap<ValueId, Tensor>, cx: &EvalCx) -> Result<Vec<Tensor>> {
+pub fn run_outputs(
+    graph: &Graph,
+    feeds: &BTreeMap<ValueId, Tensor>,
+    cx: &EvalCx,
+) -> Result<Vec<Tensor>> {
     let env = run(graph, feeds, cx)?;
     graph
         .outputs
         .iter()
         .map(|&v| {
-            env[v.index()]
-                .clone()
-                .ok_or_else(|| Error::Eval(format!("output '{}' was not computed", graph.name_of(v))))
+            env[v.index()].clone().ok_or_else(|| {
+                Error::Eval(format!("output '{}' was not computed", graph.name_of(v)))
+            })
         })
         .collect()
 }

@@ -108,8 +108,14 @@ pub enum Init {
     Values(TensorData),
     Zeros,
     Constant(f64),
-    Normal { mean: f64, std: f64 },
-    Uniform { low: f64, high: f64 },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
+    Uniform {
+        low: f64,
+        high: f64,
+    },
     /// std = gain / sqrt(fan): Xavier is `Avg` with gain 1, Kaiming is `In`
     /// with gain sqrt(2).
     FanScaled {

@@ -11,16 +11,23 @@
 //!   products by composing them.
 //! - [`interp`]: runs any bound graph in f64; the oracle for every gradient
 //!   check and for the fast backends.
+//! - [`gradcheck`]: finite-difference checks of VJP and JVP rules, to any
+//!   order, on the interpreter.
 //! - [`zoo`]: the reference workload models.
 //!
 //! The crate is pure: no async, no I/O, no device. It is deterministic: the
 //! same input gives byte-identical graphs in every process.
+
+// Errors carry the node, op, provenance and message they name; they sit on
+// the cold path, so their size does not matter.
+#![allow(clippy::result_large_err)]
 
 pub mod attr;
 pub mod autodiff;
 pub mod builder;
 pub mod dtype;
 pub mod error;
+pub mod gradcheck;
 pub mod init;
 pub mod interp;
 pub mod ir;

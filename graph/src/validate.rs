@@ -15,7 +15,10 @@ enum Source {
 pub fn validate(graph: &Graph) -> Result<()> {
     check_names(graph)?;
     let sources = sources(graph)?;
-    let mut defined: Vec<bool> = sources.iter().map(|s| matches!(s, Source::Leaf(_))).collect();
+    let mut defined: Vec<bool> = sources
+        .iter()
+        .map(|s| matches!(s, Source::Leaf(_)))
+        .collect();
     for (i, node) in graph.nodes.iter().enumerate() {
         let at = node_ref(graph, i);
         for &input in &node.inputs {
@@ -34,10 +37,13 @@ pub fn validate(graph: &Graph) -> Result<()> {
             }
         }
         let types: Vec<_> = node.inputs.iter().map(|&v| graph.ty(v)).collect();
-        let inferred = node.op.infer(&types).map_err(|message| Error::InvalidNode {
-            node: at.clone(),
-            message,
-        })?;
+        let inferred = node
+            .op
+            .infer(&types)
+            .map_err(|message| Error::InvalidNode {
+                node: at.clone(),
+                message,
+            })?;
         if inferred.len() != node.outputs.len() {
             return Err(Error::InvalidNode {
                 node: at,
@@ -141,15 +147,18 @@ fn sources(graph: &Graph) -> Result<Vec<Source>> {
                 Source::Leaf(role) => {
                     return Err(Error::InvalidNode {
                         node: node_ref(graph, i),
-                        message: format!("writes '{}', which is a graph {role}", graph.name_of(out)),
-                    })
+                        message: format!(
+                            "writes '{}', which is a graph {role}",
+                            graph.name_of(out)
+                        ),
+                    });
                 }
                 Source::Node(first) => {
                     return Err(Error::DuplicateValue {
                         value: graph.name_of(out).to_owned(),
                         first: format!("output of node '{}'", graph.nodes[first].name),
                         second: format!("output of node '{}'", node.name),
-                    })
+                    });
                 }
             }
         }
@@ -186,7 +195,10 @@ fn check_roles(graph: &Graph, defined: &[bool]) -> Result<()> {
         if !ty.dtype.is_float() {
             return Err(Error::InvalidValue {
                 value: graph.name_of(p.value).to_owned(),
-                message: format!("a trainable parameter must be floating-point, found {}", ty.dtype),
+                message: format!(
+                    "a trainable parameter must be floating-point, found {}",
+                    ty.dtype
+                ),
             });
         }
     }

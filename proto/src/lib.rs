@@ -3,7 +3,10 @@
 //! This crate owns the `.proto` files under `proto/adjoint/` and the Rust code
 //! generated from them at build time: [prost] message types for the binary
 //! protobuf encoding and [pbjson] serde impls for the canonical proto3 JSON
-//! mapping. Nothing here is hand-written except conversions; the schema
+//! mapping. Nothing here is hand-written except conversions, plus a small
+//! serde shim that the build script splices into the pbjson output so that
+//! NaN and ±infinity in `double`/`float` fields are written as proto3 JSON
+//! requires ("NaN", "Infinity", "-Infinity") rather than `null`. The schema
 //! itself is documented in `docs/graph-format.md`.
 //!
 //! Map fields are generated as [`BTreeMap`](std::collections::BTreeMap)s, so

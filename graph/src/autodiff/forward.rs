@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{prune, require_static};
 use crate::ops::{JvpCx, Op};
-use crate::{validate, Builder, Error, Graph, InputRole, NodeId, Result, ValueId};
+use crate::{Builder, Error, Graph, InputRole, NodeId, Result, ValueId, validate};
 
 /// A graph computing the original outputs and their tangents. For each
 /// primal in `wrt` it has an input `tangent/{primal}` (role `Direction`);
@@ -22,7 +22,10 @@ pub struct JvpGraph {
 impl JvpGraph {
     /// The tangent of an original output.
     pub fn tangent_of(&self, output: ValueId) -> Option<ValueId> {
-        self.tangents_out.iter().find(|(o, _)| *o == output).map(|&(_, t)| t)
+        self.tangents_out
+            .iter()
+            .find(|(o, _)| *o == output)
+            .map(|&(_, t)| t)
     }
 }
 
@@ -40,7 +43,8 @@ pub fn jvp(graph: &Graph, wrt: &[ValueId]) -> Result<JvpGraph> {
                 message: format!("cannot take a tangent of a {} value", ty.dtype),
             });
         }
-        let t = b.input(&format!("tangent/{}", graph.name_of(w)), ty.dtype, ty.shape, InputRole::Direction)?;
+        let name = b.fresh_name(&format!("tangent/{}", graph.name_of(w)));
+        let t = b.input(&name, ty.dtype, ty.shape, InputRole::Direction)?;
         tan.insert(w, t);
         tangents_in.push((w, t));
     }
@@ -59,7 +63,7 @@ pub fn jvp(graph: &Graph, wrt: &[ValueId]) -> Result<JvpGraph> {
         let t = if t.index() < graph.values.len() || tangents_out.iter().any(|&(_, x)| x == t) {
             t
         } else {
-            b.rename(t, &format!("tangent/{}", graph.name_of(o)))?;
+            b.rename_unique(t, &format!("tangent/{}", graph.name_of(o)));
             t
         };
         tangents_out.push((o, t));
@@ -95,7 +99,11 @@ pub fn jvp(graph: &Graph, wrt: &[ValueId]) -> Result<JvpGraph> {
 }
 
 /// Runs JVP rules over `nodes` in order, filling `tan`.
-pub(crate) fn push_forward(b: &mut Builder, nodes: &[NodeId], tan: &mut BTreeMap<ValueId, ValueId>) -> Result<()> {
+pub(crate) fn push_forward(
+    b: &mut Builder,
+    nodes: &[NodeId],
+    tan: &mut BTreeMap<ValueId, ValueId>,
+) -> Result<()> {
     for &n in nodes {
         let node = b.graph().node(n).clone();
         let tangents: Vec<Option<ValueId>> = node
@@ -148,9 +156,12 @@ pub(crate) fn push_forward(b: &mut Builder, nodes: &[NodeId], tan: &mut BTreeMap
 /// through it.
 pub fn jvp_by_decomposition(op: &Op, cx: &mut JvpCx<'_>) -> Result<Vec<Option<ValueId>>> {
     let start = cx.b.graph().nodes.len();
-    let outs = op
-        .decompose(cx.b, cx.inputs)
-        .unwrap_or_else(|| Err(Error::Unsupported(format!("{} has no decomposition", op.name()))))?;
+    let outs = op.decompose(cx.b, cx.inputs).unwrap_or_else(|| {
+        Err(Error::Unsupported(format!(
+            "{} has no decomposition",
+            op.name()
+        )))
+    })?;
     let end = cx.b.graph().nodes.len();
     let nodes: Vec<NodeId> = (start as u32..end as u32).map(NodeId).collect();
     let mut tan = BTreeMap::new();

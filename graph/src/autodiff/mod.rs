@@ -18,9 +18,9 @@ mod forward;
 mod prune;
 mod reverse;
 
-pub use forward::{jvp, jvp_by_decomposition, JvpGraph};
+pub use forward::{JvpGraph, jvp, jvp_by_decomposition};
 pub use prune::prune;
-pub use reverse::{grad, vjp_by_decomposition, GradGraph};
+pub use reverse::{GradGraph, grad, vjp_by_decomposition};
 
 use crate::{Graph, Result, ValueId};
 
@@ -39,7 +39,11 @@ pub fn hvp(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<HvpGraph> {
     let g = grad(graph, loss, wrt)?;
     let primals: Vec<ValueId> = wrt
         .iter()
-        .map(|&w| g.graph.find(graph.name_of(w)).expect("grad keeps primal names"))
+        .map(|&w| {
+            g.graph
+                .find(graph.name_of(w))
+                .expect("grad keeps primal names")
+        })
         .collect();
     let j = jvp(&g.graph, &primals)?;
     let products = g
@@ -48,7 +52,8 @@ pub fn hvp(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<HvpGraph> {
         .map(|&(_, gv)| {
             let name = g.graph.name_of(gv);
             let in_j = j.graph.find(name).expect("jvp keeps primal names");
-            j.tangent_of(in_j).expect("every gradient output has a tangent")
+            j.tangent_of(in_j)
+                .expect("every gradient output has a tangent")
         })
         .collect();
     let mut graph = j.graph.clone();
@@ -57,7 +62,11 @@ pub fn hvp(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<HvpGraph> {
     let directions = j
         .tangents_in
         .iter()
-        .map(|&(_, t)| graph.find(j.graph.name_of(t)).expect("directions are inputs"))
+        .map(|&(_, t)| {
+            graph
+                .find(j.graph.name_of(t))
+                .expect("directions are inputs")
+        })
         .collect();
     let products = graph.outputs.clone();
     Ok(HvpGraph {

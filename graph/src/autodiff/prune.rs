@@ -17,10 +17,10 @@ pub fn prune(graph: &Graph) -> Graph {
         if std::mem::replace(&mut live_value[v.index()], true) {
             continue;
         }
-        if let Some(NodeId(n)) = producers[v.index()] {
-            if !std::mem::replace(&mut live_node[n as usize], true) {
-                stack.extend(graph.nodes[n as usize].inputs.iter().copied());
-            }
+        if let Some(NodeId(n)) = producers[v.index()]
+            && !std::mem::replace(&mut live_node[n as usize], true)
+        {
+            stack.extend(graph.nodes[n as usize].inputs.iter().copied());
         }
     }
     for v in graph

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{prune, require_static};
 use crate::ops::{Op, VjpCx};
-use crate::{validate, Builder, Error, Graph, NodeId, Result, ValueId};
+use crate::{Builder, Error, Graph, NodeId, Result, ValueId, validate};
 
 /// The joint graph: the original computation plus its gradients. Its
 /// outputs are the loss followed by one gradient per `wrt`, in order.
@@ -31,7 +31,10 @@ pub fn grad(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<GradGraph> 
         if !graph.ty(w).dtype.is_float() {
             return Err(Error::InvalidValue {
                 value: graph.name_of(w).to_owned(),
-                message: format!("cannot differentiate with respect to a {} value", graph.ty(w).dtype),
+                message: format!(
+                    "cannot differentiate with respect to a {} value",
+                    graph.ty(w).dtype
+                ),
             });
         }
     }
@@ -46,7 +49,9 @@ pub fn grad(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<GradGraph> 
     let mut cot = BTreeMap::new();
     let one = b.scalar_like(1.0, loss)?;
     cot.insert(loss, one);
-    backprop(&mut b, &active, &mut cot, &|v: ValueId| v.index() < needs.len() && needs[v.index()])?;
+    backprop(&mut b, &active, &mut cot, &|v: ValueId| {
+        v.index() < needs.len() && needs[v.index()]
+    })?;
 
     let mut grads = Vec::with_capacity(wrt.len());
     let mut renamed = Vec::new();
@@ -56,13 +61,15 @@ pub fn grad(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<GradGraph> 
             None => b.zeros_like(w)?,
         };
         if g.index() >= original_values && g != one && !renamed.contains(&g) {
-            b.rename(g, &format!("grad/{}", graph.name_of(w)))?;
+            b.rename_unique(g, &format!("grad/{}", graph.name_of(w)));
             renamed.push(g);
         }
         grads.push((w, g));
     }
     let mut joint = b.into_graph();
-    joint.outputs = std::iter::once(loss).chain(grads.iter().map(|&(_, g)| g)).collect();
+    joint.outputs = std::iter::once(loss)
+        .chain(grads.iter().map(|&(_, g)| g))
+        .collect();
     joint.loss = Some(loss);
     let names: Vec<(String, String)> = grads
         .iter()
@@ -117,7 +124,8 @@ pub(crate) fn backprop(
 ) -> Result<()> {
     for &n in nodes.iter().rev() {
         let node = b.graph().node(n).clone();
-        let cotangents: Vec<Option<ValueId>> = node.outputs.iter().map(|o| cot.get(o).copied()).collect();
+        let cotangents: Vec<Option<ValueId>> =
+            node.outputs.iter().map(|o| cot.get(o).copied()).collect();
         if cotangents.iter().all(Option::is_none) {
             continue;
         }
@@ -136,7 +144,15 @@ pub(crate) fn backprop(
             wants: &wants,
         });
         let result = result.and_then(|input_cots| {
-            accumulate(b, &node.op, &node.name, &node.inputs, &wants, input_cots, cot)
+            accumulate(
+                b,
+                &node.op,
+                &node.name,
+                &node.inputs,
+                &wants,
+                input_cots,
+                cot,
+            )
         });
         b.pop_scope();
         b.set_provenance(&saved_provenance);
@@ -190,9 +206,12 @@ fn accumulate(
 /// that.
 pub fn vjp_by_decomposition(op: &Op, cx: &mut VjpCx<'_>) -> Result<Vec<Option<ValueId>>> {
     let start = cx.b.graph().nodes.len();
-    let outs = op
-        .decompose(cx.b, cx.inputs)
-        .unwrap_or_else(|| Err(Error::Unsupported(format!("{} has no decomposition", op.name()))))?;
+    let outs = op.decompose(cx.b, cx.inputs).unwrap_or_else(|| {
+        Err(Error::Unsupported(format!(
+            "{} has no decomposition",
+            op.name()
+        )))
+    })?;
     let end = cx.b.graph().nodes.len();
     let nodes: Vec<NodeId> = (start as u32..end as u32).map(NodeId).collect();
     let mut cot = BTreeMap::new();
@@ -208,7 +227,11 @@ pub fn vjp_by_decomposition(op: &Op, cx: &mut VjpCx<'_>) -> Result<Vec<Option<Va
     let inputs = cx.inputs.to_vec();
     let wants = cx.wants.to_vec();
     let is_float = |b: &Builder, v: ValueId| b.ty(v).dtype.is_float();
-    let floats: Vec<ValueId> = produced.iter().copied().filter(|&v| is_float(cx.b, v)).collect();
+    let floats: Vec<ValueId> = produced
+        .iter()
+        .copied()
+        .filter(|&v| is_float(cx.b, v))
+        .collect();
     backprop(cx.b, &nodes, &mut cot, &|v| {
         floats.contains(&v) || inputs.iter().zip(&wants).any(|(&i, &w)| w && i == v)
     })?;

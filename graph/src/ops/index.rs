@@ -1,9 +1,25 @@
-//! Indexing: Gather (embedding lookup), ScatterAdd (its transpose, which
-//! sums repeated indices) and OneHot.
+//! Indexing ops:
+//!
+//! - `Gather {axis: int = 0}` (data, int indices): picks slices of `data`
+//!   along `axis`; the output shape is
+//!   `data[..axis] ++ indices.shape ++ data[axis+1..]` (embedding lookup).
+//! - `ScatterAdd {axis: int = 0, size: int}` (updates, int indices): the
+//!   transpose of Gather. Zeros of shape
+//!   `updates[..axis] ++ [size] ++ updates[axis+indices.rank..]`, with each
+//!   update slice added at its index, so repeated indices accumulate.
+//! - `OneHot {depth: int, dtype: dtype}` (int indices `[...]`): `[..., depth]`
+//!   of 0/1 in `dtype`; it has no gradient.
+//!
+//! Gather and ScatterAdd are linear in their first input and each other's
+//! VJP; the indices never get a cotangent. At eval, an index outside
+//! `[0, bound)` (negative ones included) is an error naming the index and the
+//! bound.
 
-use super::{Cost, JvpCx, OpRules, Recompute, VjpCx};
+use super::{Cost, JvpCx, OpRules, Recompute, VjpCx, bytes, expect_arity, numel};
+use crate::attr::{Attr, AttrReader};
 use crate::interp::{EvalCx, Tensor};
-use crate::{Attrs, Result, TensorType, ValueId};
+use crate::shape::normalize_axis;
+use crate::{Attrs, Error, Result, Shape, TensorType, ValueId};
 
 use crate::DType;
 
@@ -21,30 +37,498 @@ pub enum Index {
 
 impl OpRules for Index {
     fn name(&self) -> &'static str {
-        todo!()
+        match self {
+            Index::Gather { .. } => "Gather",
+            Index::ScatterAdd { .. } => "ScatterAdd",
+            Index::OneHot { .. } => "OneHot",
+        }
     }
-    fn parse(_name: &str, _attrs: &Attrs) -> Option<std::result::Result<Self, String>> {
-        todo!()
+
+    fn parse(name: &str, attrs: &Attrs) -> Option<std::result::Result<Self, String>> {
+        let mut r = AttrReader::new(attrs);
+        let op = match name {
+            "Gather" => r.int("axis", Some(0)).map(|axis| Index::Gather { axis }),
+            "ScatterAdd" => parse_scatter(&mut r),
+            "OneHot" => parse_one_hot(&mut r),
+            _ => return None,
+        };
+        Some(op.and_then(|op| r.finish().map(|()| op)))
     }
+
     fn attrs(&self) -> Attrs {
-        todo!()
+        let mut a = Attrs::new();
+        match *self {
+            Index::Gather { axis } => {
+                a.insert("axis".into(), Attr::Int(axis));
+            }
+            Index::ScatterAdd { axis, size } => {
+                a.insert("axis".into(), Attr::Int(axis));
+                a.insert("size".into(), Attr::Int(size as i64));
+            }
+            Index::OneHot { depth, dtype } => {
+                a.insert("depth".into(), Attr::Int(depth as i64));
+                a.insert("dtype".into(), Attr::DType(dtype));
+            }
+        }
+        a
     }
-    fn infer(&self, _inputs: &[&TensorType]) -> std::result::Result<Vec<TensorType>, String> {
-        todo!()
+
+    fn infer(&self, inputs: &[&TensorType]) -> std::result::Result<Vec<TensorType>, String> {
+        match *self {
+            Index::Gather { axis } => {
+                expect_arity(inputs, 2)?;
+                expect_int(inputs, 1)?;
+                let (data, idx) = (&inputs[0].shape, &inputs[1].shape);
+                let ax =
+                    normalize_axis(axis, data.rank()).ok_or_else(|| axis_error(axis, 0, data))?;
+                let mut dims = data.dims()[..ax].to_vec();
+                dims.extend_from_slice(idx.dims());
+                dims.extend_from_slice(&data.dims()[ax + 1..]);
+                Ok(vec![TensorType::new(inputs[0].dtype, Shape(dims))])
+            }
+            Index::ScatterAdd { axis, size } => {
+                expect_arity(inputs, 2)?;
+                expect_int(inputs, 1)?;
+                if inputs[0].dtype == DType::Bool {
+                    return Err("input 0: expected a numeric dtype, found bool".into());
+                }
+                let (upd, idx) = (&inputs[0].shape, &inputs[1].shape);
+                let ax = scatter_axis(axis, upd.rank(), idx.rank())?;
+                let window = &upd.dims()[ax..ax + idx.rank()];
+                if window != idx.dims() {
+                    return Err(format!(
+                        "input 0: expected dims {ax}..{} to equal the indices shape {idx}, found {upd}",
+                        ax + idx.rank()
+                    ));
+                }
+                let mut dims = upd.dims()[..ax].to_vec();
+                dims.push(crate::Dim::Fixed(size));
+                dims.extend_from_slice(&upd.dims()[ax + idx.rank()..]);
+                Ok(vec![TensorType::new(inputs[0].dtype, Shape(dims))])
+            }
+            Index::OneHot { depth, dtype } => {
+                expect_arity(inputs, 1)?;
+                expect_int(inputs, 0)?;
+                let mut dims = inputs[0].shape.dims().to_vec();
+                dims.push(crate::Dim::Fixed(depth));
+                Ok(vec![TensorType::new(dtype, Shape(dims))])
+            }
+        }
     }
-    fn vjp(&self, _cx: &mut VjpCx<'_>) -> Result<Vec<Option<ValueId>>> {
-        todo!()
+
+    fn vjp(&self, cx: &mut VjpCx<'_>) -> Result<Vec<Option<ValueId>>> {
+        let (x, indices) = match cx.inputs {
+            [x, i] => (*x, *i),
+            _ => return Ok(vec![None; cx.inputs.len()]),
+        };
+        if !cx.wants[0] || !cx.b.dtype(x).is_float() {
+            return Ok(vec![None, None]);
+        }
+        let g = cx.cotangent(0)?;
+        let c = match *self {
+            Index::Gather { axis } => {
+                let shape = cx.b.shape(x).clone();
+                let ax = normalize_axis(axis, shape.rank())
+                    .ok_or_else(|| Error::Unsupported(axis_error(axis, 0, &shape)))?;
+                let size = shape.dims()[ax].fixed().ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "the VJP of Gather needs a fixed size along axis {ax} of {shape}"
+                    ))
+                })?;
+                cx.b.scatter_add(g, indices, ax as i64, size)?
+            }
+            Index::ScatterAdd { axis, .. } => cx.b.gather(g, indices, axis)?,
+            Index::OneHot { .. } => return Ok(vec![None; cx.inputs.len()]),
+        };
+        Ok(vec![Some(c), None])
     }
-    fn jvp(&self, _cx: &mut JvpCx<'_>) -> Result<Vec<Option<ValueId>>> {
-        todo!()
+
+    fn jvp(&self, cx: &mut JvpCx<'_>) -> Result<Vec<Option<ValueId>>> {
+        let t = match (self, cx.tangents.first().copied().flatten()) {
+            (Index::OneHot { .. }, _) | (_, None) => return Ok(vec![None]),
+            (_, Some(t)) => t,
+        };
+        let indices = cx.inputs[1];
+        let out = match *self {
+            Index::Gather { axis } => cx.b.gather(t, indices, axis)?,
+            Index::ScatterAdd { axis, size } => cx.b.scatter_add(t, indices, axis, size)?,
+            Index::OneHot { .. } => return Ok(vec![None]),
+        };
+        Ok(vec![Some(out)])
     }
-    fn cost(&self, _inputs: &[&TensorType], _outputs: &[&TensorType]) -> Cost {
-        todo!()
+
+    /// Gather: no FLOPs; bytes are the indices read plus the gathered rows
+    /// read and written (2 × output bytes). ScatterAdd: one add per update
+    /// element; every input and the output touched once. OneHot: no FLOPs,
+    /// the indices read and the output written.
+    fn cost(&self, inputs: &[&TensorType], outputs: &[&TensorType]) -> Cost {
+        let out_bytes: u64 = outputs.iter().map(|t| bytes(t)).sum();
+        let in_bytes: u64 = inputs.iter().map(|t| bytes(t)).sum();
+        match self {
+            Index::Gather { .. } => Cost {
+                flops: 0,
+                bytes: inputs.get(1).map_or(0, |t| bytes(t)) + 2 * out_bytes,
+            },
+            Index::ScatterAdd { .. } => Cost {
+                flops: inputs.first().map_or(0, |t| numel(t)),
+                bytes: in_bytes + out_bytes,
+            },
+            Index::OneHot { .. } => Cost {
+                flops: 0,
+                bytes: in_bytes + out_bytes,
+            },
+        }
     }
+
     fn recompute(&self) -> Recompute {
-        todo!()
+        Recompute::Cheap
     }
-    fn eval(&self, _inputs: &[&Tensor], _cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
-        todo!()
+
+    fn eval(&self, inputs: &[&Tensor], _cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
+        match (*self, inputs) {
+            (Index::Gather { axis }, [data, idx]) => gather(axis, data, idx).map(|t| vec![t]),
+            (Index::ScatterAdd { axis, size }, [upd, idx]) => {
+                scatter_add(axis, size, upd, idx).map(|t| vec![t])
+            }
+            (Index::OneHot { depth, .. }, [idx]) => one_hot(depth, idx).map(|t| vec![t]),
+            _ => Err(format!(
+                "{}: wrong number of inputs ({})",
+                self.name(),
+                inputs.len()
+            )),
+        }
+    }
+}
+
+fn parse_scatter(r: &mut AttrReader<'_>) -> std::result::Result<Index, String> {
+    let axis = r.int("axis", Some(0))?;
+    let size = r.int("size", None)?;
+    let size = usize::try_from(size)
+        .map_err(|_| format!("attribute 'size': expected a non-negative int, found {size}"))?;
+    Ok(Index::ScatterAdd { axis, size })
+}
+
+fn parse_one_hot(r: &mut AttrReader<'_>) -> std::result::Result<Index, String> {
+    let depth = r.int("depth", None)?;
+    let dtype = r.dtype("dtype")?;
+    let depth = usize::try_from(depth)
+        .ok()
+        .filter(|&d| d > 0)
+        .ok_or_else(|| format!("attribute 'depth': expected a positive int, found {depth}"))?;
+    Ok(Index::OneHot { depth, dtype })
+}
+
+/// Checks that input `i` has an integer dtype.
+fn expect_int(inputs: &[&TensorType], i: usize) -> std::result::Result<(), String> {
+    if inputs[i].dtype.is_int() {
+        Ok(())
+    } else {
+        Err(format!(
+            "input {i}: expected an int dtype (i32 or i64), found {}",
+            inputs[i].dtype
+        ))
+    }
+}
+
+fn axis_error(axis: i64, input: usize, shape: &Shape) -> String {
+    format!(
+        "attribute 'axis': {axis} is out of range for input {input} of shape {shape} (rank {})",
+        shape.rank()
+    )
+}
+
+/// The output axis of a ScatterAdd: resolved against the output rank
+/// `updates.rank - indices.rank + 1`.
+fn scatter_axis(axis: i64, upd_rank: usize, idx_rank: usize) -> std::result::Result<usize, String> {
+    if upd_rank < idx_rank {
+        return Err(format!(
+            "input 0: expected rank >= {idx_rank} (the rank of the indices), found rank {upd_rank}"
+        ));
+    }
+    let out_rank = upd_rank - idx_rank + 1;
+    let ax = normalize_axis(axis, out_rank).ok_or_else(|| {
+        format!("attribute 'axis': {axis} is out of range for an output of rank {out_rank}")
+    })?;
+    Ok(ax)
+}
+
+/// An index value as a position in `[0, bound)`, or a message naming both.
+fn check_index(v: f64, bound: usize, what: &str) -> std::result::Result<usize, String> {
+    if v >= 0.0 && v < bound as f64 && v.fract() == 0.0 {
+        Ok(v as usize)
+    } else {
+        Err(format!("{what} {v} is out of range [0, {bound})"))
+    }
+}
+
+fn gather(axis: i64, data: &Tensor, idx: &Tensor) -> std::result::Result<Tensor, String> {
+    let ax = normalize_axis(axis, data.rank()).ok_or_else(|| {
+        format!(
+            "axis {axis} is out of range for data of rank {}",
+            data.rank()
+        )
+    })?;
+    let n = data.shape[ax];
+    let outer: usize = data.shape[..ax].iter().product();
+    let inner: usize = data.shape[ax + 1..].iter().product();
+    let what = format!("index along axis {ax}:");
+    let rows: Vec<usize> = idx
+        .data
+        .iter()
+        .map(|&v| check_index(v, n, &what))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut out = Vec::with_capacity(outer * rows.len() * inner);
+    for o in 0..outer {
+        for &r in &rows {
+            let base = (o * n + r) * inner;
+            out.extend_from_slice(&data.data[base..base + inner]);
+        }
+    }
+    let mut shape = data.shape[..ax].to_vec();
+    shape.extend_from_slice(&idx.shape);
+    shape.extend_from_slice(&data.shape[ax + 1..]);
+    Ok(Tensor::new(shape, out))
+}
+
+fn scatter_add(
+    axis: i64,
+    size: usize,
+    upd: &Tensor,
+    idx: &Tensor,
+) -> std::result::Result<Tensor, String> {
+    let ax = scatter_axis(axis, upd.rank(), idx.rank())?;
+    if upd.shape[ax..ax + idx.rank()] != idx.shape[..] {
+        return Err(format!(
+            "updates of shape {:?} do not hold indices of shape {:?} at axis {ax}",
+            upd.shape, idx.shape
+        ));
+    }
+    let outer: usize = upd.shape[..ax].iter().product();
+    let inner: usize = upd.shape[ax + idx.rank()..].iter().product();
+    let k = idx.numel();
+    let what = format!("index along axis {ax}:");
+    let rows: Vec<usize> = idx
+        .data
+        .iter()
+        .map(|&v| check_index(v, size, &what))
+        .collect::<std::result::Result<_, _>>()?;
+    let mut out = vec![0.0; outer * size * inner];
+    for o in 0..outer {
+        for (j, &r) in rows.iter().enumerate() {
+            let src = (o * k + j) * inner;
+            let dst = (o * size + r) * inner;
+            for i in 0..inner {
+                out[dst + i] += upd.data[src + i];
+            }
+        }
+    }
+    let mut shape = upd.shape[..ax].to_vec();
+    shape.push(size);
+    shape.extend_from_slice(&upd.shape[ax + idx.rank()..]);
+    Ok(Tensor::new(shape, out))
+}
+
+fn one_hot(depth: usize, idx: &Tensor) -> std::result::Result<Tensor, String> {
+    let mut out = vec![0.0; idx.numel() * depth];
+    for (j, &v) in idx.data.iter().enumerate() {
+        let c = check_index(v, depth, "one-hot index")?;
+        out[j * depth + c] = 1.0;
+    }
+    let mut shape = idx.shape.clone();
+    shape.push(depth);
+    Ok(Tensor::new(shape, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Dim;
+    use crate::ops::loss::fd::{self, Arg};
+    use crate::ops::{Op, numel};
+
+    const F: DType = DType::F64;
+    const I: DType = DType::I64;
+
+    fn t(shape: &[usize], data: &[f64]) -> Tensor {
+        Tensor::new(shape.to_vec(), data.to_vec())
+    }
+
+    fn ev(op: Index, inputs: &[&Tensor]) -> std::result::Result<Tensor, String> {
+        op.eval(inputs, &EvalCx::default()).map(|mut v| v.remove(0))
+    }
+
+    fn ty(dtype: DType, dims: &[usize]) -> TensorType {
+        TensorType::new(dtype, Shape::of(dims))
+    }
+
+    #[test]
+    fn gather_values_by_hand() {
+        let data = t(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let idx = t(&[2, 2], &[2.0, 0.0, 1.0, 2.0]);
+        let out = ev(Index::Gather { axis: 0 }, &[&data, &idx]).unwrap();
+        assert_eq!(
+            out,
+            t(&[2, 2, 2], &[5.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        );
+        let data = t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let out = ev(Index::Gather { axis: -1 }, &[&data, &t(&[2], &[2.0, 2.0])]).unwrap();
+        assert_eq!(out, t(&[2, 2], &[3.0, 3.0, 6.0, 6.0]));
+        let out = ev(Index::Gather { axis: 1 }, &[&data, &Tensor::scalar(1.0)]).unwrap();
+        assert_eq!(out, t(&[2], &[2.0, 5.0]));
+    }
+
+    #[test]
+    fn out_of_range_indices_are_errors() {
+        let data = Tensor::zeros(&[3, 2]);
+        for bad in [3.0, -1.0] {
+            let e = ev(Index::Gather { axis: 0 }, &[&data, &t(&[2], &[0.0, bad])]).unwrap_err();
+            assert!(e.contains(&format!("{bad} is out of range [0, 3)")), "{e}");
+            let upd = Tensor::zeros(&[2, 2]);
+            let op = Index::ScatterAdd { axis: 0, size: 3 };
+            let e = ev(op, &[&upd, &t(&[2], &[bad, 0.0])]).unwrap_err();
+            assert!(e.contains(&format!("{bad} is out of range [0, 3)")), "{e}");
+            let op = Index::OneHot { depth: 3, dtype: F };
+            let e = ev(op, &[&t(&[1], &[bad])]).unwrap_err();
+            assert!(e.contains(&format!("{bad} is out of range [0, 3)")), "{e}");
+        }
+    }
+
+    #[test]
+    fn scatter_add_accumulates_repeats() {
+        let upd = t(&[3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let op = Index::ScatterAdd { axis: 0, size: 3 };
+        let out = ev(op, &[&upd, &t(&[3], &[0.0, 2.0, 0.0])]).unwrap();
+        assert_eq!(out, t(&[3, 2], &[6.0, 8.0, 0.0, 0.0, 3.0, 4.0]));
+        // Axis 1 with rank-2 indices: [2, (2, 2)] -> [2, 3].
+        let upd = t(&[2, 2, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let idx = t(&[2, 2], &[1.0, 1.0, 0.0, 2.0]);
+        let out = ev(Index::ScatterAdd { axis: -1, size: 3 }, &[&upd, &idx]).unwrap();
+        assert_eq!(out, t(&[2, 3], &[3.0, 3.0, 4.0, 7.0, 11.0, 8.0]));
+    }
+
+    #[test]
+    fn one_hot_values() {
+        let op = Index::OneHot { depth: 3, dtype: F };
+        let out = ev(op, &[&t(&[2], &[2.0, 0.0])]).unwrap();
+        assert_eq!(out, t(&[2, 3], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn shape_rules_and_errors() {
+        let data = TensorType::new(F, Shape(vec![Dim::Fixed(10), Dim::Fixed(4)]));
+        let idx = TensorType::new(I, Shape(vec![Dim::Batch, Dim::Fixed(7)]));
+        let out = Index::Gather { axis: 0 }.infer(&[&data, &idx]).unwrap();
+        let bt7_4 = Shape(vec![Dim::Batch, Dim::Fixed(7), Dim::Fixed(4)]);
+        assert_eq!(out, vec![TensorType::new(F, bt7_4.clone())]);
+        let out = Index::Gather { axis: -1 }.infer(&[&data, &idx]).unwrap();
+        assert_eq!(
+            out[0].shape,
+            Shape(vec![Dim::Fixed(10), Dim::Batch, Dim::Fixed(7)])
+        );
+        let e = Index::Gather { axis: 2 }.infer(&[&data, &idx]).unwrap_err();
+        assert!(
+            e.contains("attribute 'axis'") && e.contains("rank 2"),
+            "{e}"
+        );
+        let e = Index::Gather { axis: 0 }
+            .infer(&[&data, &ty(F, &[3])])
+            .unwrap_err();
+        assert!(e.contains("input 1") && e.contains("found f64"), "{e}");
+        let scatter = Index::ScatterAdd { axis: 0, size: 10 };
+        let upd = TensorType::new(F, bt7_4);
+        assert_eq!(scatter.infer(&[&upd, &idx]).unwrap(), vec![data.clone()]);
+        let e = scatter.infer(&[&ty(F, &[3, 7, 4]), &idx]).unwrap_err();
+        assert!(e.contains("input 0") && e.contains("[batch, 7]"), "{e}");
+        let e = scatter.infer(&[&ty(F, &[4]), &ty(I, &[2, 2])]).unwrap_err();
+        assert!(e.contains("rank"), "{e}");
+        assert!(
+            scatter
+                .infer(&[&ty(DType::Bool, &[2]), &ty(I, &[2])])
+                .is_err()
+        );
+        let oh = Index::OneHot {
+            depth: 5,
+            dtype: DType::F32,
+        };
+        let out = oh.infer(&[&idx]).unwrap();
+        assert_eq!(
+            out[0],
+            TensorType::new(
+                DType::F32,
+                Shape(vec![Dim::Batch, Dim::Fixed(7), Dim::Fixed(5)])
+            )
+        );
+        assert!(oh.infer(&[&data]).unwrap_err().contains("input 0"));
+        assert!(oh.infer(&[&idx, &idx]).unwrap_err().contains("expects 1"));
+    }
+
+    #[test]
+    fn attrs_round_trip_and_parse_errors() {
+        let ops = [
+            Index::Gather { axis: -2 },
+            Index::ScatterAdd { axis: 1, size: 9 },
+            Index::OneHot {
+                depth: 4,
+                dtype: DType::BF16,
+            },
+        ];
+        for op in ops {
+            assert_eq!(Index::parse(op.name(), &op.attrs()), Some(Ok(op)));
+            assert_eq!(Op::parse(op.name(), &op.attrs()), Ok(Some(Op::Index(op))));
+            assert_eq!(op.recompute(), Recompute::Cheap);
+        }
+        assert_eq!(
+            Index::parse("Gather", &Attrs::new()),
+            Some(Ok(Index::Gather { axis: 0 }))
+        );
+        assert_eq!(Index::parse("Softmax", &Attrs::new()), None);
+        let parse = |name: &str, kv: &[(&str, Attr)]| {
+            let a: Attrs = kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            Index::parse(name, &a).unwrap().unwrap_err()
+        };
+        assert!(parse("ScatterAdd", &[]).contains("'size' is required"));
+        assert!(parse("ScatterAdd", &[("size", Attr::Int(-1))]).contains("'size'"));
+        let e = parse(
+            "OneHot",
+            &[("depth", Attr::Int(0)), ("dtype", Attr::DType(F))],
+        );
+        assert!(e.contains("'depth'") && e.contains("positive"), "{e}");
+        assert!(parse("Gather", &[("axes", Attr::Int(0))]).contains("unknown attribute 'axes'"));
+    }
+
+    #[test]
+    fn costs() {
+        let (data, idx, out) = (ty(F, &[10, 4]), ty(I, &[3]), ty(F, &[3, 4]));
+        let c = Index::Gather { axis: 0 }.cost(&[&data, &idx], &[&out]);
+        assert_eq!(
+            c,
+            Cost {
+                flops: 0,
+                bytes: 24 + 2 * 96
+            }
+        );
+        let c = Index::ScatterAdd { axis: 0, size: 10 }.cost(&[&out, &idx], &[&data]);
+        assert_eq!(c.flops, numel(&out));
+    }
+
+    #[test]
+    fn derivatives_match_finite_differences() {
+        // Repeated indices: the VJP must accumulate.
+        let args: Vec<Arg> = vec![
+            (F, vec![3, 4], fd::data(12, 0.4)),
+            (I, vec![2, 3], vec![1.0, 3.0, 1.0, 0.0, 1.0, 2.0]),
+        ];
+        fd::check(&args, &|b, x| {
+            let g = b.gather(x[0], x[1], 1)?;
+            b.mul(g, g)
+        });
+        let args: Vec<Arg> = vec![
+            (F, vec![3, 2], fd::data(6, 0.9)),
+            (I, vec![3], vec![2.0, 0.0, 2.0]),
+        ];
+        fd::check(&args, &|b, x| {
+            let s = b.scatter_add(x[0], x[1], 0, 4)?;
+            b.mul(s, s)
+        });
     }
 }

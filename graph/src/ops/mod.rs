@@ -201,7 +201,11 @@ impl Op {
         each_family!(self, o => o.recompute())
     }
 
-    pub fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
+    pub fn eval(
+        &self,
+        inputs: &[&Tensor],
+        cx: &EvalCx,
+    ) -> std::result::Result<Vec<Tensor>, String> {
         each_family!(self, o => o.eval(inputs, cx))
     }
 

@@ -1,9 +1,35 @@
-//! Neural-network ops: Softmax, LogSoftmax, LayerNorm and its fused
-//! backward, GeluGrad, Dropout and the causal mask.
+//! Neural-network ops:
+//!
+//! - `Softmax {axis: int = -1}`, `LogSoftmax {axis: int = -1}`: numerically
+//!   stable (the maximum is subtracted first).
+//! - `LayerNorm {eps: float = 1e-5}` (x `[..., D]`, gamma `[D]`, beta `[D]`):
+//!   normalises the last axis with the biased variance, like PyTorch.
+//! - `LayerNormGrad {eps}` (x, gamma, dy) -> (dx, dgamma, dbeta): its fused
+//!   backward, recomputing the statistics; dgamma and dbeta are summed over
+//!   all leading axes.
+//! - `GeluGrad {approximate: "tanh" | "erf" = "erf"}` (x, dy) -> `dy * gelu'(x)`.
+//! - `Dropout {p: float, key: int}`: `x * mask / (1 - p)` where the mask is
+//!   drawn from the counter-based RNG keyed on (seed, step, rank, key,
+//!   element), so a recompute or the backward pass replays the same mask.
+//! - `CausalMask {fill: float = -inf}` (`[..., T, T]`): entries with column >
+//!   row set to `fill`.
+//!
+//! LayerNorm, LayerNormGrad and GeluGrad have decompositions into primitive
+//! ops; the rules of the fused backward ops (and the JVP of LayerNorm) are
+//! taken through them.
 
-use super::{Cost, JvpCx, OpRules, Recompute, VjpCx};
+use super::{
+    Cost, JvpCx, Op, OpRules, Recompute, VjpCx, expect_arity, expect_float, numel, pointwise_cost,
+};
+use crate::attr::{Attr, AttrReader};
+use crate::autodiff::{jvp_by_decomposition, vjp_by_decomposition};
 use crate::interp::{EvalCx, Tensor};
-use crate::{Attrs, Result, TensorType, ValueId};
+use crate::rng::Stream;
+use crate::shape::normalize_axis;
+use crate::{Attrs, Builder, Dim, Error, Result, TensorType, ValueId};
+
+const DEFAULT_EPS: f64 = 1e-5;
+const GELU_CUBIC: f64 = 0.044_715;
 
 /// The two forms of GELU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,48 +42,969 @@ pub enum GeluApprox {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Nn {
-    Softmax { axis: i64 },
-    LogSoftmax { axis: i64 },
+    Softmax {
+        axis: i64,
+    },
+    LogSoftmax {
+        axis: i64,
+    },
     /// `LayerNorm(x, gamma, beta)` over the last axis.
-    LayerNorm { eps: f64 },
+    LayerNorm {
+        eps: f64,
+    },
     /// `LayerNormGrad(x, gamma, dy) -> (dx, dgamma, dbeta)`.
-    LayerNormGrad { eps: f64 },
+    LayerNormGrad {
+        eps: f64,
+    },
     /// `GeluGrad(x, dy) = dy * gelu_prime(x)`.
     GeluGrad(GeluApprox),
     /// Zeroes each element with probability `p` and scales the rest by
     /// 1/(1-p); the mask is drawn from the counter-based RNG keyed on
     /// (seed, step, rank, `key`, element).
-    Dropout { p: f64, key: u64 },
+    Dropout {
+        p: f64,
+        key: u64,
+    },
     /// Entries above the diagonal of the last two axes set to `fill`.
-    CausalMask { fill: f64 },
+    CausalMask {
+        fill: f64,
+    },
 }
 
 impl OpRules for Nn {
     fn name(&self) -> &'static str {
-        todo!()
+        match self {
+            Nn::Softmax { .. } => "Softmax",
+            Nn::LogSoftmax { .. } => "LogSoftmax",
+            Nn::LayerNorm { .. } => "LayerNorm",
+            Nn::LayerNormGrad { .. } => "LayerNormGrad",
+            Nn::GeluGrad(_) => "GeluGrad",
+            Nn::Dropout { .. } => "Dropout",
+            Nn::CausalMask { .. } => "CausalMask",
+        }
     }
-    fn parse(_name: &str, _attrs: &Attrs) -> Option<std::result::Result<Self, String>> {
-        todo!()
+
+    fn parse(name: &str, attrs: &Attrs) -> Option<std::result::Result<Self, String>> {
+        let mut r = AttrReader::new(attrs);
+        let op = match name {
+            "Softmax" => r.int("axis", Some(-1)).map(|axis| Nn::Softmax { axis }),
+            "LogSoftmax" => r.int("axis", Some(-1)).map(|axis| Nn::LogSoftmax { axis }),
+            "LayerNorm" => parse_eps(&mut r).map(|eps| Nn::LayerNorm { eps }),
+            "LayerNormGrad" => parse_eps(&mut r).map(|eps| Nn::LayerNormGrad { eps }),
+            "GeluGrad" => r
+                .string("approximate", Some("erf"))
+                .and_then(|s| parse_approx(&s))
+                .map(Nn::GeluGrad),
+            "Dropout" => parse_dropout(&mut r),
+            "CausalMask" => r
+                .float("fill", Some(f64::NEG_INFINITY))
+                .map(|fill| Nn::CausalMask { fill }),
+            _ => return None,
+        };
+        Some(op.and_then(|op| r.finish().map(|()| op)))
     }
+
     fn attrs(&self) -> Attrs {
-        todo!()
+        let (k, v): (&[&str], Vec<Attr>) = match *self {
+            Nn::Softmax { axis } | Nn::LogSoftmax { axis } => (&["axis"], vec![Attr::Int(axis)]),
+            Nn::LayerNorm { eps } | Nn::LayerNormGrad { eps } => (&["eps"], vec![Attr::Float(eps)]),
+            Nn::GeluGrad(a) => (&["approximate"], vec![Attr::Str(approx_name(a).into())]),
+            // The key is a u64 stored bit for bit in an i64.
+            Nn::Dropout { p, key } => (&["p", "key"], vec![Attr::Float(p), Attr::Int(key as i64)]),
+            Nn::CausalMask { fill } => (&["fill"], vec![Attr::Float(fill)]),
+        };
+        k.iter().map(|s| s.to_string()).zip(v).collect()
     }
-    fn infer(&self, _inputs: &[&TensorType]) -> std::result::Result<Vec<TensorType>, String> {
-        todo!()
+
+    fn infer(&self, inputs: &[&TensorType]) -> std::result::Result<Vec<TensorType>, String> {
+        match *self {
+            Nn::Softmax { axis } | Nn::LogSoftmax { axis } => {
+                expect_arity(inputs, 1)?;
+                expect_float(inputs, 0)?;
+                let s = &inputs[0].shape;
+                normalize_axis(axis, s.rank()).ok_or_else(|| {
+                    format!("attribute 'axis': {axis} is out of range for input 0 of shape {s}")
+                })?;
+                Ok(vec![inputs[0].clone()])
+            }
+            Nn::LayerNorm { eps } => {
+                check_eps(eps)?;
+                layer_norm_types(inputs, "beta").map(|(x, _)| vec![x])
+            }
+            Nn::LayerNormGrad { eps } => {
+                check_eps(eps)?;
+                let (x, gamma) = layer_norm_types(inputs, "dy")?;
+                Ok(vec![x, gamma.clone(), gamma])
+            }
+            Nn::GeluGrad(_) => {
+                expect_arity(inputs, 2)?;
+                expect_float(inputs, 0)?;
+                same_type(inputs, 1, 0)?;
+                Ok(vec![inputs[0].clone()])
+            }
+            Nn::Dropout { p, .. } => {
+                check_p(p)?;
+                expect_arity(inputs, 1)?;
+                expect_float(inputs, 0)?;
+                Ok(vec![inputs[0].clone()])
+            }
+            Nn::CausalMask { .. } => {
+                expect_arity(inputs, 1)?;
+                expect_float(inputs, 0)?;
+                causal_size(&inputs[0].shape)?;
+                Ok(vec![inputs[0].clone()])
+            }
+        }
     }
-    fn vjp(&self, _cx: &mut VjpCx<'_>) -> Result<Vec<Option<ValueId>>> {
-        todo!()
+
+    fn vjp(&self, cx: &mut VjpCx<'_>) -> Result<Vec<Option<ValueId>>> {
+        if !cx.wants.contains(&true) {
+            return Ok(vec![None; cx.inputs.len()]);
+        }
+        match *self {
+            Nn::LayerNormGrad { .. } | Nn::GeluGrad(_) => vjp_by_decomposition(&Op::Nn(*self), cx),
+            Nn::LayerNorm { eps } => {
+                let g = cx.cotangent(0)?;
+                let (x, gamma) = (cx.inputs[0], cx.inputs[1]);
+                let grads =
+                    cx.b.node(Op::Nn(Nn::LayerNormGrad { eps }), &[x, gamma, g])?;
+                let wanted = grads.into_iter().zip(cx.wants);
+                Ok(wanted.map(|(v, &w)| w.then_some(v)).collect())
+            }
+            _ => {
+                let g = cx.cotangent(0)?;
+                Ok(vec![Some(self.linearized(cx.b, cx.outputs[0], g, true)?)])
+            }
+        }
     }
-    fn jvp(&self, _cx: &mut JvpCx<'_>) -> Result<Vec<Option<ValueId>>> {
-        todo!()
+
+    fn jvp(&self, cx: &mut JvpCx<'_>) -> Result<Vec<Option<ValueId>>> {
+        if let Nn::LayerNorm { .. } | Nn::LayerNormGrad { .. } | Nn::GeluGrad(_) = self {
+            return jvp_by_decomposition(&Op::Nn(*self), cx);
+        }
+        match cx.tangents.first().copied().flatten() {
+            Some(t) => Ok(vec![Some(self.linearized(
+                cx.b,
+                cx.outputs[0],
+                t,
+                false,
+            )?)]),
+            None => Ok(vec![None]),
+        }
     }
-    fn cost(&self, _inputs: &[&TensorType], _outputs: &[&TensorType]) -> Cost {
-        todo!()
+
+    /// FLOPs per element of the (first) input: Softmax and LogSoftmax 5 (max,
+    /// subtract, exp, sum, divide or log-subtract); LayerNorm 8 (mean,
+    /// centre, square, sum, rstd scale, gamma, beta, and the per-row rsqrt
+    /// amortised); LayerNormGrad 16 (the statistics again, dy·gamma, two
+    /// row means, dx, and the dgamma/dbeta sums); GeluGrad 15 (gelu' plus the
+    /// product with dy); Dropout 2 (compare and scale; the RNG is not
+    /// counted); CausalMask 0 (a select). Bytes: every input and output
+    /// read or written once.
+    fn cost(&self, inputs: &[&TensorType], outputs: &[&TensorType]) -> Cost {
+        let per = match self {
+            Nn::Softmax { .. } | Nn::LogSoftmax { .. } => 5,
+            Nn::LayerNorm { .. } => 8,
+            Nn::LayerNormGrad { .. } => 16,
+            Nn::GeluGrad(_) => 15,
+            Nn::Dropout { .. } => 2,
+            Nn::CausalMask { .. } => 0,
+        };
+        let mut c = pointwise_cost(inputs, outputs, 0);
+        c.flops = inputs.first().map_or(0, |t| numel(t)) * per;
+        c
     }
+
     fn recompute(&self) -> Recompute {
-        todo!()
+        Recompute::Cheap
     }
-    fn eval(&self, _inputs: &[&Tensor], _cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
-        todo!()
+
+    fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
+        match (*self, inputs) {
+            (Nn::Softmax { axis }, [x]) => map_lanes(x, axis, softmax_lane).map(|t| vec![t]),
+            (Nn::LogSoftmax { axis }, [x]) => map_lanes(x, axis, log_softmax_lane).map(|t| vec![t]),
+            (Nn::LayerNorm { eps }, [x, gamma, beta]) => {
+                layer_norm(x, gamma, beta, eps).map(|t| vec![t])
+            }
+            (Nn::LayerNormGrad { eps }, [x, gamma, dy]) => layer_norm_grad(x, gamma, dy, eps),
+            (Nn::GeluGrad(a), [x, dy]) => {
+                if x.shape != dy.shape {
+                    return Err(format!(
+                        "x {:?} and dy {:?} differ in shape",
+                        x.shape, dy.shape
+                    ));
+                }
+                let data = (x.data.iter().zip(&dy.data))
+                    .map(|(&x, &d)| d * super::unary::gelu_prime(x, a))
+                    .collect();
+                Ok(vec![Tensor::new(x.shape.clone(), data)])
+            }
+            (Nn::Dropout { p, key }, [x]) => dropout(x, p, key, cx).map(|t| vec![t]),
+            (Nn::CausalMask { fill }, [x]) => causal_mask(x, fill).map(|t| vec![t]),
+            _ => Err(format!(
+                "{}: wrong number of inputs ({})",
+                self.name(),
+                inputs.len()
+            )),
+        }
+    }
+
+    fn decompose(&self, b: &mut Builder, inputs: &[ValueId]) -> Option<Result<Vec<ValueId>>> {
+        match (*self, inputs) {
+            (Nn::LayerNorm { eps }, &[x, gamma, beta]) => {
+                Some(decompose_layer_norm(b, x, gamma, beta, eps))
+            }
+            (Nn::LayerNormGrad { eps }, &[x, gamma, dy]) => {
+                Some(decompose_layer_norm_grad(b, x, gamma, dy, eps))
+            }
+            (Nn::GeluGrad(a), &[x, dy]) => Some(decompose_gelu_grad(b, x, dy, a)),
+            (Nn::LayerNorm { .. } | Nn::LayerNormGrad { .. } | Nn::GeluGrad(_), _) => {
+                Some(Err(Error::Unsupported(format!(
+                    "{}: wrong number of inputs ({})",
+                    self.name(),
+                    inputs.len()
+                ))))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Nn {
+    /// For the single-input ops: the derivative at output `y` applied to a
+    /// tangent `v` (`vjp == false`), or its transpose applied to a cotangent
+    /// (`vjp == true`). Softmax's is self-adjoint: `y * (v - sum(v * y))`;
+    /// LogSoftmax's is `v - sum(exp(y) * v)` and its transpose
+    /// `v - exp(y) * sum(v)`; Dropout and CausalMask are linear (the mask
+    /// replays; the masked entries get 0).
+    fn linearized(self, b: &mut Builder, y: ValueId, v: ValueId, vjp: bool) -> Result<ValueId> {
+        match self {
+            Nn::Softmax { axis } => {
+                let vy = b.mul(v, y)?;
+                let s = b.sum(vy, &[axis], true)?;
+                let d = b.sub(v, s)?;
+                b.mul(y, d)
+            }
+            Nn::LogSoftmax { axis } => {
+                let e = b.exp(y)?;
+                let s = if vjp {
+                    let s = b.sum(v, &[axis], true)?;
+                    b.mul(e, s)?
+                } else {
+                    let ev = b.mul(e, v)?;
+                    b.sum(ev, &[axis], true)?
+                };
+                b.sub(v, s)
+            }
+            Nn::Dropout { p, key } => b.dropout(v, p, key),
+            Nn::CausalMask { .. } => b.causal_mask(v, 0.0),
+            _ => Err(Error::Unsupported(format!(
+                "{} has no single-input linearization",
+                self.name()
+            ))),
+        }
+    }
+}
+
+// ----- attributes -----
+
+fn approx_name(a: GeluApprox) -> &'static str {
+    match a {
+        GeluApprox::Tanh => "tanh",
+        GeluApprox::Erf => "erf",
+    }
+}
+
+fn parse_approx(s: &str) -> std::result::Result<GeluApprox, String> {
+    match s {
+        "tanh" => Ok(GeluApprox::Tanh),
+        "erf" => Ok(GeluApprox::Erf),
+        other => Err(format!(
+            "attribute 'approximate': expected \"tanh\" or \"erf\", found \"{other}\""
+        )),
+    }
+}
+
+fn check_eps(eps: f64) -> std::result::Result<(), String> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "attribute 'eps': expected a finite value >= 0, found {eps}"
+        ))
+    }
+}
+
+fn parse_eps(r: &mut AttrReader<'_>) -> std::result::Result<f64, String> {
+    let eps = r.float("eps", Some(DEFAULT_EPS))?;
+    check_eps(eps)?;
+    Ok(eps)
+}
+
+fn check_p(p: f64) -> std::result::Result<(), String> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!(
+            "attribute 'p': expected a probability in [0, 1), found {p}"
+        ))
+    }
+}
+
+fn parse_dropout(r: &mut AttrReader<'_>) -> std::result::Result<Nn, String> {
+    let p = r.float("p", None)?;
+    let key = r.int("key", None)?;
+    check_p(p)?;
+    Ok(Nn::Dropout { p, key: key as u64 })
+}
+
+// ----- shape rules -----
+
+/// Input `i` must have exactly the type of input `j`.
+fn same_type(inputs: &[&TensorType], i: usize, j: usize) -> std::result::Result<(), String> {
+    if inputs[i] == inputs[j] {
+        Ok(())
+    } else {
+        Err(format!(
+            "input {i}: expected {} (the type of input {j}), found {}",
+            inputs[j], inputs[i]
+        ))
+    }
+}
+
+/// Checks `(x [..., D], gamma [D], third)` where `third` (beta or dy) has
+/// the type of gamma (beta) or of x (dy); returns the types of x and gamma.
+fn layer_norm_types(
+    inputs: &[&TensorType],
+    third: &str,
+) -> std::result::Result<(TensorType, TensorType), String> {
+    expect_arity(inputs, 3)?;
+    expect_float(inputs, 0)?;
+    let x = inputs[0];
+    let Some(&d) = x.shape.dims().last() else {
+        return Err(format!(
+            "input 0: expected rank >= 1 ([..., D]), found {}",
+            x.shape
+        ));
+    };
+    let gamma = TensorType::new(x.dtype, crate::Shape(vec![d]));
+    if inputs[1] != &gamma {
+        return Err(format!(
+            "input 1 (gamma): expected {gamma}, found {}",
+            inputs[1]
+        ));
+    }
+    let want = if third == "dy" { x } else { &gamma };
+    if inputs[2] != want {
+        return Err(format!(
+            "input 2 ({third}): expected {want}, found {}",
+            inputs[2]
+        ));
+    }
+    Ok((x.clone(), gamma))
+}
+
+/// `T` of a `[..., T, T]` shape with `T` fixed.
+fn causal_size(s: &crate::Shape) -> std::result::Result<usize, String> {
+    match s.dims() {
+        [.., Dim::Fixed(a), Dim::Fixed(b)] if a == b => Ok(*a),
+        _ => Err(format!(
+            "input 0: expected [..., T, T] with the last two dims fixed and equal, found {s}"
+        )),
+    }
+}
+
+// ----- reference kernels -----
+
+/// Applies `f` to every lane of `x` along `axis` (in place on a copy).
+fn map_lanes(x: &Tensor, axis: i64, f: fn(&mut [f64])) -> std::result::Result<Tensor, String> {
+    let ax = normalize_axis(axis, x.rank())
+        .ok_or_else(|| format!("axis {axis} is out of range for rank {}", x.rank()))?;
+    let n = x.shape[ax];
+    let inner: usize = x.shape[ax + 1..].iter().product();
+    let outer: usize = x.shape[..ax].iter().product();
+    let mut out = x.data.clone();
+    let mut lane = vec![0.0; n];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * n + k) * inner + i;
+            for (k, v) in lane.iter_mut().enumerate() {
+                *v = x.data[at(k)];
+            }
+            f(&mut lane);
+            for (k, v) in lane.iter().enumerate() {
+                out[at(k)] = *v;
+            }
+        }
+    }
+    Ok(Tensor::new(x.shape.clone(), out))
+}
+
+fn softmax_lane(v: &mut [f64]) {
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut s = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - m).exp();
+        s += *x;
+    }
+    for x in v.iter_mut() {
+        *x /= s;
+    }
+}
+
+fn log_softmax_lane(v: &mut [f64]) {
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+    for x in v.iter_mut() {
+        *x -= lse;
+    }
+}
+
+/// The normalised row `(x - mean) * rstd` and `rstd`.
+fn normalize_row(row: &[f64], eps: f64) -> (Vec<f64>, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().sum::<f64>() / n;
+    let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    (row.iter().map(|x| (x - mean) * rstd).collect(), rstd)
+}
+
+/// The row length D, checking gamma (and, for the backward, dy).
+fn row_len(
+    x: &Tensor,
+    gamma: &Tensor,
+    other: &Tensor,
+    other_shape: &[usize],
+) -> std::result::Result<usize, String> {
+    let d = x.shape.last().copied().ok_or("x must have rank >= 1")?;
+    if gamma.shape != [d] || other.shape != other_shape {
+        return Err(format!(
+            "shapes x {:?}, gamma {:?}, third input {:?} do not match",
+            x.shape, gamma.shape, other.shape
+        ));
+    }
+    Ok(d)
+}
+
+fn layer_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> std::result::Result<Tensor, String> {
+    let d = row_len(x, gamma, beta, &gamma.shape)?;
+    let mut out = Vec::with_capacity(x.numel());
+    if d > 0 {
+        for row in x.data.chunks_exact(d) {
+            let (xhat, _) = normalize_row(row, eps);
+            out.extend((0..d).map(|k| xhat[k] * gamma.data[k] + beta.data[k]));
+        }
+    }
+    Ok(Tensor::new(x.shape.clone(), out))
+}
+
+fn layer_norm_grad(
+    x: &Tensor,
+    gamma: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+) -> std::result::Result<Vec<Tensor>, String> {
+    let d = row_len(x, gamma, dy, &x.shape)?;
+    let mut dx = Vec::with_capacity(x.numel());
+    let mut dgamma = vec![0.0; d];
+    let mut dbeta = vec![0.0; d];
+    if d > 0 {
+        for (row, dyr) in x.data.chunks_exact(d).zip(dy.data.chunks_exact(d)) {
+            let (xhat, rstd) = normalize_row(row, eps);
+            let dyg: Vec<f64> = (0..d).map(|k| dyr[k] * gamma.data[k]).collect();
+            let m1 = dyg.iter().sum::<f64>() / d as f64;
+            let m2 = (0..d).map(|k| dyg[k] * xhat[k]).sum::<f64>() / d as f64;
+            dx.extend((0..d).map(|k| rstd * (dyg[k] - m1 - xhat[k] * m2)));
+            for k in 0..d {
+                dgamma[k] += dyr[k] * xhat[k];
+                dbeta[k] += dyr[k];
+            }
+        }
+    }
+    Ok(vec![
+        Tensor::new(x.shape.clone(), dx),
+        Tensor::new(vec![d], dgamma),
+        Tensor::new(vec![d], dbeta),
+    ])
+}
+
+fn dropout(x: &Tensor, p: f64, key: u64, cx: &EvalCx) -> std::result::Result<Tensor, String> {
+    check_p(p)?;
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let stream = Stream {
+        seed: cx.seed,
+        step: cx.step,
+        rank: cx.rank,
+        site: key,
+    };
+    let scale = 1.0 / (1.0 - p);
+    let data = (x.data.iter().enumerate())
+        .map(|(e, &v)| {
+            if stream.uniform(e as u64) >= p {
+                v * scale
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::new(x.shape.clone(), data))
+}
+
+fn causal_mask(x: &Tensor, fill: f64) -> std::result::Result<Tensor, String> {
+    let t = match x.shape[..] {
+        [.., a, b] if a == b => a,
+        _ => return Err(format!("expected [..., T, T], found {:?}", x.shape)),
+    };
+    let data = (x.data.iter().enumerate())
+        .map(|(e, &v)| if e % t > (e / t) % t { fill } else { v })
+        .collect();
+    Ok(Tensor::new(x.shape.clone(), data))
+}
+
+// ----- decompositions -----
+
+/// `x * c` for a constant `c`, and `x + c`.
+fn add_const(b: &mut Builder, x: ValueId, c: f64) -> Result<ValueId> {
+    let k = b.scalar_like(c, x)?;
+    b.add(x, k)
+}
+
+/// `(xhat, rstd)` of the last axis: `xhat = (x - mean) * rstd` with
+/// `rstd = rsqrt(mean((x - mean)^2) + eps)`, kept dims.
+fn ln_normalize(b: &mut Builder, x: ValueId, eps: f64) -> Result<(ValueId, ValueId)> {
+    let mean = b.mean(x, &[-1], true)?;
+    let c = b.sub(x, mean)?;
+    let c2 = b.mul(c, c)?;
+    let var = b.mean(c2, &[-1], true)?;
+    let ve = add_const(b, var, eps)?;
+    let rstd = b.rsqrt(ve)?;
+    let xhat = b.mul(c, rstd)?;
+    Ok((xhat, rstd))
+}
+
+fn decompose_layer_norm(
+    b: &mut Builder,
+    x: ValueId,
+    gamma: ValueId,
+    beta: ValueId,
+    eps: f64,
+) -> Result<Vec<ValueId>> {
+    let (xhat, _) = ln_normalize(b, x, eps)?;
+    let scaled = b.mul(xhat, gamma)?;
+    Ok(vec![b.add(scaled, beta)?])
+}
+
+fn decompose_layer_norm_grad(
+    b: &mut Builder,
+    x: ValueId,
+    gamma: ValueId,
+    dy: ValueId,
+    eps: f64,
+) -> Result<Vec<ValueId>> {
+    let (xhat, rstd) = ln_normalize(b, x, eps)?;
+    let dyg = b.mul(dy, gamma)?;
+    let m1 = b.mean(dyg, &[-1], true)?;
+    let dyg_xhat = b.mul(dyg, xhat)?;
+    let m2 = b.mean(dyg_xhat, &[-1], true)?;
+    let centred = b.sub(dyg, m1)?;
+    let proj = b.mul(xhat, m2)?;
+    let inner = b.sub(centred, proj)?;
+    let dx = b.mul(rstd, inner)?;
+    let lead: Vec<i64> = (0..b.shape(x).rank() as i64 - 1).collect();
+    let dy_xhat = b.mul(dy, xhat)?;
+    let (dgamma, dbeta) = if lead.is_empty() {
+        (dy_xhat, dy)
+    } else {
+        (b.sum(dy_xhat, &lead, false)?, b.sum(dy, &lead, false)?)
+    };
+    Ok(vec![dx, dgamma, dbeta])
+}
+
+fn decompose_gelu_grad(
+    b: &mut Builder,
+    x: ValueId,
+    dy: ValueId,
+    approx: GeluApprox,
+) -> Result<Vec<ValueId>> {
+    use std::f64::consts::{FRAC_1_SQRT_2, PI};
+    let x2 = b.mul(x, x)?;
+    let d = match approx {
+        GeluApprox::Tanh => {
+            let c = (2.0 / PI).sqrt();
+            let x3 = b.mul(x2, x)?;
+            let cubic = b.scale(x3, GELU_CUBIC)?;
+            let inner = b.add(x, cubic)?;
+            let u = b.scale(inner, c)?;
+            let th = b.tanh(u)?;
+            let one_th = add_const(b, th, 1.0)?;
+            let first = b.scale(one_th, 0.5)?;
+            let th2 = b.mul(th, th)?;
+            let neg_th2 = b.neg(th2)?;
+            let sech2 = add_const(b, neg_th2, 1.0)?;
+            let poly_x2 = b.scale(x2, 3.0 * GELU_CUBIC)?;
+            let poly = add_const(b, poly_x2, 1.0)?;
+            let hx = b.scale(x, 0.5 * c)?;
+            let hs = b.mul(hx, sech2)?;
+            let second = b.mul(hs, poly)?;
+            b.add(first, second)?
+        }
+        GeluApprox::Erf => {
+            let xs = b.scale(x, FRAC_1_SQRT_2)?;
+            let e = b.erf(xs)?;
+            let one_e = add_const(b, e, 1.0)?;
+            let cdf = b.scale(one_e, 0.5)?;
+            let h = b.scale(x2, -0.5)?;
+            let ex = b.exp(h)?;
+            let pdf = b.scale(ex, 1.0 / (2.0 * PI).sqrt())?;
+            let xpdf = b.mul(x, pdf)?;
+            b.add(cdf, xpdf)?
+        }
+    };
+    Ok(vec![b.mul(d, dy)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+    use crate::ops::loss::fd::{self, Arg};
+    use crate::ops::unary::gelu;
+
+    const F: DType = DType::F64;
+
+    fn t(shape: &[usize], data: &[f64]) -> Tensor {
+        Tensor::new(shape.to_vec(), data.to_vec())
+    }
+
+    fn ev(op: Nn, inputs: &[&Tensor]) -> Vec<Tensor> {
+        op.eval(
+            inputs,
+            &EvalCx {
+                seed: 1,
+                step: 2,
+                rank: 0,
+            },
+        )
+        .unwrap()
+    }
+
+    fn ty(dims: &[usize]) -> TensorType {
+        TensorType::new(F, crate::Shape::of(dims))
+    }
+
+    fn ln_args(d: usize) -> Vec<Arg> {
+        let x = fd::data(2 * 3 * d, 0.5)
+            .iter()
+            .map(|v| 2.0 * v + 0.3)
+            .collect();
+        vec![
+            (F, vec![2, 3, d], x),
+            (F, vec![d], fd::data(d, 1.0)),
+            (F, vec![d], fd::data(d, 2.0)),
+        ]
+    }
+
+    #[test]
+    fn softmax_values_by_hand() {
+        let e: Vec<f64> = [1f64, 2.0, 3.0].iter().map(|x| x.exp()).collect();
+        let s: f64 = e.iter().sum();
+        let y = ev(Nn::Softmax { axis: -1 }, &[&t(&[3], &[1.0, 2.0, 3.0])]);
+        fd::assert_close(&y[0], &t(&[3], &[e[0] / s, e[1] / s, e[2] / s]), 1e-15);
+        // Axis 0 of [2, 2]; large inputs stay finite.
+        let y = ev(
+            Nn::Softmax { axis: 0 },
+            &[&t(&[2, 2], &[1000.0, 0.0, 1000.0, 0.0])],
+        );
+        assert_eq!(y[0], t(&[2, 2], &[0.5, 0.5, 0.5, 0.5]));
+        let x = t(&[2, 3], &[1.0, 2.0, 3.0, -1.0, 1000.0, 0.5]);
+        let ls = ev(Nn::LogSoftmax { axis: 1 }, &[&x]);
+        let sm = ev(Nn::Softmax { axis: 1 }, &[&x]);
+        assert!(ls[0].data.iter().all(|v| v.is_finite()));
+        fd::assert_close(&ls[0].map(f64::exp), &sm[0], 1e-15);
+    }
+
+    #[test]
+    fn layer_norm_values_and_decompositions() {
+        let x = t(&[1, 4], &[1.0, 2.0, 3.0, 4.0]);
+        let y = ev(
+            Nn::LayerNorm { eps: 0.0 },
+            &[
+                &x,
+                &t(&[4], &[1.0, 1.0, 2.0, 2.0]),
+                &t(&[4], &[0.0, 1.0, 0.0, 1.0]),
+            ],
+        );
+        let r = 1.0 / 1.25f64.sqrt();
+        fd::assert_close(
+            &y[0],
+            &t(&[1, 4], &[-1.5 * r, 1.0 - 0.5 * r, r, 1.0 + 3.0 * r]),
+            1e-15,
+        );
+        for d in [1, 5] {
+            let args = ln_args(d);
+            let op = Op::Nn(Nn::LayerNorm { eps: 1e-5 });
+            fd::assert_close(
+                &fd::eval(&op, &args)[0],
+                &fd::run_decomposition(&op, &args)[0],
+                1e-12,
+            );
+            let mut args = args;
+            args[2] = (F, vec![2, 3, d], fd::data(6 * d, 3.0));
+            let op = Op::Nn(Nn::LayerNormGrad { eps: 1e-5 });
+            let (direct, dec) = (fd::eval(&op, &args), fd::run_decomposition(&op, &args));
+            assert_eq!(direct.len(), 3);
+            for (a, b) in direct.iter().zip(&dec) {
+                fd::assert_close(a, b, 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_grad_matches_decomposition_and_gelu() {
+        let xs = [-3.0, -1.0, -0.2, 0.0, 0.4, 1.5, 4.0];
+        let dy = t(&[7], &[1.0, 2.0, -1.0, 0.5, 1.0, 3.0, 1.0]);
+        for a in [GeluApprox::Tanh, GeluApprox::Erf] {
+            let op = Op::Nn(Nn::GeluGrad(a));
+            let args: Vec<Arg> = vec![(F, vec![7], xs.to_vec()), (F, vec![7], dy.data.clone())];
+            let direct = fd::eval(&op, &args);
+            fd::assert_close(&direct[0], &fd::run_decomposition(&op, &args)[0], 1e-12);
+            for (i, &v) in xs.iter().enumerate() {
+                let fd = (gelu(v + 1e-6, a) - gelu(v - 1e-6, a)) / 2e-6;
+                assert!(
+                    (direct[0].data[i] - dy.data[i] * fd).abs() < 1e-8,
+                    "{a:?} at {v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_replays_its_mask() {
+        let x = t(&[1000], &fd::data(1000, 0.1));
+        assert_eq!(ev(Nn::Dropout { p: 0.0, key: 5 }, &[&x])[0], x);
+        let op = Nn::Dropout { p: 0.25, key: 5 };
+        let y = ev(op, &[&x]);
+        assert_eq!(y, ev(op, &[&x]));
+        let kept = (y[0].data.iter().zip(&x.data))
+            .filter(|(y, x)| **y != 0.0 && (**y - **x / 0.75).abs() < 1e-15)
+            .count();
+        let dropped = y[0].data.iter().filter(|y| **y == 0.0).count();
+        assert_eq!(kept + dropped, 1000);
+        assert!((150..350).contains(&dropped), "{dropped}");
+        let other = op
+            .eval(
+                &[&x],
+                &EvalCx {
+                    seed: 1,
+                    step: 3,
+                    rank: 0,
+                },
+            )
+            .unwrap();
+        assert_ne!(y, other);
+        assert!(
+            Nn::Dropout { p: 1.0, key: 0 }
+                .eval(&[&x], &EvalCx::default())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn causal_mask_values() {
+        let x = t(&[2, 2, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let y = ev(Nn::CausalMask { fill: -9.0 }, &[&x]);
+        assert_eq!(
+            y[0],
+            t(&[2, 2, 2], &[1.0, -9.0, 3.0, 4.0, 5.0, -9.0, 7.0, 8.0])
+        );
+        let y = ev(
+            Nn::CausalMask {
+                fill: f64::NEG_INFINITY,
+            },
+            &[&t(&[3, 3], &[1.0; 9])],
+        );
+        let inf = f64::NEG_INFINITY;
+        assert_eq!(y[0].data, vec![1.0, inf, inf, 1.0, 1.0, inf, 1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn shape_rules_and_errors() {
+        let bx = TensorType::new(F, crate::Shape(vec![Dim::Batch, Dim::Fixed(4)]));
+        let ln = Nn::LayerNorm { eps: 1e-5 };
+        assert_eq!(
+            ln.infer(&[&bx, &ty(&[4]), &ty(&[4])]).unwrap(),
+            vec![bx.clone()]
+        );
+        let e = ln.infer(&[&bx, &ty(&[5]), &ty(&[4])]).unwrap_err();
+        assert!(
+            e.contains("input 1") && e.contains("f64[4]") && e.contains("f64[5]"),
+            "{e}"
+        );
+        let e = ln.infer(&[&bx, &ty(&[4]), &ty(&[1, 4])]).unwrap_err();
+        assert!(e.contains("input 2"), "{e}");
+        assert!(
+            ln.infer(&[&ty(&[]), &ty(&[1]), &ty(&[1])])
+                .unwrap_err()
+                .contains("rank >= 1")
+        );
+        let lg = Nn::LayerNormGrad { eps: 1e-5 };
+        let out = lg.infer(&[&bx, &ty(&[4]), &bx]).unwrap();
+        assert_eq!(out, vec![bx.clone(), ty(&[4]), ty(&[4])]);
+        assert!(
+            lg.infer(&[&bx, &ty(&[4]), &ty(&[4])])
+                .unwrap_err()
+                .contains("input 2")
+        );
+        let e = Nn::Softmax { axis: 2 }.infer(&[&bx]).unwrap_err();
+        assert!(e.contains("'axis'") && e.contains("[batch, 4]"), "{e}");
+        let int = TensorType::new(DType::I32, crate::Shape::of(&[2]));
+        assert!(
+            Nn::Softmax { axis: 0 }
+                .infer(&[&int])
+                .unwrap_err()
+                .contains("floating")
+        );
+        let cm = Nn::CausalMask { fill: 0.0 };
+        assert_eq!(cm.infer(&[&ty(&[2, 3, 3])]).unwrap(), vec![ty(&[2, 3, 3])]);
+        for bad in [ty(&[3, 4]), ty(&[3]), bx.clone()] {
+            assert!(cm.infer(&[&bad]).unwrap_err().contains("[..., T, T]"));
+        }
+        let gg = Nn::GeluGrad(GeluApprox::Erf);
+        assert!(
+            gg.infer(&[&ty(&[3]), &ty(&[1])])
+                .unwrap_err()
+                .contains("input 1")
+        );
+        assert!(
+            Nn::Dropout { p: 1.5, key: 0 }
+                .infer(&[&bx])
+                .unwrap_err()
+                .contains("'p'")
+        );
+    }
+
+    #[test]
+    fn attrs_round_trip_and_parse_errors() {
+        let ops = [
+            Nn::Softmax { axis: 0 },
+            Nn::LogSoftmax { axis: -1 },
+            Nn::LayerNorm { eps: 1e-6 },
+            Nn::LayerNormGrad { eps: 0.0 },
+            Nn::GeluGrad(GeluApprox::Tanh),
+            Nn::GeluGrad(GeluApprox::Erf),
+            Nn::Dropout {
+                p: 0.1,
+                key: u64::MAX - 3,
+            },
+            Nn::CausalMask {
+                fill: f64::NEG_INFINITY,
+            },
+        ];
+        for op in ops {
+            assert_eq!(Nn::parse(op.name(), &op.attrs()), Some(Ok(op)));
+            assert_eq!(Op::parse(op.name(), &op.attrs()), Ok(Some(Op::Nn(op))));
+            assert_eq!(op.recompute(), Recompute::Cheap);
+        }
+        let none = Attrs::new();
+        assert_eq!(
+            Nn::parse("Softmax", &none),
+            Some(Ok(Nn::Softmax { axis: -1 }))
+        );
+        assert_eq!(
+            Nn::parse("LayerNorm", &none),
+            Some(Ok(Nn::LayerNorm { eps: 1e-5 }))
+        );
+        assert_eq!(
+            Nn::parse("GeluGrad", &none),
+            Some(Ok(Nn::GeluGrad(GeluApprox::Erf)))
+        );
+        assert_eq!(
+            Nn::parse("CausalMask", &none),
+            Some(Ok(Nn::CausalMask {
+                fill: f64::NEG_INFINITY
+            }))
+        );
+        assert_eq!(Nn::parse("Gather", &none), None);
+        let parse = |name: &str, kv: &[(&str, Attr)]| {
+            let a: Attrs = kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            Nn::parse(name, &a).unwrap().unwrap_err()
+        };
+        for p in [1.0, -0.1, f64::NAN] {
+            assert!(
+                parse("Dropout", &[("p", Attr::Float(p)), ("key", Attr::Int(1))]).contains("'p'")
+            );
+        }
+        assert!(parse("Dropout", &[("p", Attr::Float(0.1))]).contains("'key' is required"));
+        assert!(parse("LayerNorm", &[("eps", Attr::Float(-1.0))]).contains("'eps'"));
+        assert!(
+            parse("GeluGrad", &[("approximate", Attr::Str("none".into()))]).contains("\"none\"")
+        );
+        assert!(parse("Softmax", &[("axes", Attr::Int(0))]).contains("unknown attribute 'axes'"));
+    }
+
+    #[test]
+    fn costs() {
+        let x = ty(&[2, 8]);
+        assert_eq!(
+            Nn::Softmax { axis: -1 }.cost(&[&x], &[&x]),
+            Cost {
+                flops: 80,
+                bytes: 256
+            }
+        );
+        let c = Nn::LayerNorm { eps: 1e-5 }.cost(&[&x, &ty(&[8]), &ty(&[8])], &[&x]);
+        assert_eq!(
+            c,
+            Cost {
+                flops: 128,
+                bytes: 128 * 2 + 128
+            }
+        );
+    }
+
+    #[test]
+    fn softmax_family_derivatives_match_finite_differences() {
+        let args: Vec<Arg> = vec![(F, vec![3, 4], fd::data(12, 0.2))];
+        fd::check(&args, &|b, x| b.softmax(x[0], 0));
+        fd::check(&args, &|b, x| b.log_softmax(x[0], -1));
+        fd::check(&[(F, vec![4, 4], fd::data(16, 0.7))], &|b, x| {
+            let m = b.causal_mask(x[0], f64::NEG_INFINITY)?;
+            b.softmax(m, -1)
+        });
+        fd::check(&args, &|b, x| {
+            let d = b.dropout(x[0], 0.5, 11)?;
+            b.mul(d, x[0])
+        });
+    }
+
+    #[test]
+    fn layer_norm_derivatives_match_finite_differences() {
+        fd::check(&ln_args(3), &|b, x| b.layer_norm(x[0], x[1], x[2], 1e-5));
+        let mut args = ln_args(3);
+        args[2] = (F, vec![2, 3, 3], fd::data(18, 3.0));
+        fd::check(&args, &|b, x| {
+            let o = b.node(Op::Nn(Nn::LayerNormGrad { eps: 1e-5 }), x)?;
+            let (s0, s1) = (b.mul(o[0], o[0])?, b.mul(o[1], o[2])?);
+            let (s0, s1) = (b.sum_all(s0)?, b.sum_all(s1)?);
+            b.add(s0, s1)
+        });
+    }
+
+    #[test]
+    fn gelu_grad_derivatives_match_finite_differences() {
+        for a in [GeluApprox::Tanh, GeluApprox::Erf] {
+            let args: Vec<Arg> = vec![
+                (F, vec![5], fd::data(5, 0.1)),
+                (F, vec![5], fd::data(5, 0.8)),
+            ];
+            fd::check(&args, &|b, x| b.node1(Op::Nn(Nn::GeluGrad(a)), x));
+        }
     }
 }

@@ -1,0 +1,811 @@
+//! Finite-difference gradient checks, in the style of JAX's `check_jvp` /
+//! `check_vjp`, run on the f64 reference interpreter.
+//!
+//! Given a static graph, the values to differentiate (`wrt`: float graph
+//! inputs or parameters) and feeds for every graph input (int inputs such as
+//! labels included), [`check`] draws a random direction `v` for the `wrt`
+//! values and a random cotangent `u` for every float output (from the
+//! counter-based [`crate::rng::Stream`], so a check is deterministic in
+//! [`Options::seed`]) and computes
+//!
+//! - **FD**: the central finite difference `(f(x+εv) − f(x−εv)) / 2ε` of
+//!   the outputs, on the interpreter;
+//! - **J·v**: the tangents of the outputs from the [`crate::autodiff::jvp`]
+//!   graph;
+//! - **Jᵀ·u**: the gradients, from [`crate::autodiff::grad`], of the scalar
+//!   `L = Σ_outputs ⟨u, y⟩` ([`cotangent_graph`] appends `u` as inputs with
+//!   role `Direction` and the products and sums that make `L`).
+//!
+//! and compares them three ways, each reported in a [`Report`]:
+//!
+//! 1. FD against J·v elementwise (`|fd − jv| ≤ atol + rtol·max(|fd|, |jv|)`);
+//! 2. `⟨u, FD⟩` against `⟨Jᵀu, v⟩` (the VJP against finite differences);
+//! 3. `⟨u, J·v⟩` against `⟨Jᵀu, v⟩`, the adjoint identity, which holds to
+//!    rounding whenever the VJP and JVP rules are transposes of each other
+//!    (checked with the tight [`Options::adjoint_rtol`]).
+//!
+//! [`check_second_order`] applies the same checks to the gradient graph
+//! itself (outputs `Jᵀu₀` for a fixed random `u₀`, differentiated again with
+//! respect to the same primals), which exercises every VJP rule's own rules.
+//! [`check_with`] lets a backend plug in its own J·v and Jᵀ·u (its kernels)
+//! against the interpreter's finite differences.
+//!
+//! Use f64 graphs: in lower precisions the finite differences are noise.
+//! Nothing here panics on bad input: a graph that is not static, a `wrt`
+//! that is not a float input or parameter, a missing feed or an interpreter
+//! error is an `Err(String)`; a failed comparison is a [`Report`] whose
+//! [`Report::passed`] is false and whose `Display` gives the numbers.
+//!
+//! ```ignore
+//! let report = gradcheck::check(&graph, &[x, w], &feeds, &Options::default())?;
+//! assert!(report.passed(), "{report}");
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::autodiff::{grad, jvp};
+use crate::interp::{EvalCx, Tensor, run, unravel};
+use crate::rng::{Stream, key_of};
+use crate::{Builder, Graph, InputRole, ValueId};
+
+/// Step and tolerances of a check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// Finite-difference step along the direction `v` (whose entries are
+    /// standard normal).
+    pub eps: f64,
+    /// Relative tolerance of the FD comparisons.
+    pub rtol: f64,
+    /// Absolute tolerance of the FD comparisons (per element).
+    pub atol: f64,
+    /// Relative tolerance of the adjoint identity, against the sum of the
+    /// magnitudes of the products (rounding only: keep it tight).
+    pub adjoint_rtol: f64,
+    /// Seed of the random directions and cotangents.
+    pub seed: u64,
+    /// Seed, step and rank the interpreter runs with (random ops such as
+    /// Dropout replay the same mask for every evaluation of one check).
+    pub eval: EvalCx,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            eps: 1e-6,
+            rtol: 1e-5,
+            atol: 1e-6,
+            adjoint_rtol: 1e-9,
+            seed: 0,
+            eval: EvalCx::default(),
+        }
+    }
+}
+
+/// The element where finite differences and J·v disagree most.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worst {
+    /// Name of the output.
+    pub output: String,
+    /// Multi-index of the element in the output.
+    pub index: Vec<usize>,
+    pub fd: f64,
+    pub jvp: f64,
+    /// `|fd − jvp|`.
+    pub error: f64,
+    /// `atol + rtol·max(|fd|, |jvp|)`.
+    pub allowed: f64,
+}
+
+/// FD against J·v, element by element.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementCheck {
+    pub elements: usize,
+    /// Elements outside the tolerance (NaNs count as failures).
+    pub failed: usize,
+    /// The element with the largest error relative to its tolerance.
+    pub worst: Option<Worst>,
+}
+
+impl ElementCheck {
+    pub fn passed(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+/// Two inner products that should agree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DotCheck {
+    pub lhs: f64,
+    pub rhs: f64,
+    /// `|lhs − rhs|`.
+    pub error: f64,
+    pub allowed: f64,
+}
+
+impl DotCheck {
+    pub fn passed(&self) -> bool {
+        self.error <= self.allowed
+    }
+}
+
+/// The outcome of one gradient check. `Display` names each check, whether
+/// it passed and its numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The graph checked.
+    pub graph: String,
+    /// 1 for [`check`], 2 for [`check_second_order`].
+    pub order: u32,
+    /// Names of the `wrt` values and of the float outputs compared.
+    pub wrt: Vec<String>,
+    pub outputs: Vec<String>,
+    /// FD vs J·v, elementwise.
+    pub fd_vs_jvp: ElementCheck,
+    /// `⟨u, FD⟩` vs `⟨Jᵀu, v⟩`.
+    pub fd_vs_vjp: DotCheck,
+    /// `⟨u, J·v⟩` vs `⟨Jᵀu, v⟩`.
+    pub adjoint: DotCheck,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.fd_vs_jvp.passed() && self.fd_vs_vjp.passed() && self.adjoint.passed()
+    }
+
+    /// `Ok(self)` when every check passed, else `Err` with the report text.
+    pub fn into_result(self) -> Result<Report, String> {
+        if self.passed() {
+            Ok(self)
+        } else {
+            Err(self.to_string())
+        }
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "pass" } else { "FAIL" }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "gradcheck of '{}' (order {}) wrt [{}], outputs [{}]: {}",
+            self.graph,
+            self.order,
+            self.wrt.join(", "),
+            self.outputs.join(", "),
+            if self.passed() { "passed" } else { "FAILED" }
+        )?;
+        let e = &self.fd_vs_jvp;
+        write!(
+            f,
+            "  FD vs J·v: {}: {} of {} elements outside tolerance",
+            verdict(e.passed()),
+            e.failed,
+            e.elements
+        )?;
+        if let Some(w) = &e.worst {
+            write!(
+                f,
+                "; worst: output '{}' at {:?}: FD {:e}, J·v {:e}, |diff| {:e} (allowed {:e})",
+                w.output, w.index, w.fd, w.jvp, w.error, w.allowed
+            )?;
+        }
+        writeln!(f)?;
+        let dots = [
+            ("⟨u, FD⟩ vs ⟨Jᵀu, v⟩", &self.fd_vs_vjp),
+            ("adjoint ⟨u, J·v⟩ vs ⟨Jᵀu, v⟩", &self.adjoint),
+        ];
+        for (name, d) in dots {
+            writeln!(
+                f,
+                "  {name}: {}: {:e} vs {:e}, |diff| {:e} (allowed {:e})",
+                verdict(d.passed()),
+                d.lhs,
+                d.rhs,
+                d.error,
+                d.allowed
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The float outputs of a graph, in order, without repeats: the outputs a
+/// check compares and draws cotangents for.
+pub fn float_outputs(graph: &Graph) -> Vec<ValueId> {
+    let mut outs: Vec<ValueId> = Vec::new();
+    for &o in &graph.outputs {
+        let float = o.index() < graph.values.len() && graph.ty(o).dtype.is_float();
+        if float && !outs.contains(&o) {
+            outs.push(o);
+        }
+    }
+    outs
+}
+
+/// The validated pieces of a check: the point, the feeds and the random
+/// directions.
+struct Setup {
+    /// Every input, parameter and state value of the graph, by name.
+    leaves: BTreeMap<String, Tensor>,
+    /// The point `x` (one tensor per `wrt`).
+    x: Vec<Tensor>,
+    outputs: Vec<ValueId>,
+    /// Directions, one per `wrt`.
+    v: Vec<Tensor>,
+    /// Cotangents, one per float output.
+    u: Vec<Tensor>,
+}
+
+fn shape_of(graph: &Graph, v: ValueId) -> Result<Vec<usize>, String> {
+    graph.ty(v).shape.to_static().ok_or_else(|| {
+        format!(
+            "value '{}' has an unbound batch dimension; bind the graph first",
+            graph.name_of(v)
+        )
+    })
+}
+
+/// A tensor of standard normal draws, keyed on `(seed, step, name)`.
+fn draw(seed: u64, step: u64, name: &str, shape: Vec<usize>) -> Tensor {
+    let stream = Stream {
+        seed,
+        step,
+        rank: 0,
+        site: key_of(name),
+    };
+    let n: usize = shape.iter().product();
+    Tensor::new(shape, (0..n as u64).map(|i| stream.normal(i)).collect())
+}
+
+fn leaf_values(graph: &Graph) -> Vec<ValueId> {
+    let inputs = graph.inputs.iter().map(|i| i.value);
+    let params = graph.params.iter().map(|p| p.value);
+    inputs
+        .chain(params)
+        .chain(graph.state.iter().map(|s| s.value))
+        .collect()
+}
+
+fn check_wrt(graph: &Graph, wrt: &[ValueId], leaves: &[ValueId]) -> Result<(), String> {
+    if wrt.is_empty() {
+        return Err("nothing to differentiate: wrt is empty".into());
+    }
+    for (i, &w) in wrt.iter().enumerate() {
+        if w.index() >= graph.values.len() {
+            return Err(format!("wrt {i}: value id {} is not in the graph", w.0));
+        }
+        let name = graph.name_of(w);
+        if !graph.ty(w).dtype.is_float() {
+            return Err(format!(
+                "wrt '{name}': cannot differentiate a {} value",
+                graph.ty(w).dtype
+            ));
+        }
+        if !leaves.contains(&w) {
+            return Err(format!(
+                "wrt '{name}': not a graph input, parameter or state value (only those can be perturbed)"
+            ));
+        }
+        if wrt[..i].contains(&w) {
+            return Err(format!("wrt '{name}' is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_feeds(
+    graph: &Graph,
+    feeds: &BTreeMap<ValueId, Tensor>,
+    leaves: &[ValueId],
+) -> Result<(), String> {
+    for (&v, t) in feeds {
+        if v.index() >= graph.values.len() {
+            return Err(format!(
+                "feed for value id {}, which is not in the graph",
+                v.0
+            ));
+        }
+        if !leaves.contains(&v) {
+            return Err(format!(
+                "feed '{}': not a graph input, parameter or state value",
+                graph.name_of(v)
+            ));
+        }
+        if t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(format!(
+                "feed '{}': shape {:?} holds {} elements, but {} are given",
+                graph.name_of(v),
+                t.shape,
+                t.shape.iter().product::<usize>(),
+                t.data.len()
+            ));
+        }
+    }
+    for input in &graph.inputs {
+        if !feeds.contains_key(&input.value) {
+            return Err(format!("input '{}' is not fed", graph.name_of(input.value)));
+        }
+    }
+    Ok(())
+}
+
+/// Validates the request, runs the graph once and draws the directions.
+/// `step` separates the draws of nested checks.
+fn setup(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    opts: &Options,
+    step: u64,
+) -> Result<Setup, String> {
+    if !graph.is_static() {
+        return Err(format!(
+            "graph '{}' has an unbound batch dimension; bind it with Graph::bind_batch first",
+            graph.name
+        ));
+    }
+    let leaves = leaf_values(graph);
+    check_wrt(graph, wrt, &leaves)?;
+    check_feeds(graph, feeds, &leaves)?;
+    let outputs = float_outputs(graph);
+    if outputs.is_empty() {
+        return Err(format!(
+            "graph '{}' has no float output to check",
+            graph.name
+        ));
+    }
+    let env = run(graph, feeds, &opts.eval).map_err(|e| e.to_string())?;
+    let value = |v: ValueId| {
+        env.get(v.index())
+            .and_then(Clone::clone)
+            .ok_or_else(|| format!("value '{}' was not computed", graph.name_of(v)))
+    };
+    let mut named = BTreeMap::new();
+    for &l in &leaves {
+        named.insert(graph.name_of(l).to_owned(), value(l)?);
+    }
+    let x = wrt
+        .iter()
+        .map(|&w| value(w))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut v = Vec::with_capacity(wrt.len());
+    for &w in wrt {
+        let name = format!("gradcheck/direction/{}", graph.name_of(w));
+        v.push(draw(opts.seed, step, &name, shape_of(graph, w)?));
+    }
+    let mut u = Vec::with_capacity(outputs.len());
+    for &o in &outputs {
+        let name = format!("gradcheck/cotangent/{}", graph.name_of(o));
+        u.push(draw(opts.seed, step, &name, shape_of(graph, o)?));
+    }
+    Ok(Setup {
+        leaves: named,
+        x,
+        outputs,
+        v,
+        u,
+    })
+}
+
+/// Feeds for `graph` from tensors by name: every leaf of `graph` whose name
+/// is known.
+fn feeds_by_name(graph: &Graph, named: &BTreeMap<String, Tensor>) -> BTreeMap<ValueId, Tensor> {
+    leaf_values(graph)
+        .into_iter()
+        .filter_map(|l| named.get(graph.name_of(l)).map(|t| (l, t.clone())))
+        .collect()
+}
+
+/// Runs `graph` and returns the values `want`.
+fn run_values(
+    graph: &Graph,
+    feeds: &BTreeMap<ValueId, Tensor>,
+    cx: &EvalCx,
+    want: &[ValueId],
+) -> Result<Vec<Tensor>, String> {
+    let env = run(graph, feeds, cx).map_err(|e| e.to_string())?;
+    want.iter()
+        .map(|&v| {
+            env.get(v.index())
+                .and_then(Clone::clone)
+                .ok_or_else(|| format!("value '{}' was not computed", graph.name_of(v)))
+        })
+        .collect()
+}
+
+/// The central finite difference of the float outputs along `v`.
+fn finite_difference(
+    graph: &Graph,
+    wrt: &[ValueId],
+    s: &Setup,
+    opts: &Options,
+) -> Result<Vec<Tensor>, String> {
+    let base = feeds_by_name(graph, &s.leaves);
+    let mut sides = Vec::with_capacity(2);
+    for sign in [1.0, -1.0] {
+        let mut feeds = base.clone();
+        for ((&w, x), v) in wrt.iter().zip(&s.x).zip(&s.v) {
+            let data = x
+                .data
+                .iter()
+                .zip(&v.data)
+                .map(|(a, d)| a + sign * opts.eps * d);
+            feeds.insert(w, Tensor::new(x.shape.clone(), data.collect()));
+        }
+        sides.push(run_values(graph, &feeds, &opts.eval, &s.outputs)?);
+    }
+    let scale = 0.5 / opts.eps;
+    Ok(sides[0]
+        .iter()
+        .zip(&sides[1])
+        .map(|(p, m)| {
+            let data = p.data.iter().zip(&m.data).map(|(a, b)| (a - b) * scale);
+            Tensor::new(p.shape.clone(), data.collect())
+        })
+        .collect())
+}
+
+fn find(graph: &Graph, name: &str, what: &str) -> Result<ValueId, String> {
+    graph
+        .find(name)
+        .ok_or_else(|| format!("the {what} graph lost value '{name}'"))
+}
+
+/// J·v on the interpreter: the tangent of each float output of `graph`
+/// (see [`float_outputs`]) when the `wrt` values move along `v` (one tensor
+/// per `wrt`), from the [`crate::autodiff::jvp`] graph. `feeds` must give
+/// every graph input.
+pub fn autodiff_jvp(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    cx: &EvalCx,
+    v: &[Tensor],
+) -> Result<Vec<Tensor>, String> {
+    if v.len() != wrt.len() {
+        return Err(format!(
+            "{} directions for {} wrt values",
+            v.len(),
+            wrt.len()
+        ));
+    }
+    let j = jvp(graph, wrt).map_err(|e| format!("jvp transform: {e}"))?;
+    let named: BTreeMap<String, Tensor> = feeds
+        .iter()
+        .map(|(&k, t)| (graph.name_of(k).to_owned(), t.clone()))
+        .collect();
+    let mut jfeeds = feeds_by_name(&j.graph, &named);
+    for (&(_, t), d) in j.tangents_in.iter().zip(v) {
+        jfeeds.insert(t, d.clone());
+    }
+    let mut want = Vec::new();
+    for o in float_outputs(graph) {
+        let oj = find(&j.graph, graph.name_of(o), "jvp")?;
+        let t = j.tangent_of(oj).ok_or_else(|| {
+            format!(
+                "the jvp graph has no tangent for output '{}'",
+                graph.name_of(o)
+            )
+        })?;
+        want.push(t);
+    }
+    run_values(&j.graph, &jfeeds, cx, &want)
+}
+
+/// The gradient graph of `L = Σ_outputs ⟨u, y⟩` over the float outputs of a
+/// graph, made by [`cotangent_graph`]. Ids are in `graph`.
+#[derive(Debug, Clone)]
+pub struct CotangentGraph {
+    /// Outputs: `L` followed by one gradient per `wrt`.
+    pub graph: Graph,
+    /// The inputs `u` (role `Direction`), one per float output, in order.
+    pub cotangents: Vec<ValueId>,
+    /// The `wrt` values.
+    pub wrt: Vec<ValueId>,
+    /// `Jᵀ·u`, one per `wrt`.
+    pub grads: Vec<ValueId>,
+    pub loss: ValueId,
+}
+
+/// Appends to `graph` one input `gradcheck/cotangent/{output}` per float
+/// output, forms `L = Σ ⟨u, y⟩` and differentiates it with respect to `wrt`
+/// with [`crate::autodiff::grad`]: the graph's gradients are `Jᵀ·u`.
+pub fn cotangent_graph(graph: &Graph, wrt: &[ValueId]) -> Result<CotangentGraph, String> {
+    let outputs = float_outputs(graph);
+    if outputs.is_empty() {
+        return Err(format!("graph '{}' has no float output", graph.name));
+    }
+    let err = |e: crate::Error| format!("building L = Σ⟨u, y⟩: {e}");
+    let mut b = Builder::from_graph(graph.clone());
+    let mut names = Vec::with_capacity(outputs.len());
+    let mut total: Option<ValueId> = None;
+    for &o in &outputs {
+        let ty = graph.ty(o).clone();
+        let name = format!("gradcheck/cotangent/{}", graph.name_of(o));
+        let u = b
+            .input(&name, ty.dtype, ty.shape.clone(), InputRole::Direction)
+            .map_err(err)?;
+        names.push(b.graph().name_of(u).to_owned());
+        let m = b.mul(o, u).map_err(err)?;
+        let s = if ty.shape.rank() == 0 {
+            m
+        } else {
+            b.sum_all(m).map_err(err)?
+        };
+        total = Some(match total {
+            Some(t) => b.add(t, s).map_err(err)?,
+            None => s,
+        });
+    }
+    let total = total.ok_or("no float output")?;
+    let mut lg = b.into_graph();
+    lg.outputs = vec![total];
+    lg.loss = Some(total);
+    let g = grad(&lg, total, wrt).map_err(|e| format!("grad transform: {e}"))?;
+    let cotangents = names
+        .iter()
+        .map(|n| find(&g.graph, n, "gradient"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wrt_ids = wrt
+        .iter()
+        .map(|&w| find(&g.graph, graph.name_of(w), "gradient"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CotangentGraph {
+        cotangents,
+        wrt: wrt_ids,
+        grads: g.grads.iter().map(|&(_, gv)| gv).collect(),
+        loss: g.loss,
+        graph: g.graph,
+    })
+}
+
+/// Jᵀ·u on the interpreter: the gradient of `Σ ⟨u, y⟩` with respect to each
+/// `wrt`, for cotangents `u` (one per float output, see [`float_outputs`]).
+pub fn autodiff_vjp(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    cx: &EvalCx,
+    u: &[Tensor],
+) -> Result<Vec<Tensor>, String> {
+    let c = cotangent_graph(graph, wrt)?;
+    if u.len() != c.cotangents.len() {
+        return Err(format!(
+            "{} cotangents for {} float outputs",
+            u.len(),
+            c.cotangents.len()
+        ));
+    }
+    let named: BTreeMap<String, Tensor> = feeds
+        .iter()
+        .map(|(&k, t)| (graph.name_of(k).to_owned(), t.clone()))
+        .collect();
+    let mut cfeeds = feeds_by_name(&c.graph, &named);
+    for (&ci, t) in c.cotangents.iter().zip(u) {
+        cfeeds.insert(ci, t.clone());
+    }
+    run_values(&c.graph, &cfeeds, cx, &c.grads)
+}
+
+/// First-order check of the autodiff rules of `graph` on the interpreter:
+/// FD vs J·v, `⟨u, FD⟩` vs `⟨Jᵀu, v⟩` and the adjoint identity.
+///
+/// `wrt` are float graph inputs or parameters; `feeds` gives every graph
+/// input (parameters not fed are materialized from their initializers with
+/// `opts.eval.seed`). `Err` for a request that cannot be checked; a failed
+/// check is a report with `passed() == false`.
+pub fn check(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    opts: &Options,
+) -> Result<Report, String> {
+    check_at_step(graph, wrt, feeds, opts, 0)
+}
+
+fn check_at_step(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    opts: &Options,
+    step: u64,
+) -> Result<Report, String> {
+    let s = setup(graph, wrt, feeds, opts, step)?;
+    let point = point_feeds(graph, wrt, &s);
+    let jv = autodiff_jvp(graph, wrt, &point, &opts.eval, &s.v)?;
+    let vjt = autodiff_vjp(graph, wrt, &point, &opts.eval, &s.u)?;
+    compare(graph, wrt, &s, opts, jv, vjt)
+}
+
+/// Every leaf at the check's point.
+fn point_feeds(graph: &Graph, wrt: &[ValueId], s: &Setup) -> BTreeMap<ValueId, Tensor> {
+    let mut feeds = feeds_by_name(graph, &s.leaves);
+    for (&w, x) in wrt.iter().zip(&s.x) {
+        feeds.insert(w, x.clone());
+    }
+    feeds
+}
+
+/// As [`check`], with J·v and Jᵀ·u computed by the caller (e.g. a backend's
+/// kernels): `jvp(v)` gets one direction per `wrt` and returns one tangent
+/// per float output; `vjp(u)` gets one cotangent per float output and returns
+/// one gradient per `wrt`. Finite differences still run on the interpreter.
+pub fn check_with(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    opts: &Options,
+    jvp: &mut dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>, String>,
+    vjp: &mut dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>, String>,
+) -> Result<Report, String> {
+    let s = setup(graph, wrt, feeds, opts, 0)?;
+    let jv = jvp(&s.v)?;
+    let vjt = vjp(&s.u)?;
+    compare(graph, wrt, &s, opts, jv, vjt)
+}
+
+/// Second-order check: the first-order checks applied to the gradient graph
+/// of `graph` — the graph from [`cotangent_graph`] whose outputs are the
+/// gradients `Jᵀu₀` for a fixed random `u₀` — differentiated again with
+/// respect to the same primals. This checks the rules of every op the VJP
+/// rules emit (Hessian-vector products against finite differences of
+/// gradients).
+pub fn check_second_order(
+    graph: &Graph,
+    wrt: &[ValueId],
+    feeds: &BTreeMap<ValueId, Tensor>,
+    opts: &Options,
+) -> Result<Report, String> {
+    let s = setup(graph, wrt, feeds, opts, 1)?;
+    let c = cotangent_graph(graph, wrt)?;
+    let mut g = c.graph.clone();
+    g.outputs.clear();
+    for &gv in &c.grads {
+        if !g.outputs.contains(&gv) {
+            g.outputs.push(gv);
+        }
+    }
+    g.loss = None;
+    let mut feeds2 = feeds_by_name(&g, &s.leaves);
+    for (&ci, u0) in c.cotangents.iter().zip(&s.u) {
+        feeds2.insert(ci, u0.clone());
+    }
+    let mut report = check_at_step(&g, &c.wrt, &feeds2, opts, 2)?;
+    report.order = 2;
+    report.graph = graph.name.clone();
+    Ok(report)
+}
+
+fn check_shapes(
+    what: &str,
+    got: &[Tensor],
+    want: &[Tensor],
+    names: &[String],
+) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} tensors, expected {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    for ((g, w), n) in got.iter().zip(want).zip(names) {
+        if g.shape != w.shape || g.data.len() != w.data.len() {
+            return Err(format!(
+                "{what} for '{n}': shape {:?} ({} elements), expected {:?}",
+                g.shape,
+                g.data.len(),
+                w.shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the finite differences and the three comparisons.
+fn compare(
+    graph: &Graph,
+    wrt: &[ValueId],
+    s: &Setup,
+    opts: &Options,
+    jv: Vec<Tensor>,
+    vjt: Vec<Tensor>,
+) -> Result<Report, String> {
+    let out_names: Vec<String> = s
+        .outputs
+        .iter()
+        .map(|&o| graph.name_of(o).to_owned())
+        .collect();
+    let wrt_names: Vec<String> = wrt.iter().map(|&w| graph.name_of(w).to_owned()).collect();
+    check_shapes("J·v", &jv, &s.u, &out_names)?;
+    check_shapes("Jᵀ·u", &vjt, &s.v, &wrt_names)?;
+    let fd = finite_difference(graph, wrt, s, opts)?;
+    let fd_vs_jvp = elementwise(&out_names, &fd, &jv, opts);
+    let gv = Dot::of(&vjt, &s.v);
+    let ufd = Dot::of(&s.u, &fd);
+    let ujv = Dot::of(&s.u, &jv);
+    let u_l1: f64 = s.u.iter().flat_map(|t| &t.data).map(|x| x.abs()).sum();
+    let fd_vs_vjp = DotCheck {
+        lhs: ufd.value,
+        rhs: gv.value,
+        error: (ufd.value - gv.value).abs(),
+        allowed: opts.rtol * ufd.magnitude.max(gv.magnitude) + opts.atol * u_l1,
+    };
+    let adjoint = DotCheck {
+        lhs: ujv.value,
+        rhs: gv.value,
+        error: (ujv.value - gv.value).abs(),
+        allowed: opts.adjoint_rtol * (ujv.magnitude + gv.magnitude) + f64::MIN_POSITIVE,
+    };
+    Ok(Report {
+        graph: graph.name.clone(),
+        order: 1,
+        wrt: wrt_names,
+        outputs: out_names,
+        fd_vs_jvp,
+        fd_vs_vjp,
+        adjoint,
+    })
+}
+
+/// An inner product over lists of tensors and the sum of the magnitudes of
+/// its terms (the scale its rounding error is relative to).
+struct Dot {
+    value: f64,
+    magnitude: f64,
+}
+
+impl Dot {
+    fn of(a: &[Tensor], b: &[Tensor]) -> Dot {
+        let mut value = 0.0;
+        let mut magnitude = 0.0;
+        for (x, y) in a.iter().zip(b) {
+            for (p, q) in x.data.iter().zip(&y.data) {
+                value += p * q;
+                magnitude += (p * q).abs();
+            }
+        }
+        Dot { value, magnitude }
+    }
+}
+
+fn elementwise(names: &[String], fd: &[Tensor], jv: &[Tensor], opts: &Options) -> ElementCheck {
+    let mut check = ElementCheck {
+        elements: 0,
+        failed: 0,
+        worst: None,
+    };
+    let mut worst_ratio = -1.0;
+    for ((name, f), j) in names.iter().zip(fd).zip(jv) {
+        for (i, (&a, &b)) in f.data.iter().zip(&j.data).enumerate() {
+            check.elements += 1;
+            let error = (a - b).abs();
+            let allowed = opts.atol + opts.rtol * a.abs().max(b.abs());
+            let ok = error <= allowed;
+            if !ok {
+                check.failed += 1;
+            }
+            let ratio = match error / allowed {
+                r if !r.is_nan() => r,
+                _ if ok => 0.0,
+                _ => f64::INFINITY,
+            };
+            if ratio > worst_ratio {
+                worst_ratio = ratio;
+                check.worst = Some(Worst {
+                    output: name.clone(),
+                    index: unravel(i, &f.shape),
+                    fd: a,
+                    jvp: b,
+                    error,
+                    allowed,
+                });
+            }
+        }
+    }
+    check
+}

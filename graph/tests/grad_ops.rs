@@ -1,0 +1,480 @@
+//! Gradient checks of every op in the set, first and second order, against
+//! finite differences on the f64 interpreter (`adjoint_graph::gradcheck`).
+//!
+//! The table below has one line per op: the op, how to build it from the
+//! graph inputs, its arity, the domain of each input, the case generator
+//! (random shapes and parameters, driven by proptest with a fixed seed per
+//! row) and the tolerance. Each line is a test that runs, per case, FD vs
+//! J·v, FD vs Jᵀ·u and the adjoint identity on the op's graph, then the same
+//! three on the op's gradient graph (second order). Dedicated tests cover
+//! repeated gather indices, ReduceMax ties, fixed broadcasting examples, and
+//! show that the harness fails on wrong rules.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use adjoint_graph::gradcheck::{self, Options};
+use adjoint_graph::interp::{EvalCx, Tensor};
+use adjoint_graph::ops::{GeluApprox, Loss, Movement, Nn};
+use adjoint_graph::{Builder, DType, Graph, InputRole, Op, Shape, ValueId};
+use common::Dom::{AwayFromZero, Distinct, Frozen, Index, Int, Pos, Real};
+use common::*;
+
+/// Default (rtol, atol) of the FD comparisons.
+const T: (f64, f64) = (1e-13, 0.0);
+
+macro_rules! table {
+    ($($test:ident: $op:literal, $label:literal, $arity:literal, $cases:expr, [$($dom:expr),*], $tol:expr,
+       $build:expr;)*) => {
+        /// The op table: one row per op (variant).
+        fn table() -> Vec<Row> {
+            vec![$(Row {
+                op: $op,
+                label: $label,
+                arity: $arity,
+                cases: || $cases,
+                dom: &[$($dom),*],
+                tol: $tol,
+                build: $build,
+            }),*]
+        }
+        $(
+            #[test]
+            fn $test() {
+                let rows = table();
+                let row = rows.iter().find(|r| r.label == $label).expect("row");
+                run_row(row);
+            }
+        )*
+    };
+}
+
+table! {
+    // test:     op,        label,              arity, cases,            domains,                  tol, build
+    neg:         "Neg",     "Neg",                 1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.neg(x[0]));
+    exp:         "Exp",     "Exp",                 1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.exp(x[0]));
+    log:         "Log",     "Log",                 1, same(1, 0, 3),     [Pos],                    T, |b, x, _| one(b.log(x[0]));
+    sqrt:        "Sqrt",    "Sqrt",                1, same(1, 0, 3),     [Pos],                    T, |b, x, _| one(b.sqrt(x[0]));
+    rsqrt:       "Rsqrt",   "Rsqrt",               1, same(1, 0, 3),     [Pos],                    T, |b, x, _| one(b.rsqrt(x[0]));
+    tanh:        "Tanh",    "Tanh",                1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.tanh(x[0]));
+    sigmoid:     "Sigmoid", "Sigmoid",             1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.sigmoid(x[0]));
+    relu:        "Relu",    "Relu",                1, same(1, 0, 3),     [AwayFromZero],           T, |b, x, _| one(b.relu(x[0]));
+    gelu_tanh:   "Gelu",    "Gelu(tanh)",          1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.gelu(x[0], GeluApprox::Tanh));
+    gelu_erf:    "Gelu",    "Gelu(erf)",           1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.gelu(x[0], GeluApprox::Erf));
+    erf:         "Erf",     "Erf",                 1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.erf(x[0]));
+    cast:        "Cast",    "Cast(f64->f64)",      1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.cast(x[0], DType::F64));
+    cast_int:    "Cast",    "Cast(i64->f64)*x",    2, same(2, 0, 3),     [Int(5), Real],           T, |b, x, _| { let c = b.cast(x[0], DType::F64)?; one(b.mul(c, x[1])) };
+    constant:    "Constant","Constant*x",          1, same(1, 0, 3),     [Real],                   T, |b, x, _| { let k = b.scalar(1.7, DType::F64)?; one(b.mul(x[0], k)) };
+    add:         "Add",     "Add",                 2, broadcasting(2),   [Real, Real],             T, |b, x, _| one(b.add(x[0], x[1]));
+    sub:         "Sub",     "Sub",                 2, broadcasting(2),   [Real, Real],             T, |b, x, _| one(b.sub(x[0], x[1]));
+    mul:         "Mul",     "Mul",                 2, broadcasting(2),   [Real, Real],             T, |b, x, _| one(b.mul(x[0], x[1]));
+    div:         "Div",     "Div",                 2, broadcasting(2),   [Real, AwayFromZero],     T, |b, x, _| one(b.div(x[0], x[1]));
+    pow:         "Pow",     "Pow",                 2, broadcasting(2),   [Pos, Real],              T, |b, x, _| one(b.pow(x[0], x[1]));
+    equal:       "Equal",   "Where(Equal(i,j))",   4, same(4, 0, 3),     [Int(2), Int(2), Real, Real], T, |b, x, _| { let c = b.equal(x[0], x[1])?; one(b.select(c, x[2], x[3])) };
+    greater:     "Greater", "Where(Greater(a,b))", 2, broadcasting(2),   [Real, Real],             T, |b, x, _| { let c = b.greater(x[0], x[1])?; one(b.select(c, x[0], x[1])) };
+    where_:      "Where",   "Where(c>0,a,b)",      3, broadcasting(3),   [Frozen, Real, Real],     T, |b, x, _| { let z = b.zeros_like(x[0])?; let c = b.greater(x[0], z)?; one(b.select(c, x[1], x[2])) };
+    matmul:      "MatMul",  "MatMul",              2, common::matmul(),          [Real, Real],             T, |b, x, c| one(b.matmul_t(x[0], x[1], c.trans_a, c.trans_b));
+    reduce_sum:  "ReduceSum", "ReduceSum",         1, reduce(),          [Real],                   T, |b, x, c| one(b.sum(x[0], &c.axes, c.keep_dims));
+    reduce_mean: "ReduceMean", "ReduceMean",       1, reduce(),          [Real],                   T, |b, x, c| one(b.mean(x[0], &c.axes, c.keep_dims));
+    reduce_max:  "ReduceMax", "ReduceMax",         1, reduce(),          [Distinct],               T, |b, x, c| one(b.max(x[0], &c.axes, c.keep_dims));
+    reshape:     "Reshape", "Reshape",             1, common::reshape(),         [Real],                   T, |b, x, c| b.node(Op::Movement(Movement::Reshape(Shape::of(&c.target))), x);
+    transpose:   "Transpose", "Transpose",         1, common::transpose(),       [Real],                   T, |b, x, c| one(b.transpose(x[0], &c.perm));
+    broadcast:   "Broadcast", "Broadcast",         1, common::broadcast(),       [Real],                   T, |b, x, c| b.node(Op::Movement(Movement::Broadcast(Shape::of(&c.target))), x);
+    concat:      "Concat",  "Concat",              3, common::concat(),          [Real, Real, Real],       T, |b, x, c| one(b.concat(x, c.axis));
+    slice:       "Slice",   "Slice",               1, slice_or_pad(true), [Real],                  T, |b, x, c| one(b.slice(x[0], c.axis, c.lo, c.hi));
+    pad:         "Pad",     "Pad",                 1, slice_or_pad(false), [Real],                 T, |b, x, c| one(b.pad(x[0], c.axis, c.lo, c.hi));
+    gather:      "Gather",  "Gather",              2, common::gather(),          [Real, Index],            T, |b, x, c| one(b.gather(x[0], x[1], c.axis));
+    scatter_add: "ScatterAdd", "ScatterAdd",       2, scatter(),         [Real, Index],            T, |b, x, c| one(b.scatter_add(x[0], x[1], c.axis, c.bound));
+    one_hot:     "OneHot",  "OneHot*x",            2, common::one_hot(),         [Index, Real],            T, |b, x, c| { let h = b.one_hot(x[0], c.bound, DType::F64)?; one(b.mul(h, x[1])) };
+    softmax:     "Softmax", "Softmax",             1, with_axis(1, 3),   [Real],                   T, |b, x, c| one(b.softmax(x[0], c.axis));
+    log_softmax: "LogSoftmax", "LogSoftmax",       1, with_axis(1, 3),   [Real],                   T, |b, x, c| one(b.log_softmax(x[0], c.axis));
+    layer_norm:  "LayerNorm", "LayerNorm",         3, last_axis(&[true, false, false]), [Real, Real, Real], T, |b, x, _| one(b.layer_norm(x[0], x[1], x[2], 1e-5));
+    layer_norm_grad: "LayerNormGrad", "LayerNormGrad", 3, last_axis(&[true, false, true]), [Real, Real, Real], T, |b, x, _| b.node(Op::Nn(Nn::LayerNormGrad { eps: 1e-5 }), x);
+    gelu_grad_tanh: "GeluGrad", "GeluGrad(tanh)",  2, same(2, 0, 3),     [Real, Real],             T, |b, x, _| b.node(Op::Nn(Nn::GeluGrad(GeluApprox::Tanh)), x);
+    gelu_grad_erf: "GeluGrad", "GeluGrad(erf)",    2, same(2, 0, 3),     [Real, Real],             T, |b, x, _| b.node(Op::Nn(Nn::GeluGrad(GeluApprox::Erf)), x);
+    dropout:     "Dropout", "Dropout(p=0.3)",      1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.dropout(x[0], 0.3, 7));
+    causal_mask: "CausalMask", "CausalMask(0)",    1, square(),          [Real],                   T, |b, x, _| one(b.causal_mask(x[0], 0.0));
+    causal_mask_softmax: "CausalMask", "Softmax(CausalMask(-1e9))", 1, square(), [Real],          T, |b, x, _| { let m = b.causal_mask(x[0], -1e9)?; one(b.softmax(m, -1)) };
+    causal_mask_inf: "CausalMask", "Softmax(CausalMask(-inf))", 1, square(), [Real],              T, |b, x, _| { let m = b.causal_mask(x[0], f64::NEG_INFINITY)?; one(b.softmax(m, -1)) };
+    softmax_cross_entropy: "SoftmaxCrossEntropy", "SoftmaxCrossEntropy", 2, cross_entropy(false), [Real, Index], T, |b, x, _| one(b.softmax_cross_entropy(x[0], x[1]));
+    softmax_cross_entropy_grad: "SoftmaxCrossEntropyGrad", "SoftmaxCrossEntropyGrad", 3, cross_entropy(true), [Real, Index, Real], T, |b, x, _| b.node(Op::Loss(Loss::SoftmaxCrossEntropyGrad), x);
+    mse:         "Mse",     "Mse",                 2, same(2, 0, 3),     [Real, Real],             T, |b, x, _| one(b.mse(x[0], x[1]));
+}
+
+/// Every op of the set (serialized names).
+const ALL_OPS: &[&str] = &[
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Rsqrt",
+    "Tanh",
+    "Sigmoid",
+    "Relu",
+    "Erf",
+    "Gelu",
+    "Cast",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Equal",
+    "Greater",
+    "Where",
+    "MatMul",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "Reshape",
+    "Transpose",
+    "Broadcast",
+    "Concat",
+    "Slice",
+    "Pad",
+    "Constant",
+    "Gather",
+    "ScatterAdd",
+    "OneHot",
+    "Softmax",
+    "LogSoftmax",
+    "LayerNorm",
+    "LayerNormGrad",
+    "GeluGrad",
+    "Dropout",
+    "CausalMask",
+    "SoftmaxCrossEntropy",
+    "SoftmaxCrossEntropyGrad",
+    "Mse",
+];
+
+#[test]
+fn every_op_has_a_row() {
+    let rows = table();
+    assert_eq!(ALL_OPS.len(), 43);
+    for &op in ALL_OPS {
+        assert!(rows.iter().any(|r| r.op == op), "no row for {op}");
+    }
+    for r in &rows {
+        assert_eq!(r.dom.len(), r.arity, "row {}", r.label);
+    }
+}
+
+// ----- helpers of the dedicated tests -----
+
+fn t(shape: &[usize], data: &[f64]) -> Tensor {
+    Tensor::new(shape.to_vec(), data.to_vec())
+}
+
+fn input(b: &mut Builder, name: &str, dtype: DType, shape: &[usize]) -> ValueId {
+    b.input(name, dtype, Shape::of(shape), InputRole::Data)
+        .unwrap()
+}
+
+/// Runs the first- and second-order checks and panics with the report.
+fn assert_checks(g: &Graph, wrt: &[ValueId], feeds: &BTreeMap<ValueId, Tensor>) {
+    let opts = Options::default();
+    let first = gradcheck::check(g, wrt, feeds, &opts).unwrap();
+    assert!(first.passed(), "{first}");
+    let second = gradcheck::check_second_order(g, wrt, feeds, &opts).unwrap();
+    assert!(second.passed(), "{second}");
+    assert_eq!(second.order, 2);
+}
+
+fn close(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-12 * (1.0 + y.abs()))
+}
+
+// ----- dedicated tests -----
+
+/// An embedding lookup where rows repeat: the gradient rows accumulate.
+#[test]
+fn gather_with_repeated_indices_accumulates_gradient_rows() {
+    let mut b = Builder::new("embedding");
+    let table = input(&mut b, "table", DType::F64, &[4, 3]);
+    let ids = input(&mut b, "ids", DType::I64, &[2, 3]);
+    let y = b.gather(table, ids, 0).unwrap();
+    b.output(y);
+    let g = b.finish().unwrap();
+    assert_eq!(g.static_shape(y), vec![2, 3, 3]);
+    let idx = [1.0, 3.0, 1.0, 1.0, 0.0, 3.0];
+    let values: Vec<f64> = (0..12).map(|i| 0.1 * i as f64 - 0.5).collect();
+    let feeds = BTreeMap::from([(table, t(&[4, 3], &values)), (ids, t(&[2, 3], &idx))]);
+    let u: Vec<f64> = (0..18).map(|i| 1.0 + i as f64).collect();
+    let got = gradcheck::autodiff_vjp(
+        &g,
+        &[table],
+        &feeds,
+        &EvalCx::default(),
+        &[t(&[2, 3, 3], &u)],
+    )
+    .unwrap();
+    let mut want = vec![0.0; 12];
+    for (p, &row) in idx.iter().enumerate() {
+        for c in 0..3 {
+            want[row as usize * 3 + c] += u[p * 3 + c];
+        }
+    }
+    assert_eq!(got[0].shape, vec![4, 3]);
+    assert!(
+        close(&got[0].data, &want),
+        "got {:?}, want {want:?}",
+        got[0].data
+    );
+    // Row 1 appears three times, row 3 twice, row 2 never.
+    assert_eq!(
+        &want[3..6],
+        &[1.0 + 7.0 + 10.0, 2.0 + 8.0 + 11.0, 3.0 + 9.0 + 12.0]
+    );
+    assert_eq!(&want[6..9], &[0.0, 0.0, 0.0]);
+    assert_checks(&g, &[table], &feeds);
+}
+
+/// ReduceMax splits the cotangent equally among tied maxima; FD is not
+/// valid at a tie, but the VJP values and the adjoint identity are.
+#[test]
+fn reduce_max_splits_ties_equally() {
+    let mut b = Builder::new("ties");
+    let x = input(&mut b, "x", DType::F64, &[2, 3]);
+    let rows = b.max(x, &[1], false).unwrap();
+    let all = b.max(x, &[0, -1], true).unwrap();
+    b.output(rows);
+    b.output(all);
+    let g = b.finish().unwrap();
+    let feeds = BTreeMap::from([(x, t(&[2, 3], &[1.0, 3.0, 3.0, 3.0, 3.0, 3.0]))]);
+    let cx = EvalCx::default();
+    let u = [t(&[2], &[1.0, 2.0]), t(&[1, 1], &[10.0])];
+    let got = gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, &u).unwrap();
+    let want = [
+        0.0,
+        0.5 + 2.0,
+        0.5 + 2.0,
+        2.0 / 3.0 + 2.0,
+        2.0 / 3.0 + 2.0,
+        2.0 / 3.0 + 2.0,
+    ];
+    assert!(
+        close(&got[0].data, &want),
+        "got {:?}, want {want:?}",
+        got[0].data
+    );
+    let report = gradcheck::check(&g, &[x], &feeds, &Options::default()).unwrap();
+    assert!(report.adjoint.passed(), "{report}");
+}
+
+/// The broadcasting example [3, 1, 4] with [2, 1] for every float binary op.
+#[test]
+fn binary_ops_broadcast_3x1x4_with_2x1() {
+    type BinaryBuild = fn(&mut Builder, ValueId, ValueId) -> adjoint_graph::Result<ValueId>;
+    let ops: [(&str, BinaryBuild); 5] = [
+        ("add", Builder::add),
+        ("sub", Builder::sub),
+        ("mul", Builder::mul),
+        ("div", Builder::div),
+        ("pow", Builder::pow),
+    ];
+    for (name, op) in ops {
+        let mut b = Builder::new(name);
+        let a = input(&mut b, "a", DType::F64, &[3, 1, 4]);
+        let c = input(&mut b, "c", DType::F64, &[2, 1]);
+        let y = op(&mut b, a, c).unwrap();
+        b.output(y);
+        let g = b.finish().unwrap();
+        assert_eq!(g.static_shape(y), vec![3, 2, 4], "{name}");
+        let av: Vec<f64> = (0..12).map(|i| 0.6 + 0.13 * i as f64).collect();
+        let feeds = BTreeMap::from([(a, t(&[3, 1, 4], &av)), (c, t(&[2, 1], &[0.7, -1.3]))]);
+        assert_checks(&g, &[a, c], &feeds);
+    }
+}
+
+/// Batched matmul [2, 1, M, K] x [3, K, N] under all four transpose flags.
+#[test]
+fn matmul_broadcasts_batch_dims_under_all_transpose_flags() {
+    let (m, k, n) = (2, 3, 4);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let mut b = Builder::new("mm");
+        let sa: &[usize] = if ta { &[2, 1, k, m] } else { &[2, 1, m, k] };
+        let sb: &[usize] = if tb { &[3, n, k] } else { &[3, k, n] };
+        let a = input(&mut b, "a", DType::F64, sa);
+        let c = input(&mut b, "b", DType::F64, sb);
+        let y = b.matmul_t(a, c, ta, tb).unwrap();
+        b.output(y);
+        let g = b.finish().unwrap();
+        assert_eq!(g.static_shape(y), vec![2, 3, m, n]);
+        let mut mix = Mix(u64::from(ta) * 2 + u64::from(tb));
+        let feeds = BTreeMap::from([
+            (a, values(Real, sa, &Case::default(), &mut mix)),
+            (c, values(Real, sb, &Case::default(), &mut mix)),
+        ]);
+        assert_checks(&g, &[a, c], &feeds);
+    }
+}
+
+// ----- the harness itself -----
+
+/// sigmoid(x) and, as the "wrong rule", tanh(x) built with the same names.
+fn sigmoid_and_wrong() -> (Graph, Graph, ValueId, BTreeMap<ValueId, Tensor>) {
+    let build = |wrong: bool| {
+        let mut b = Builder::new("f");
+        let x = input(&mut b, "x", DType::F64, &[2, 3]);
+        let y = if wrong {
+            b.tanh(x).unwrap()
+        } else {
+            b.sigmoid(x).unwrap()
+        };
+        b.output(y);
+        (b.finish().unwrap(), x)
+    };
+    let (g, x) = build(false);
+    let (w, _) = build(true);
+    let feeds = BTreeMap::from([(x, t(&[2, 3], &[-1.5, -0.2, 0.0, 0.4, 1.1, 2.0]))]);
+    (g, w, x, feeds)
+}
+
+#[test]
+fn harness_catches_a_wrong_vjp() {
+    let (g, w, x, feeds) = sigmoid_and_wrong();
+    let cx = EvalCx::default();
+    let r = gradcheck::check_with(
+        &g,
+        &[x],
+        &feeds,
+        &Options::default(),
+        &mut |v| gradcheck::autodiff_jvp(&g, &[x], &feeds, &cx, v),
+        &mut |u| gradcheck::autodiff_vjp(&w, &[x], &feeds, &cx, u),
+    )
+    .unwrap();
+    assert!(r.fd_vs_jvp.passed(), "{r}");
+    assert!(
+        !r.fd_vs_vjp.passed() && !r.adjoint.passed() && !r.passed(),
+        "{r}"
+    );
+    let text = r.to_string();
+    assert!(
+        text.contains("FAILED") && text.contains("adjoint") && text.contains("FAIL"),
+        "{text}"
+    );
+    assert!(r.into_result().is_err());
+}
+
+#[test]
+fn harness_catches_a_wrong_jvp() {
+    let (g, w, x, feeds) = sigmoid_and_wrong();
+    let cx = EvalCx::default();
+    let r = gradcheck::check_with(
+        &g,
+        &[x],
+        &feeds,
+        &Options::default(),
+        &mut |v| gradcheck::autodiff_jvp(&w, &[x], &feeds, &cx, v),
+        &mut |u| gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, u),
+    )
+    .unwrap();
+    assert!(
+        !r.fd_vs_jvp.passed() && !r.adjoint.passed() && r.fd_vs_vjp.passed(),
+        "{r}"
+    );
+    let worst = r.fd_vs_jvp.worst.as_ref().unwrap();
+    assert_eq!(worst.output, "sigmoid");
+    assert!(worst.error > worst.allowed);
+}
+
+/// A gradient off by 0.1% in one element is caught; the exact one passes.
+#[test]
+fn harness_catches_a_slightly_perturbed_gradient() {
+    let (g, _, x, feeds) = sigmoid_and_wrong();
+    let cx = EvalCx::default();
+    for scale in [1.0, 1.001] {
+        let r = gradcheck::check_with(
+            &g,
+            &[x],
+            &feeds,
+            &Options::default(),
+            &mut |v| gradcheck::autodiff_jvp(&g, &[x], &feeds, &cx, v),
+            &mut |u| {
+                let mut grads = gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, u)?;
+                grads[0].data[4] *= scale;
+                Ok(grads)
+            },
+        )
+        .unwrap();
+        assert_eq!(r.passed(), scale == 1.0, "{r}");
+    }
+}
+
+#[test]
+fn harness_reports_nans_and_wrong_shapes() {
+    let (g, _, x, feeds) = sigmoid_and_wrong();
+    let cx = EvalCx::default();
+    let vjp = |u: &[Tensor]| gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, u);
+    let r = gradcheck::check_with(
+        &g,
+        &[x],
+        &feeds,
+        &Options::default(),
+        &mut |_| Ok(vec![Tensor::full(&[2, 3], f64::NAN)]),
+        &mut |u| vjp(u),
+    )
+    .unwrap();
+    assert_eq!(r.fd_vs_jvp.failed, 6, "{r}");
+    assert!(r.fd_vs_jvp.worst.as_ref().unwrap().jvp.is_nan());
+    let e = gradcheck::check_with(
+        &g,
+        &[x],
+        &feeds,
+        &Options::default(),
+        &mut |_| Ok(vec![Tensor::zeros(&[3, 2])]),
+        &mut |u| vjp(u),
+    )
+    .unwrap_err();
+    assert!(e.contains("shape [3, 2]"), "{e}");
+}
+
+#[test]
+fn bad_requests_are_errors_not_panics() {
+    let mut b = Builder::new("g");
+    let x = input(&mut b, "x", DType::F64, &[2]);
+    let i = input(&mut b, "i", DType::I64, &[2]);
+    let y = b.exp(x).unwrap();
+    let g = b.finish().unwrap();
+    let opts = Options::default();
+    let mut feeds = BTreeMap::new();
+    let err = |g: &Graph, wrt: &[ValueId], feeds: &BTreeMap<ValueId, Tensor>| {
+        gradcheck::check(g, wrt, feeds, &opts).unwrap_err()
+    };
+    assert!(err(&g, &[x], &feeds).contains("input 'x' is not fed"));
+    assert!(err(&g, &[], &feeds).contains("wrt is empty"));
+    assert!(err(&g, &[i], &feeds).contains("cannot differentiate a i64"));
+    assert!(err(&g, &[y], &feeds).contains("not a graph input, parameter or state"));
+    assert!(err(&g, &[x, x], &feeds).contains("listed twice"));
+    assert!(err(&g, &[ValueId(99)], &feeds).contains("not in the graph"));
+    feeds.insert(
+        x,
+        Tensor {
+            shape: vec![2],
+            data: vec![1.0],
+        },
+    );
+    feeds.insert(i, t(&[2], &[0.0, 1.0]));
+    assert!(err(&g, &[x], &feeds).contains("holds 2 elements, but 1 are given"));
+    feeds.insert(x, t(&[2], &[1.0, 2.0]));
+    assert!(err(&g, &[x], &feeds).contains("no float output"));
+    feeds.insert(x, t(&[3], &[1.0, 2.0, 3.0]));
+    let mut with_out = g.clone();
+    with_out.outputs.push(y);
+    assert!(err(&with_out, &[x], &feeds).contains("expected shape [2]"));
+}
+
+#[test]
+fn checks_are_deterministic_and_seeded() {
+    let (g, _, x, feeds) = sigmoid_and_wrong();
+    let opts = Options::default();
+    let a = gradcheck::check(&g, &[x], &feeds, &opts).unwrap();
+    assert_eq!(a, gradcheck::check(&g, &[x], &feeds, &opts).unwrap());
+    let other = Options { seed: 1, ..opts };
+    assert_ne!(a, gradcheck::check(&g, &[x], &feeds, &other).unwrap());
+}
