@@ -26,7 +26,8 @@
 //!
 //! [`check_second_order`] applies the same checks to the gradient graph
 //! itself (outputs `Jᵀu₀` for a fixed random `u₀`, differentiated again with
-//! respect to the same primals), which exercises every VJP rule's own rules.
+//! respect to the same primals and to `u₀`), which exercises the rules of
+//! every op a VJP rule emits.
 //! [`check_with`] lets a backend plug in its own J·v and Jᵀ·u (its kernels)
 //! against the interpreter's finite differences.
 //!
@@ -651,9 +652,11 @@ pub fn check_with(
 /// Second-order check: the first-order checks applied to the gradient graph
 /// of `graph` — the graph from [`cotangent_graph`] whose outputs are the
 /// gradients `Jᵀu₀` for a fixed random `u₀` — differentiated again with
-/// respect to the same primals. This checks the rules of every op the VJP
-/// rules emit (Hessian-vector products against finite differences of
-/// gradients).
+/// respect to the same primals and, as PyTorch's `gradgradcheck` does, to
+/// `u₀` (so the rules of the ops that linear ops' VJPs emit are checked
+/// too, though their gradients do not depend on the primals). This checks
+/// the rules of every op the VJP rules emit (Hessian-vector products against
+/// finite differences of gradients).
 pub fn check_second_order(
     graph: &Graph,
     wrt: &[ValueId],
@@ -674,7 +677,8 @@ pub fn check_second_order(
     for (&ci, u0) in c.cotangents.iter().zip(&s.u) {
         feeds2.insert(ci, u0.clone());
     }
-    let mut report = check_at_step(&g, &c.wrt, &feeds2, opts, 2)?;
+    let wrt2: Vec<ValueId> = c.wrt.iter().chain(&c.cotangents).copied().collect();
+    let mut report = check_at_step(&g, &wrt2, &feeds2, opts, 2)?;
     report.order = 2;
     report.graph = graph.name.clone();
     Ok(report)

@@ -22,7 +22,7 @@ use common::Dom::{AwayFromZero, Distinct, Frozen, Index, Int, Pos, Real};
 use common::*;
 
 /// Default (rtol, atol) of the FD comparisons.
-const T: (f64, f64) = (1e-13, 0.0);
+const T: (f64, f64) = (1e-5, 1e-6);
 
 macro_rules! table {
     ($($test:ident: $op:literal, $label:literal, $arity:literal, $cases:expr, [$($dom:expr),*], $tol:expr,

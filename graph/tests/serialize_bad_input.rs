@@ -10,14 +10,36 @@ use serde_json::{Value as Json, json};
 fn mlp() -> Graph {
     let mut b = Builder::new("mlp");
     let x = b
-        .input("x", DType::F32, Shape(vec![Dim::Batch, Dim::Fixed(4)]), InputRole::Data)
+        .input(
+            "x",
+            DType::F32,
+            Shape(vec![Dim::Batch, Dim::Fixed(4)]),
+            InputRole::Data,
+        )
         .unwrap();
     let y = b
-        .input("labels", DType::I64, Shape(vec![Dim::Batch]), InputRole::Label)
+        .input(
+            "labels",
+            DType::I64,
+            Shape(vec![Dim::Batch]),
+            InputRole::Label,
+        )
         .unwrap();
-    let w1 = b.param("w1", DType::F32, &[4, 8], Init::Normal { mean: 0.0, std: 0.1 }).unwrap();
+    let w1 = b
+        .param(
+            "w1",
+            DType::F32,
+            &[4, 8],
+            Init::Normal {
+                mean: 0.0,
+                std: 0.1,
+            },
+        )
+        .unwrap();
     let b1 = b.param("b1", DType::F32, &[8], Init::Zeros).unwrap();
-    let w2 = b.param("w2", DType::F32, &[8, 3], Init::Constant(0.5)).unwrap();
+    let w2 = b
+        .param("w2", DType::F32, &[8, 3], Init::Constant(0.5))
+        .unwrap();
     let m = b.state("m", DType::F32, &[3], Init::Zeros).unwrap();
     let h = b.matmul(x, w1).unwrap();
     let h = b.add(h, b1).unwrap();
@@ -128,7 +150,10 @@ fn an_unknown_op_names_the_node_and_the_op() {
     let mut j = mlp_json();
     node_mut(&mut j, "Relu", 0)["op"] = json!("Swish");
     let e = load(&j);
-    assert!(matches!(&e, Error::UnknownOp { node, op } if node.name == "relu" && op == "Swish"), "{e}");
+    assert!(
+        matches!(&e, Error::UnknownOp { node, op } if node.name == "relu" && op == "Swish"),
+        "{e}"
+    );
     assert_mentions(&e, &["'relu'", "'Swish'"]);
 }
 
@@ -138,7 +163,10 @@ fn a_cycle_names_the_node_and_the_value() {
     // The first MatMul reads the output of the ReLU after it.
     node_mut(&mut j, "MatMul", 0)["inputs"] = json!(["relu", "w1"]);
     let e = load(&j);
-    assert!(matches!(&e, Error::Cycle { node, value } if node.name == "matmul" && value == "relu"), "{e}");
+    assert!(
+        matches!(&e, Error::Cycle { node, value } if node.name == "matmul" && value == "relu"),
+        "{e}"
+    );
     assert_mentions(&e, &["'matmul'", "'relu'", "cycle"]);
     // A node reading its own output is a cycle too.
     let mut j = mlp_json();
@@ -159,8 +187,16 @@ fn a_shape_mismatch_names_the_node_and_both_shapes() {
         "outputs": ["c"]
     });
     let e = load(&j);
-    assert!(matches!(&e, Error::InvalidNode { node, .. } if node.name == "proj"), "{e}");
-    assert_mentions(&e, &["'proj'", "MatMul", "dense_1", "[2, 3]", "[4, 5]", "'a'", "'b'"]);
+    assert!(
+        matches!(&e, Error::InvalidNode { node, .. } if node.name == "proj"),
+        "{e}"
+    );
+    assert_mentions(
+        &e,
+        &[
+            "'proj'", "MatMul", "dense_1", "[2, 3]", "[4, 5]", "'a'", "'b'",
+        ],
+    );
 }
 
 #[test]
@@ -168,7 +204,10 @@ fn an_attribute_of_the_wrong_kind_names_the_node_and_the_attribute() {
     let mut j = mlp_json();
     node_mut(&mut j, "Transpose", 0)["attributes"] = json!({"perm": {"float": 1.0}});
     let e = load(&j);
-    assert!(matches!(&e, Error::BadAttribute { node, .. } if node.name == "transpose"), "{e}");
+    assert!(
+        matches!(&e, Error::BadAttribute { node, .. } if node.name == "transpose"),
+        "{e}"
+    );
     assert_mentions(&e, &["'transpose'", "'perm'", "float"]);
 }
 
@@ -194,11 +233,13 @@ fn a_bad_attribute_value_names_the_node_and_the_attribute() {
     assert_mentions(&load(&j), &["'transpose'", "'perm'", "no value"]);
     // An unspecified dtype in an attribute.
     let mut j = mlp_json();
-    node_mut(&mut j, "Transpose", 0)["attributes"]["perm"] = json!({"dtype": "DATA_TYPE_UNSPECIFIED"});
+    node_mut(&mut j, "Transpose", 0)["attributes"]["perm"] =
+        json!({"dtype": "DATA_TYPE_UNSPECIFIED"});
     assert_mentions(&load(&j), &["'transpose'", "'perm'", "unspecified"]);
     // A shape attribute with a symbol other than the batch.
     let mut j = mlp_json();
-    node_mut(&mut j, "Transpose", 0)["attributes"]["perm"] = json!({"shape": {"dims": [{"symbol": "seq"}]}});
+    node_mut(&mut j, "Transpose", 0)["attributes"]["perm"] =
+        json!({"shape": {"dims": [{"symbol": "seq"}]}});
     assert_mentions(&load(&j), &["'transpose'", "'perm'", "'seq'"]);
 }
 
@@ -207,7 +248,10 @@ fn a_reference_to_an_undefined_value_names_the_node_and_the_value() {
     let mut j = mlp_json();
     node_mut(&mut j, "Add", 0)["inputs"] = json!(["matmul", "bias1"]);
     let e = load(&j);
-    assert!(matches!(&e, Error::DanglingValue { node, value } if node.name == "add" && value == "bias1"), "{e}");
+    assert!(
+        matches!(&e, Error::DanglingValue { node, value } if node.name == "add" && value == "bias1"),
+        "{e}"
+    );
     assert_mentions(&e, &["'add'", "'bias1'"]);
     // An output, a loss or a state update that names nothing.
     for (field, name) in [("outputs", json!(["nope"])), ("loss", json!("nope"))] {
@@ -231,13 +275,19 @@ fn a_duplicate_value_name_is_reported() {
     dup["dtype"] = json!("DATA_TYPE_F64");
     j["values"].as_array_mut().unwrap().push(dup);
     let e = load(&j);
-    assert!(matches!(&e, Error::DuplicateValue { value, .. } if value == "x"), "{e}");
+    assert!(
+        matches!(&e, Error::DuplicateValue { value, .. } if value == "x"),
+        "{e}"
+    );
     assert_mentions(&e, &["'x'", "twice"]);
     // Two nodes writing the same value.
     let mut j = mlp_json();
     node_mut(&mut j, "Relu", 0)["outputs"] = json!(["add"]);
     let e = load(&j);
-    assert!(matches!(&e, Error::DuplicateValue { value, .. } if value == "add"), "{e}");
+    assert!(
+        matches!(&e, Error::DuplicateValue { value, .. } if value == "add"),
+        "{e}"
+    );
     assert_mentions(&e, &["'add'", "'relu'"]);
     // A node writing a parameter.
     let mut j = mlp_json();
@@ -254,7 +304,10 @@ fn a_declared_type_that_disagrees_with_inference_is_reported() {
         }
     }
     let e = load(&j);
-    assert!(matches!(&e, Error::DeclaredTypeMismatch { value, .. } if value == "relu"), "{e}");
+    assert!(
+        matches!(&e, Error::DeclaredTypeMismatch { value, .. } if value == "relu"),
+        "{e}"
+    );
     assert_mentions(&e, &["'relu'", "f32[batch, 9]", "f32[batch, 8]", "Relu"]);
 }
 
@@ -282,7 +335,10 @@ fn an_unknown_dimension_symbol_names_the_value() {
     let mut j = mlp_json();
     j["values"][0]["shape"]["dims"][0] = json!({"symbol": "seq"});
     let e = load(&j);
-    assert!(matches!(&e, Error::InvalidValue { value, .. } if value == "x"), "{e}");
+    assert!(
+        matches!(&e, Error::InvalidValue { value, .. } if value == "x"),
+        "{e}"
+    );
     assert_mentions(&e, &["'x'", "'seq'", "batch"]);
     let mut j = mlp_json();
     j["values"][0]["shape"]["dims"][0] = json!({});
@@ -334,16 +390,25 @@ fn a_stray_declared_value_is_reported() {
 
 #[test]
 fn json_syntax_and_schema_errors_give_line_column_and_field() {
-    let e = from_json("{\n  \"name\": \"g\",\n  \"nodes\": [\n    {\"name\": \"a\", \"opp\": \"Relu\"}\n  ]\n}").unwrap_err();
+    let e = from_json(
+        "{\n  \"name\": \"g\",\n  \"nodes\": [\n    {\"name\": \"a\", \"opp\": \"Relu\"}\n  ]\n}",
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Decode(_)));
     assert_mentions(&e, &["opp", "line 4", "column", "nodes[0]"]);
-    let e = from_json("{\"values\": [{\"name\": \"x\", \"dtype\": \"DATA_TYPE_F33\"}]}").unwrap_err();
+    let e =
+        from_json("{\"values\": [{\"name\": \"x\", \"dtype\": \"DATA_TYPE_F33\"}]}").unwrap_err();
     assert_mentions(&e, &["DATA_TYPE_F33", "line 1", "values[0].dtype"]);
     let e = from_json("{\"name\": \"g\",").unwrap_err();
     assert_mentions(&e, &["EOF", "line 1"]);
     let e = from_json("[]").unwrap_err();
     assert!(matches!(e, Error::Decode(_)));
-    for text in ["", "null", "{\"nodes\": 3}", "{\"nodes\": [{\"inputs\": [1]}]}"] {
+    for text in [
+        "",
+        "null",
+        "{\"nodes\": 3}",
+        "{\"nodes\": [{\"inputs\": [1]}]}",
+    ] {
         assert!(matches!(from_json(text), Err(Error::Decode(_))), "{text}");
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands of `adjoint`, one file each.
 
 mod check;
+mod demo;
 mod model;
 
 use clap::{Parser, Subcommand};
@@ -17,12 +18,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Demo(demo::DemoArgs),
     Model(model::ModelArgs),
     Check(check::CheckArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Model(args) => model::run(args),
         Command::Check(args) => check::run(args),
     }

@@ -389,21 +389,59 @@ pub(crate) mod fd {
         );
     }
 
+    const H: f64 = 1e-5;
+
+    /// Feeds `args` as inputs `x{i}` of a new builder.
+    fn inputs(b: &mut Builder, args: &[Arg]) -> (Vec<ValueId>, BTreeMap<String, Tensor>) {
+        let mut feeds = BTreeMap::new();
+        let mut ids = Vec::new();
+        for (i, (dt, shape, v)) in args.iter().enumerate() {
+            let name = format!("x{i}");
+            let id = b.input(&name, *dt, Shape::of(shape), InputRole::Data);
+            ids.push(id.unwrap());
+            feeds.insert(name, Tensor::new(shape.clone(), v.clone()));
+        }
+        (ids, feeds)
+    }
+
+    /// A scalar-loss graph, its float inputs (names) and its feeds.
+    struct Setup {
+        g: Graph,
+        loss: ValueId,
+        wrt: Vec<ValueId>,
+        names: Vec<String>,
+        feeds: BTreeMap<String, Tensor>,
+    }
+
+    impl Setup {
+        /// The feeds moved by `s * dir` (one direction per float input).
+        fn shifted(&self, dir: &[Tensor], s: f64) -> BTreeMap<String, Tensor> {
+            let mut f = self.feeds.clone();
+            for (n, d) in self.names.iter().zip(dir) {
+                let t = f.get_mut(n).unwrap();
+                t.data
+                    .iter_mut()
+                    .zip(&d.data)
+                    .for_each(|(x, d)| *x += s * d);
+            }
+            f
+        }
+
+        /// Central difference of output `k` of `g` along `dir`.
+        fn fd(&self, g: &Graph, dir: &[Tensor], k: usize) -> Tensor {
+            let p = run_named(g, &self.shifted(dir, H)).swap_remove(k);
+            let m = run_named(g, &self.shifted(dir, -H)).swap_remove(k);
+            let d = p.data.iter().zip(&m.data).map(|(p, m)| (p - m) / (2.0 * H));
+            Tensor::new(p.shape.clone(), d.collect())
+        }
+    }
+
     /// Builds `loss = sum(f(args) * w)` for a fixed `w` and checks the
     /// gradient elementwise, the JVP along a direction, and the
     /// Hessian-vector product, all against central differences.
     pub(crate) fn check(args: &[Arg], f: &dyn Fn(&mut Builder, &[ValueId]) -> Result<ValueId>) {
         let mut b = Builder::new("fd");
-        let mut feeds = BTreeMap::new();
-        let mut ids = Vec::new();
-        for (i, (dt, shape, v)) in args.iter().enumerate() {
-            let name = format!("x{i}");
-            ids.push(
-                b.input(&name, *dt, Shape::of(shape), InputRole::Data)
-                    .unwrap(),
-            );
-            feeds.insert(name, Tensor::new(shape.clone(), v.clone()));
-        }
+        let (ids, mut feeds) = inputs(&mut b, args);
         let y = f(&mut b, &ids).unwrap();
         let ys = b.graph().static_shape(y);
         let w = b
@@ -422,71 +460,61 @@ pub(crate) mod fd {
         b.loss(loss);
         let g = b.finish().unwrap();
         let wrt: Vec<ValueId> = ids
-            .iter()
-            .copied()
+            .into_iter()
             .filter(|&v| g.ty(v).dtype.is_float())
             .collect();
-        let names: Vec<String> = wrt.iter().map(|&v| g.name_of(v).to_owned()).collect();
-        let h = 1e-5;
-        let shifted = |feeds: &BTreeMap<String, Tensor>, dir: &[Tensor], s: f64| {
-            let mut f = feeds.clone();
-            for (n, d) in names.iter().zip(dir) {
-                let t = f.get_mut(n).unwrap();
-                t.data
-                    .iter_mut()
-                    .zip(&d.data)
-                    .for_each(|(x, d)| *x += s * d);
-            }
-            f
+        let names = wrt.iter().map(|&v| g.name_of(v).to_owned()).collect();
+        let s = Setup {
+            g,
+            loss,
+            wrt,
+            names,
+            feeds,
         };
-        let zeros: Vec<Tensor> = names
+        let zeros: Vec<Tensor> = s
+            .names
             .iter()
-            .map(|n| Tensor::zeros(&feeds[n].shape))
+            .map(|n| Tensor::zeros(&s.feeds[n].shape))
             .collect();
-        let gg = grad(&g, loss, &wrt).unwrap();
-        let grads = run_named(&gg.graph, &feeds);
-        for (k, n) in names.iter().enumerate() {
-            for e in 0..feeds[n].numel() {
+        let gg = grad(&s.g, loss, &s.wrt).unwrap();
+        let grads = run_named(&gg.graph, &s.feeds);
+        for (k, n) in s.names.iter().enumerate() {
+            for e in 0..s.feeds[n].numel() {
                 let mut dir = zeros.clone();
                 dir[k].data[e] = 1.0;
-                let lp = run_named(&g, &shifted(&feeds, &dir, h))[0].data[0];
-                let lm = run_named(&g, &shifted(&feeds, &dir, -h))[0].data[0];
-                close(
-                    grads[1 + k].data[e],
-                    (lp - lm) / (2.0 * h),
-                    &format!("grad {n}[{e}]"),
-                );
+                let fd = s.fd(&s.g, &dir, 0).data[0];
+                close(grads[1 + k].data[e], fd, &format!("grad {n}[{e}]"));
             }
         }
         let dir: Vec<Tensor> = (zeros.iter().enumerate())
             .map(|(k, z)| Tensor::new(z.shape.clone(), data(z.numel(), 1.1 + k as f64)))
             .collect();
-        let lp = run_named(&g, &shifted(&feeds, &dir, h))[0].data[0];
-        let lm = run_named(&g, &shifted(&feeds, &dir, -h))[0].data[0];
-        let fd = (lp - lm) / (2.0 * h);
-        let j = jvp(&g, &wrt).unwrap();
-        let mut jfeeds = feeds.clone();
-        for (n, d) in names.iter().zip(&dir) {
+        check_jvp_and_hvp(&s, &gg.graph, &dir);
+    }
+
+    fn check_jvp_and_hvp(s: &Setup, grad_graph: &Graph, dir: &[Tensor]) {
+        let j = jvp(&s.g, &s.wrt).unwrap();
+        let mut jfeeds = s.feeds.clone();
+        for (n, d) in s.names.iter().zip(dir) {
             jfeeds.insert(format!("tangent/{n}"), d.clone());
         }
+        let fd = s.fd(&s.g, dir, 0).data[0];
         close(
             run_named(&j.graph, &jfeeds)[1].data[0],
             fd,
             "jvp of the loss",
         );
         // Second order: H·v against the difference of gradients along v.
-        let hv = hvp(&g, loss, &wrt).unwrap();
-        let mut hfeeds = feeds.clone();
-        for (&dv, d) in hv.directions.iter().zip(&dir) {
+        let hv = hvp(&s.g, s.loss, &s.wrt).unwrap();
+        let mut hfeeds = s.feeds.clone();
+        for (&dv, d) in hv.directions.iter().zip(dir) {
             hfeeds.insert(hv.graph.name_of(dv).to_owned(), d.clone());
         }
         let prods = run_named(&hv.graph, &hfeeds);
-        let gp = run_named(&gg.graph, &shifted(&feeds, &dir, h));
-        let gm = run_named(&gg.graph, &shifted(&feeds, &dir, -h));
         for (k, p) in prods.iter().enumerate() {
-            for (e, &pe) in p.data.iter().enumerate() {
-                let fd = (gp[1 + k].data[e] - gm[1 + k].data[e]) / (2.0 * h);
-                close(pe, fd, &format!("hvp {}[{e}]", names[k]));
+            let fd = s.fd(grad_graph, dir, 1 + k);
+            for (e, (&pe, &fe)) in p.data.iter().zip(&fd.data).enumerate() {
+                close(pe, fe, &format!("hvp {}[{e}]", s.names[k]));
             }
         }
     }
@@ -494,16 +522,7 @@ pub(crate) mod fd {
     /// Runs `op`'s decomposition on `args` through the interpreter.
     pub(crate) fn run_decomposition(op: &crate::Op, args: &[Arg]) -> Vec<Tensor> {
         let mut b = Builder::new("dec");
-        let mut feeds = BTreeMap::new();
-        let mut ids = Vec::new();
-        for (i, (dt, shape, v)) in args.iter().enumerate() {
-            let name = format!("x{i}");
-            ids.push(
-                b.input(&name, *dt, Shape::of(shape), InputRole::Data)
-                    .unwrap(),
-            );
-            feeds.insert(name, Tensor::new(shape.clone(), v.clone()));
-        }
+        let (ids, feeds) = inputs(&mut b, args);
         for o in op.decompose(&mut b, &ids).unwrap().unwrap() {
             b.output(o);
         }
@@ -636,6 +655,51 @@ mod tests {
             &fd::run_decomposition(&op, &args)[0],
             1e-12,
         );
+    }
+
+    #[test]
+    fn decompositions_build_with_an_unbound_batch() {
+        let mut b = Builder::new("sym");
+        let c = Shape(vec![Dim::Batch, Dim::Fixed(5)]);
+        let logits = b
+            .input("logits", F, c.clone(), crate::InputRole::Data)
+            .unwrap();
+        let labels = b
+            .input(
+                "labels",
+                I,
+                Shape(vec![Dim::Batch]),
+                crate::InputRole::Label,
+            )
+            .unwrap();
+        let dloss = b
+            .input("dloss", F, Shape::scalar(), crate::InputRole::Data)
+            .unwrap();
+        let l = Loss::SoftmaxCrossEntropy.decompose(&mut b, &[logits, labels]);
+        assert_eq!(b.ty(l.unwrap().unwrap()[0]), &ty(F, &[]));
+        let d = Loss::SoftmaxCrossEntropyGrad.decompose(&mut b, &[logits, labels, dloss]);
+        let dv = d.unwrap().unwrap()[0];
+        assert_eq!(b.ty(dv), &TensorType::new(F, c));
+        assert!(Loss::Mse.decompose(&mut b, &[logits, logits]).is_none());
+        b.output(dv);
+        let bound = b.into_graph().bind_batch(2);
+        crate::validate::validate(&bound).unwrap();
+        // The symbolic count of positions gives the same numbers once bound.
+        let (lg, lb) = (
+            Tensor::new(vec![2, 5], fd::data(10, 0.4)),
+            Tensor::new(vec![2], vec![4.0, 0.0]),
+        );
+        let feeds = [
+            (logits, lg.clone()),
+            (labels, lb.clone()),
+            (dloss, Tensor::scalar(1.5)),
+        ];
+        let out =
+            crate::interp::run_outputs(&bound, &feeds.into_iter().collect(), &EvalCx::default())
+                .unwrap();
+        let want = Loss::SoftmaxCrossEntropyGrad
+            .eval(&[&lg, &lb, &Tensor::scalar(1.5)], &EvalCx::default());
+        fd::assert_close(&out[0], &want.unwrap()[0], 1e-12);
     }
 
     #[test]

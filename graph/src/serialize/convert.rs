@@ -67,16 +67,12 @@ pub fn shape_from_proto(s: Option<&v1::Shape>) -> Result<Shape, String> {
         return Ok(Shape::scalar());
     };
     let mut dims = Vec::with_capacity(s.dims.len());
-    let mut elements: u64 = 1;
     for (i, d) in s.dims.iter().enumerate() {
         let dim = match &d.kind {
-            Some(DimKind::Size(n)) => {
-                elements = elements.saturating_mul(*n);
-                match usize::try_from(*n) {
-                    Ok(n) => Dim::Fixed(n),
-                    Err(_) => return Err(format!("dimension {i} is too large ({n})")),
-                }
-            }
+            Some(DimKind::Size(n)) => match usize::try_from(*n) {
+                Ok(n) => Dim::Fixed(n),
+                Err(_) => return Err(format!("dimension {i} is too large ({n})")),
+            },
             Some(DimKind::Symbol(sym)) if sym == BATCH_SYMBOL => Dim::Batch,
             Some(DimKind::Symbol(sym)) => {
                 return Err(format!(
@@ -87,10 +83,23 @@ pub fn shape_from_proto(s: Option<&v1::Shape>) -> Result<Shape, String> {
         };
         dims.push(dim);
     }
-    if elements > MAX_ELEMENTS {
-        return Err(format!("shape {} has more than 2^53 elements", Shape(dims)));
+    let shape = Shape(dims);
+    check_size(&shape)?;
+    Ok(shape)
+}
+
+/// Fails when the fixed dimensions of `shape` hold more than 2^53
+/// elements, so that element and byte counts fit everywhere.
+pub fn check_size(shape: &Shape) -> Result<(), String> {
+    let elements = shape
+        .dims()
+        .iter()
+        .filter_map(|d| d.fixed())
+        .try_fold(1u64, |acc, d| acc.checked_mul(d as u64));
+    match elements {
+        Some(n) if n <= MAX_ELEMENTS => Ok(()),
+        _ => Err(format!("shape {shape} has more than 2^53 elements")),
     }
-    Ok(Shape(dims))
 }
 
 pub fn attr_to_proto(a: &Attr) -> v1::Attribute {

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use adjoint_proto::v1;
 
 use super::convert::{
-    attr_from_proto, dtype_from_proto, init_from_proto, role_from_proto, shape_from_proto,
+    attr_from_proto, check_size, dtype_from_proto, init_from_proto, role_from_proto,
+    shape_from_proto,
 };
 use crate::{
     Attrs, Error, Graph, Input, Node, NodeRef, Op, Param, Result, StateVar, TensorType, Value,
@@ -271,6 +272,10 @@ impl Loader {
                 message: "has an output with an empty name".into(),
             });
         }
+        check_size(&ty.shape).map_err(|m| Error::InvalidNode {
+            node: at.clone(),
+            message: format!("output '{name}': {m}"),
+        })?;
         let Some(&id) = self.ids.get(name) else {
             let id = self.add_value(name.to_owned(), ty)?;
             self.set_source(id, Source::Node(i));

@@ -70,7 +70,10 @@ fn path_at(text: &str, end: usize) -> String {
                 stack.pop();
             }
             ',' => match stack.last_mut() {
-                Some(Frame::Object { expect_key, .. }) => *expect_key = true,
+                Some(Frame::Object { key, expect_key }) => {
+                    *key = None;
+                    *expect_key = true;
+                }
                 Some(Frame::Array { index }) => *index += 1,
                 None => {}
             },
@@ -137,6 +140,9 @@ mod tests {
         let text = "{\"values\": [{\"na\\\"me\": 1, \"dtype\": 5.5";
         assert_eq!(path_at(text, text.len()), "values[0].dtype");
         assert_eq!(path_at("", 0), "");
+        // After a comma the previous key is done with.
+        assert_eq!(path_at(r#"{"a": {"b": 1},"#, 15), "");
+        assert_eq!(path_at(r#"{"a": {"b": 1, "c""#, 18), "a.c");
     }
 
     #[test]

@@ -231,7 +231,7 @@ pub fn check_case(row: &Row, case: &Case) -> std::result::Result<(), String> {
 }
 
 /// Cases per row.
-pub const CASES: u32 = 10;
+pub const CASES: u32 = 16;
 
 /// Runs a row over random cases; panics with the failing case and report.
 pub fn run_row(row: &Row) {
