@@ -37,9 +37,22 @@
 //! error is an `Err(String)`; a failed comparison is a [`Report`] whose
 //! [`Report::passed`] is false and whose `Display` gives the numbers.
 //!
-//! ```ignore
-//! let report = gradcheck::check(&graph, &[x, w], &feeds, &Options::default())?;
+//! ```
+//! use std::collections::BTreeMap;
+//! use adjoint_graph::gradcheck::{self, Options};
+//! use adjoint_graph::interp::Tensor;
+//! use adjoint_graph::{Builder, DType, InputRole, Shape};
+//!
+//! let mut b = Builder::new("f");
+//! let x = b.input("x", DType::F64, Shape::of(&[3]), InputRole::Data).unwrap();
+//! let y = b.tanh(x).unwrap();
+//! b.output(y);
+//! let graph = b.finish().unwrap();
+//! let feeds = BTreeMap::from([(x, Tensor::new(vec![3], vec![-1.0, 0.5, 2.0]))]);
+//! let report = gradcheck::check(&graph, &[x], &feeds, &Options::default()).unwrap();
 //! assert!(report.passed(), "{report}");
+//! let second = gradcheck::check_second_order(&graph, &[x], &feeds, &Options::default()).unwrap();
+//! assert!(second.passed(), "{second}");
 //! ```
 
 use std::collections::BTreeMap;
@@ -48,9 +61,9 @@ use std::fmt;
 use crate::autodiff::{grad, jvp};
 use crate::interp::{EvalCx, Tensor, run, unravel};
 use crate::rng::{Stream, key_of};
-use crate::{Builder, Graph, InputRole, ValueId};
+use crate::{Builder, Graph, InputRole, ValueId, validate};
 
-/// Step and tolerances of a check.
+/// Step, tolerances and seeds of a check.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Options {
     /// Finite-difference step along the direction `v` (whose entries are
@@ -195,19 +208,15 @@ impl fmt::Display for Report {
             )?;
         }
         writeln!(f)?;
-        let dots = [
+        for (name, d) in [
             ("⟨u, FD⟩ vs ⟨Jᵀu, v⟩", &self.fd_vs_vjp),
             ("adjoint ⟨u, J·v⟩ vs ⟨Jᵀu, v⟩", &self.adjoint),
-        ];
-        for (name, d) in dots {
+        ] {
+            let (ok, lhs, rhs, error, allowed) =
+                (verdict(d.passed()), d.lhs, d.rhs, d.error, d.allowed);
             writeln!(
                 f,
-                "  {name}: {}: {:e} vs {:e}, |diff| {:e} (allowed {:e})",
-                verdict(d.passed()),
-                d.lhs,
-                d.rhs,
-                d.error,
-                d.allowed
+                "  {name}: {ok}: {lhs:e} vs {rhs:e}, |diff| {error:e} (allowed {allowed:e})"
             )?;
         }
         Ok(())
@@ -239,15 +248,6 @@ struct Setup {
     v: Vec<Tensor>,
     /// Cotangents, one per float output.
     u: Vec<Tensor>,
-}
-
-fn shape_of(graph: &Graph, v: ValueId) -> Result<Vec<usize>, String> {
-    graph.ty(v).shape.to_static().ok_or_else(|| {
-        format!(
-            "value '{}' has an unbound batch dimension; bind the graph first",
-            graph.name_of(v)
-        )
-    })
 }
 
 /// A tensor of standard normal draws, keyed on `(seed, step, name)`.
@@ -305,10 +305,7 @@ fn check_feeds(
 ) -> Result<(), String> {
     for (&v, t) in feeds {
         if v.index() >= graph.values.len() {
-            return Err(format!(
-                "feed for value id {}, which is not in the graph",
-                v.0
-            ));
+            return Err(format!("feed for value id {}: not in the graph", v.0));
         }
         if !leaves.contains(&v) {
             return Err(format!(
@@ -349,40 +346,26 @@ fn setup(
             graph.name
         ));
     }
+    validate::validate(graph).map_err(|e| format!("invalid graph: {e}"))?;
     let leaves = leaf_values(graph);
     check_wrt(graph, wrt, &leaves)?;
     check_feeds(graph, feeds, &leaves)?;
     let outputs = float_outputs(graph);
     if outputs.is_empty() {
-        return Err(format!(
-            "graph '{}' has no float output to check",
-            graph.name
-        ));
+        return Err(format!("graph '{}' has no float output", graph.name));
     }
-    let env = run(graph, feeds, &opts.eval).map_err(|e| e.to_string())?;
-    let value = |v: ValueId| {
-        env.get(v.index())
-            .and_then(Clone::clone)
-            .ok_or_else(|| format!("value '{}' was not computed", graph.name_of(v)))
+    let want: Vec<ValueId> = leaves.iter().chain(wrt).copied().collect();
+    let values = run_values(graph, feeds, &opts.eval, &want)?;
+    let (at_leaves, x) = values.split_at(leaves.len());
+    let names = leaves.iter().map(|&l| graph.name_of(l).to_owned());
+    let named = names.zip(at_leaves.iter().cloned()).collect();
+    let x = x.to_vec();
+    let draws = |kind: &str, vs: &[ValueId]| -> Vec<Tensor> {
+        let name = |v: ValueId| format!("gradcheck/{kind}/{}", graph.name_of(v));
+        let one = |&v: &ValueId| draw(opts.seed, step, &name(v), graph.static_shape(v));
+        vs.iter().map(one).collect()
     };
-    let mut named = BTreeMap::new();
-    for &l in &leaves {
-        named.insert(graph.name_of(l).to_owned(), value(l)?);
-    }
-    let x = wrt
-        .iter()
-        .map(|&w| value(w))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut v = Vec::with_capacity(wrt.len());
-    for &w in wrt {
-        let name = format!("gradcheck/direction/{}", graph.name_of(w));
-        v.push(draw(opts.seed, step, &name, shape_of(graph, w)?));
-    }
-    let mut u = Vec::with_capacity(outputs.len());
-    for &o in &outputs {
-        let name = format!("gradcheck/cotangent/{}", graph.name_of(o));
-        u.push(draw(opts.seed, step, &name, shape_of(graph, o)?));
-    }
+    let (v, u) = (draws("direction", wrt), draws("cotangent", &outputs));
     Ok(Setup {
         leaves: named,
         x,
@@ -392,6 +375,15 @@ fn setup(
     })
 }
 
+/// A valid graph, and ids that are in it (what the transforms assume).
+fn precheck<'a>(graph: &Graph, ids: impl IntoIterator<Item = &'a ValueId>) -> Result<(), String> {
+    validate::validate(graph).map_err(|e| format!("invalid graph: {e}"))?;
+    match ids.into_iter().find(|v| v.index() >= graph.values.len()) {
+        Some(v) => Err(format!("value id {} is not in graph '{}'", v.0, graph.name)),
+        None => Ok(()),
+    }
+}
+
 /// Feeds for `graph` from tensors by name: every leaf of `graph` whose name
 /// is known.
 fn feeds_by_name(graph: &Graph, named: &BTreeMap<String, Tensor>) -> BTreeMap<ValueId, Tensor> {
@@ -399,6 +391,14 @@ fn feeds_by_name(graph: &Graph, named: &BTreeMap<String, Tensor>) -> BTreeMap<Va
         .into_iter()
         .filter_map(|l| named.get(graph.name_of(l)).map(|t| (l, t.clone())))
         .collect()
+}
+
+/// Feeds keyed by their values' names in `graph`.
+fn names_of(graph: &Graph, feeds: &BTreeMap<ValueId, Tensor>) -> BTreeMap<String, Tensor> {
+    let named = feeds
+        .iter()
+        .map(|(&k, t)| (graph.name_of(k).to_owned(), t.clone()));
+    named.collect()
 }
 
 /// Runs `graph` and returns the values `want`.
@@ -467,6 +467,7 @@ pub fn autodiff_jvp(
     cx: &EvalCx,
     v: &[Tensor],
 ) -> Result<Vec<Tensor>, String> {
+    precheck(graph, wrt.iter().chain(feeds.keys()))?;
     if v.len() != wrt.len() {
         return Err(format!(
             "{} directions for {} wrt values",
@@ -475,11 +476,7 @@ pub fn autodiff_jvp(
         ));
     }
     let j = jvp(graph, wrt).map_err(|e| format!("jvp transform: {e}"))?;
-    let named: BTreeMap<String, Tensor> = feeds
-        .iter()
-        .map(|(&k, t)| (graph.name_of(k).to_owned(), t.clone()))
-        .collect();
-    let mut jfeeds = feeds_by_name(&j.graph, &named);
+    let mut jfeeds = feeds_by_name(&j.graph, &names_of(graph, feeds));
     for (&(_, t), d) in j.tangents_in.iter().zip(v) {
         jfeeds.insert(t, d.clone());
     }
@@ -498,7 +495,7 @@ pub fn autodiff_jvp(
 }
 
 /// The gradient graph of `L = Σ_outputs ⟨u, y⟩` over the float outputs of a
-/// graph, made by [`cotangent_graph`]. Ids are in `graph`.
+/// graph, made by [`cotangent_graph`]; ids are in its own `graph`.
 #[derive(Debug, Clone)]
 pub struct CotangentGraph {
     /// Outputs: `L` followed by one gradient per `wrt`.
@@ -516,6 +513,7 @@ pub struct CotangentGraph {
 /// output, forms `L = Σ ⟨u, y⟩` and differentiates it with respect to `wrt`
 /// with [`crate::autodiff::grad`]: the graph's gradients are `Jᵀ·u`.
 pub fn cotangent_graph(graph: &Graph, wrt: &[ValueId]) -> Result<CotangentGraph, String> {
+    precheck(graph, wrt)?;
     let outputs = float_outputs(graph);
     if outputs.is_empty() {
         return Err(format!("graph '{}' has no float output", graph.name));
@@ -573,6 +571,7 @@ pub fn autodiff_vjp(
     cx: &EvalCx,
     u: &[Tensor],
 ) -> Result<Vec<Tensor>, String> {
+    precheck(graph, feeds.keys())?;
     let c = cotangent_graph(graph, wrt)?;
     if u.len() != c.cotangents.len() {
         return Err(format!(
@@ -581,11 +580,7 @@ pub fn autodiff_vjp(
             c.cotangents.len()
         ));
     }
-    let named: BTreeMap<String, Tensor> = feeds
-        .iter()
-        .map(|(&k, t)| (graph.name_of(k).to_owned(), t.clone()))
-        .collect();
-    let mut cfeeds = feeds_by_name(&c.graph, &named);
+    let mut cfeeds = feeds_by_name(&c.graph, &names_of(graph, feeds));
     for (&ci, t) in c.cotangents.iter().zip(u) {
         cfeeds.insert(ci, t.clone());
     }
@@ -631,6 +626,10 @@ fn point_feeds(graph: &Graph, wrt: &[ValueId], s: &Setup) -> BTreeMap<ValueId, T
     feeds
 }
 
+/// A linear map supplied to [`check_with`]: directions to tangents (J·v) or
+/// cotangents to gradients (Jᵀ·u).
+pub type Linear<'a> = dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>, String> + 'a;
+
 /// As [`check`], with J·v and Jᵀ·u computed by the caller (e.g. a backend's
 /// kernels): `jvp(v)` gets one direction per `wrt` and returns one tangent
 /// per float output; `vjp(u)` gets one cotangent per float output and returns
@@ -640,8 +639,8 @@ pub fn check_with(
     wrt: &[ValueId],
     feeds: &BTreeMap<ValueId, Tensor>,
     opts: &Options,
-    jvp: &mut dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>, String>,
-    vjp: &mut dyn FnMut(&[Tensor]) -> Result<Vec<Tensor>, String>,
+    jvp: &mut Linear<'_>,
+    vjp: &mut Linear<'_>,
 ) -> Result<Report, String> {
     let s = setup(graph, wrt, feeds, opts, 0)?;
     let jv = jvp(&s.v)?;
@@ -666,12 +665,7 @@ pub fn check_second_order(
     let s = setup(graph, wrt, feeds, opts, 1)?;
     let c = cotangent_graph(graph, wrt)?;
     let mut g = c.graph.clone();
-    g.outputs.clear();
-    for &gv in &c.grads {
-        if !g.outputs.contains(&gv) {
-            g.outputs.push(gv);
-        }
-    }
+    g.outputs = c.grads.clone();
     g.loss = None;
     let mut feeds2 = feeds_by_name(&g, &s.leaves);
     for (&ci, u0) in c.cotangents.iter().zip(&s.u) {
@@ -690,20 +684,15 @@ fn check_shapes(
     want: &[Tensor],
     names: &[String],
 ) -> Result<(), String> {
-    if got.len() != want.len() {
-        return Err(format!(
-            "{what}: {} tensors, expected {}",
-            got.len(),
-            want.len()
-        ));
+    let (n, m) = (got.len(), want.len());
+    if n != m {
+        return Err(format!("{what}: {n} tensors, expected {m}"));
     }
-    for ((g, w), n) in got.iter().zip(want).zip(names) {
+    for ((g, w), name) in got.iter().zip(want).zip(names) {
         if g.shape != w.shape || g.data.len() != w.data.len() {
+            let (shape, len, expected) = (&g.shape, g.data.len(), &w.shape);
             return Err(format!(
-                "{what} for '{n}': shape {:?} ({} elements), expected {:?}",
-                g.shape,
-                g.data.len(),
-                w.shape
+                "{what} for '{name}': shape {shape:?} ({len} elements), expected {expected:?}"
             ));
         }
     }

@@ -47,7 +47,7 @@ pub fn materialize(graph: &Graph, value: ValueId, init: &Init, seed: u64) -> Res
             distribution,
             gain,
         } => {
-            let std = gain / (fan(&shape, *mode) as f64).max(1.0).sqrt();
+            let std = gain / fan(&shape, *mode).max(1.0).sqrt();
             match distribution {
                 Distribution::Normal => (0..n as u64).map(|i| std * stream.normal(i)).collect(),
                 Distribution::Uniform => {
@@ -62,17 +62,18 @@ pub fn materialize(graph: &Graph, value: ValueId, init: &Init, seed: u64) -> Res
     Ok(Tensor::new(shape, data))
 }
 
-/// The fan of a weight `[..., in, out]` under `mode`.
-pub fn fan(shape: &[usize], mode: FanMode) -> usize {
+/// The fan of a weight `[..., in, out]` under `mode` (`Avg` is the real
+/// mean, as PyTorch's Xavier initializers use).
+pub fn fan(shape: &[usize], mode: FanMode) -> f64 {
     let (fan_in, fan_out) = match shape {
         [] => (1, 1),
         [n] => (*n, *n),
         [.., i, o] => (*i, *o),
     };
     match mode {
-        FanMode::In => fan_in,
-        FanMode::Out => fan_out,
-        FanMode::Avg => (fan_in + fan_out) / 2,
+        FanMode::In => fan_in as f64,
+        FanMode::Out => fan_out as f64,
+        FanMode::Avg => (fan_in as f64 + fan_out as f64) / 2.0,
     }
 }
 

@@ -155,15 +155,7 @@ pub(crate) fn push_forward(
 /// A JVP rule for fused ops: emit the op's decomposition and push tangents
 /// through it.
 pub fn jvp_by_decomposition(op: &Op, cx: &mut JvpCx<'_>) -> Result<Vec<Option<ValueId>>> {
-    let start = cx.b.graph().nodes.len();
-    let outs = op.decompose(cx.b, cx.inputs).unwrap_or_else(|| {
-        Err(Error::Unsupported(format!(
-            "{} has no decomposition",
-            op.name()
-        )))
-    })?;
-    let end = cx.b.graph().nodes.len();
-    let nodes: Vec<NodeId> = (start as u32..end as u32).map(NodeId).collect();
+    let (outs, nodes) = super::emit_decomposition(op, cx.b, cx.inputs)?;
     let mut tan = BTreeMap::new();
     for (&i, t) in cx.inputs.iter().zip(cx.tangents) {
         if let Some(t) = t {

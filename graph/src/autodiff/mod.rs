@@ -76,6 +76,24 @@ pub fn hvp(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<HvpGraph> {
     })
 }
 
+/// Appends `op`'s decomposition to the builder; returns its outputs and the
+/// nodes it emitted, in order.
+fn emit_decomposition(
+    op: &crate::Op,
+    b: &mut crate::Builder,
+    inputs: &[ValueId],
+) -> Result<(Vec<ValueId>, Vec<crate::NodeId>)> {
+    let start = b.graph().nodes.len() as u32;
+    let outs = op.decompose(b, inputs).unwrap_or_else(|| {
+        Err(crate::Error::Unsupported(format!(
+            "{} has no decomposition",
+            op.name()
+        )))
+    })?;
+    let end = b.graph().nodes.len() as u32;
+    Ok((outs, (start..end).map(crate::NodeId).collect()))
+}
+
 /// Message for transforms that need numbers in every shape.
 pub(crate) fn require_static(graph: &Graph, what: &str) -> Result<()> {
     if graph.is_static() {

@@ -1,6 +1,6 @@
 //! Reverse mode: `grad(graph, loss, wrt)`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{prune, require_static};
 use crate::ops::{Op, VjpCx};
@@ -205,36 +205,24 @@ fn accumulate(
 /// A VJP rule for fused ops: emit the op's decomposition and differentiate
 /// that.
 pub fn vjp_by_decomposition(op: &Op, cx: &mut VjpCx<'_>) -> Result<Vec<Option<ValueId>>> {
-    let start = cx.b.graph().nodes.len();
-    let outs = op.decompose(cx.b, cx.inputs).unwrap_or_else(|| {
-        Err(Error::Unsupported(format!(
-            "{} has no decomposition",
-            op.name()
-        )))
-    })?;
-    let end = cx.b.graph().nodes.len();
-    let nodes: Vec<NodeId> = (start as u32..end as u32).map(NodeId).collect();
+    let (outs, nodes) = super::emit_decomposition(op, cx.b, cx.inputs)?;
     let mut cot = BTreeMap::new();
     for (&o, c) in outs.iter().zip(cx.cotangents) {
         if let Some(c) = c {
             cot.insert(o, *c);
         }
     }
-    let produced: Vec<ValueId> = nodes
+    // Every float value the decomposition makes needs a cotangent, and so
+    // do the inputs the caller wants.
+    let mut needs: BTreeSet<ValueId> = nodes
         .iter()
         .flat_map(|&n| cx.b.graph().node(n).outputs.clone())
+        .filter(|&v| cx.b.ty(v).dtype.is_float())
         .collect();
     let inputs = cx.inputs.to_vec();
     let wants = cx.wants.to_vec();
-    let is_float = |b: &Builder, v: ValueId| b.ty(v).dtype.is_float();
-    let floats: Vec<ValueId> = produced
-        .iter()
-        .copied()
-        .filter(|&v| is_float(cx.b, v))
-        .collect();
-    backprop(cx.b, &nodes, &mut cot, &|v| {
-        floats.contains(&v) || inputs.iter().zip(&wants).any(|(&i, &w)| w && i == v)
-    })?;
+    needs.extend(inputs.iter().zip(&wants).filter(|(_, w)| **w).map(|(&i, _)| i));
+    backprop(cx.b, &nodes, &mut cot, &|v| needs.contains(&v))?;
     Ok(inputs
         .iter()
         .zip(&wants)

@@ -147,7 +147,8 @@ impl Movement {
                 let d = t.shape.dims()[ax].fixed().ok_or_else(|| {
                     format!("input {i}: cannot concatenate along axis {ax} of {}: it is the batch dimension", t.shape)
                 })?;
-                total += d;
+                total = usize::checked_add(total, d)
+                    .ok_or_else(|| "concatenated dimension overflows".to_owned())?;
             }
             dims[ax] = Dim::Fixed(total);
         }
@@ -349,7 +350,11 @@ impl OpRules for Movement {
                 axis,
                 before,
                 after,
-            } => self.infer_resize(one(inputs)?, *axis, |d| Ok(d + before + after))?,
+            } => self.infer_resize(one(inputs)?, *axis, |d| {
+                d.checked_add(*before)
+                    .and_then(|d| d.checked_add(*after))
+                    .ok_or_else(|| format!("pad {before} + {after} overflows the dimension {d}"))
+            })?,
             Movement::Constant { dtype, .. } => {
                 expect_arity(inputs, 0)?;
                 TensorType::new(*dtype, Shape::scalar())

@@ -678,37 +678,34 @@ mod tests {
     use crate::ops::unary::gelu;
 
     const F: DType = DType::F64;
+    const NEG_INF: f64 = f64::NEG_INFINITY;
+    const CX: EvalCx = EvalCx {
+        seed: 1,
+        step: 2,
+        rank: 0,
+    };
 
     fn t(shape: &[usize], data: &[f64]) -> Tensor {
         Tensor::new(shape.to_vec(), data.to_vec())
     }
 
     fn ev(op: Nn, inputs: &[&Tensor]) -> Vec<Tensor> {
-        op.eval(
-            inputs,
-            &EvalCx {
-                seed: 1,
-                step: 2,
-                rank: 0,
-            },
-        )
-        .unwrap()
+        op.eval(inputs, &CX).unwrap()
     }
 
     fn ty(dims: &[usize]) -> TensorType {
         TensorType::new(F, crate::Shape::of(dims))
     }
 
+    /// The shape rule's error.
+    fn ie(op: Nn, inputs: &[&TensorType]) -> String {
+        op.infer(inputs).unwrap_err()
+    }
+
     fn ln_args(d: usize) -> Vec<Arg> {
-        let x = fd::data(2 * 3 * d, 0.5)
-            .iter()
-            .map(|v| 2.0 * v + 0.3)
-            .collect();
-        vec![
-            (F, vec![2, 3, d], x),
-            (F, vec![d], fd::data(d, 1.0)),
-            (F, vec![d], fd::data(d, 2.0)),
-        ]
+        let x = fd::data(6 * d, 0.5).iter().map(|v| 2.0 * v + 0.3).collect();
+        let (g, b) = (fd::data(d, 1.0), fd::data(d, 2.0));
+        vec![(F, vec![2, 3, d], x), (F, vec![d], g), (F, vec![d], b)]
     }
 
     #[test]
@@ -718,11 +715,8 @@ mod tests {
         let y = ev(Nn::Softmax { axis: -1 }, &[&t(&[3], &[1.0, 2.0, 3.0])]);
         fd::assert_close(&y[0], &t(&[3], &[e[0] / s, e[1] / s, e[2] / s]), 1e-15);
         // Axis 0 of [2, 2]; large inputs stay finite.
-        let y = ev(
-            Nn::Softmax { axis: 0 },
-            &[&t(&[2, 2], &[1000.0, 0.0, 1000.0, 0.0])],
-        );
-        assert_eq!(y[0], t(&[2, 2], &[0.5, 0.5, 0.5, 0.5]));
+        let x = t(&[2, 2], &[1000.0, 0.0, 1000.0, 0.0]);
+        assert_eq!(ev(Nn::Softmax { axis: 0 }, &[&x])[0], t(&[2, 2], &[0.5; 4]));
         let x = t(&[2, 3], &[1.0, 2.0, 3.0, -1.0, 1000.0, 0.5]);
         let ls = ev(Nn::LogSoftmax { axis: 1 }, &[&x]);
         let sm = ev(Nn::Softmax { axis: 1 }, &[&x]);
@@ -732,53 +726,46 @@ mod tests {
 
     #[test]
     fn layer_norm_values_and_decompositions() {
-        let x = t(&[1, 4], &[1.0, 2.0, 3.0, 4.0]);
+        let (x, gamma) = (
+            t(&[1, 4], &[1.0, 2.0, 3.0, 4.0]),
+            t(&[4], &[1.0, 1.0, 2.0, 2.0]),
+        );
         let y = ev(
             Nn::LayerNorm { eps: 0.0 },
-            &[
-                &x,
-                &t(&[4], &[1.0, 1.0, 2.0, 2.0]),
-                &t(&[4], &[0.0, 1.0, 0.0, 1.0]),
-            ],
+            &[&x, &gamma, &t(&[4], &[0.0, 1.0, 0.0, 1.0])],
         );
         let r = 1.0 / 1.25f64.sqrt();
-        fd::assert_close(
-            &y[0],
-            &t(&[1, 4], &[-1.5 * r, 1.0 - 0.5 * r, r, 1.0 + 3.0 * r]),
-            1e-15,
-        );
+        let want = t(&[1, 4], &[-1.5 * r, 1.0 - 0.5 * r, r, 1.0 + 3.0 * r]);
+        fd::assert_close(&y[0], &want, 1e-15);
         for d in [1, 5] {
-            let args = ln_args(d);
+            let mut args = ln_args(d);
             let op = Op::Nn(Nn::LayerNorm { eps: 1e-5 });
-            fd::assert_close(
-                &fd::eval(&op, &args)[0],
-                &fd::run_decomposition(&op, &args)[0],
-                1e-12,
-            );
-            let mut args = args;
+            let (direct, dec) = (fd::eval(&op, &args), fd::run_decomposition(&op, &args));
+            fd::assert_close(&direct[0], &dec[0], 1e-12);
             args[2] = (F, vec![2, 3, d], fd::data(6 * d, 3.0));
             let op = Op::Nn(Nn::LayerNormGrad { eps: 1e-5 });
             let (direct, dec) = (fd::eval(&op, &args), fd::run_decomposition(&op, &args));
-            assert_eq!(direct.len(), 3);
-            for (a, b) in direct.iter().zip(&dec) {
-                fd::assert_close(a, b, 1e-12);
-            }
+            assert_eq!((direct.len(), dec.len()), (3, 3));
+            direct
+                .iter()
+                .zip(&dec)
+                .for_each(|(a, b)| fd::assert_close(a, b, 1e-12));
         }
     }
 
     #[test]
     fn gelu_grad_matches_decomposition_and_gelu() {
         let xs = [-3.0, -1.0, -0.2, 0.0, 0.4, 1.5, 4.0];
-        let dy = t(&[7], &[1.0, 2.0, -1.0, 0.5, 1.0, 3.0, 1.0]);
+        let dy = [1.0, 2.0, -1.0, 0.5, 1.0, 3.0, 1.0];
         for a in [GeluApprox::Tanh, GeluApprox::Erf] {
             let op = Op::Nn(Nn::GeluGrad(a));
-            let args: Vec<Arg> = vec![(F, vec![7], xs.to_vec()), (F, vec![7], dy.data.clone())];
+            let args: Vec<Arg> = vec![(F, vec![7], xs.to_vec()), (F, vec![7], dy.to_vec())];
             let direct = fd::eval(&op, &args);
             fd::assert_close(&direct[0], &fd::run_decomposition(&op, &args)[0], 1e-12);
             for (i, &v) in xs.iter().enumerate() {
                 let fd = (gelu(v + 1e-6, a) - gelu(v - 1e-6, a)) / 2e-6;
                 assert!(
-                    (direct[0].data[i] - dy.data[i] * fd).abs() < 1e-8,
+                    (direct[0].data[i] - dy[i] * fd).abs() < 1e-8,
                     "{a:?} at {v}"
                 );
             }
@@ -792,28 +779,16 @@ mod tests {
         let op = Nn::Dropout { p: 0.25, key: 5 };
         let y = ev(op, &[&x]);
         assert_eq!(y, ev(op, &[&x]));
-        let kept = (y[0].data.iter().zip(&x.data))
+        let pairs = y[0].data.iter().zip(&x.data);
+        let kept = pairs
             .filter(|(y, x)| **y != 0.0 && (**y - **x / 0.75).abs() < 1e-15)
             .count();
         let dropped = y[0].data.iter().filter(|y| **y == 0.0).count();
         assert_eq!(kept + dropped, 1000);
         assert!((150..350).contains(&dropped), "{dropped}");
-        let other = op
-            .eval(
-                &[&x],
-                &EvalCx {
-                    seed: 1,
-                    step: 3,
-                    rank: 0,
-                },
-            )
-            .unwrap();
-        assert_ne!(y, other);
-        assert!(
-            Nn::Dropout { p: 1.0, key: 0 }
-                .eval(&[&x], &EvalCx::default())
-                .is_err()
-        );
+        assert_ne!(y, op.eval(&[&x], &EvalCx { step: 3, ..CX }).unwrap());
+        assert_ne!(y, ev(Nn::Dropout { p: 0.25, key: 6 }, &[&x]));
+        assert!(Nn::Dropout { p: 1.0, key: 0 }.eval(&[&x], &CX).is_err());
     }
 
     #[test]
@@ -824,70 +799,40 @@ mod tests {
             y[0],
             t(&[2, 2, 2], &[1.0, -9.0, 3.0, 4.0, 5.0, -9.0, 7.0, 8.0])
         );
-        let y = ev(
-            Nn::CausalMask {
-                fill: f64::NEG_INFINITY,
-            },
-            &[&t(&[3, 3], &[1.0; 9])],
-        );
-        let inf = f64::NEG_INFINITY;
-        assert_eq!(y[0].data, vec![1.0, inf, inf, 1.0, 1.0, inf, 1.0, 1.0, 1.0]);
+        let y = ev(Nn::CausalMask { fill: NEG_INF }, &[&t(&[3, 3], &[1.0; 9])]);
+        let want = [1.0, NEG_INF, NEG_INF, 1.0, 1.0, NEG_INF, 1.0, 1.0, 1.0];
+        assert_eq!(y[0].data, want);
     }
 
     #[test]
     fn shape_rules_and_errors() {
         let bx = TensorType::new(F, crate::Shape(vec![Dim::Batch, Dim::Fixed(4)]));
+        let (d4, d5) = (ty(&[4]), ty(&[5]));
         let ln = Nn::LayerNorm { eps: 1e-5 };
-        assert_eq!(
-            ln.infer(&[&bx, &ty(&[4]), &ty(&[4])]).unwrap(),
-            vec![bx.clone()]
-        );
-        let e = ln.infer(&[&bx, &ty(&[5]), &ty(&[4])]).unwrap_err();
+        assert_eq!(ln.infer(&[&bx, &d4, &d4]).unwrap(), vec![bx.clone()]);
+        let e = ie(ln, &[&bx, &d5, &d4]);
         assert!(
             e.contains("input 1") && e.contains("f64[4]") && e.contains("f64[5]"),
             "{e}"
         );
-        let e = ln.infer(&[&bx, &ty(&[4]), &ty(&[1, 4])]).unwrap_err();
-        assert!(e.contains("input 2"), "{e}");
-        assert!(
-            ln.infer(&[&ty(&[]), &ty(&[1]), &ty(&[1])])
-                .unwrap_err()
-                .contains("rank >= 1")
-        );
+        assert!(ie(ln, &[&bx, &d4, &ty(&[1, 4])]).contains("input 2"));
+        assert!(ie(ln, &[&ty(&[]), &ty(&[1]), &ty(&[1])]).contains("rank >= 1"));
         let lg = Nn::LayerNormGrad { eps: 1e-5 };
-        let out = lg.infer(&[&bx, &ty(&[4]), &bx]).unwrap();
-        assert_eq!(out, vec![bx.clone(), ty(&[4]), ty(&[4])]);
-        assert!(
-            lg.infer(&[&bx, &ty(&[4]), &ty(&[4])])
-                .unwrap_err()
-                .contains("input 2")
-        );
-        let e = Nn::Softmax { axis: 2 }.infer(&[&bx]).unwrap_err();
+        let out = lg.infer(&[&bx, &d4, &bx]).unwrap();
+        assert_eq!(out, vec![bx.clone(), d4.clone(), d4.clone()]);
+        assert!(ie(lg, &[&bx, &d4, &d4]).contains("input 2"));
+        let e = ie(Nn::Softmax { axis: 2 }, &[&bx]);
         assert!(e.contains("'axis'") && e.contains("[batch, 4]"), "{e}");
         let int = TensorType::new(DType::I32, crate::Shape::of(&[2]));
-        assert!(
-            Nn::Softmax { axis: 0 }
-                .infer(&[&int])
-                .unwrap_err()
-                .contains("floating")
-        );
+        assert!(ie(Nn::LogSoftmax { axis: 0 }, &[&int]).contains("floating"));
         let cm = Nn::CausalMask { fill: 0.0 };
         assert_eq!(cm.infer(&[&ty(&[2, 3, 3])]).unwrap(), vec![ty(&[2, 3, 3])]);
         for bad in [ty(&[3, 4]), ty(&[3]), bx.clone()] {
-            assert!(cm.infer(&[&bad]).unwrap_err().contains("[..., T, T]"));
+            assert!(ie(cm, &[&bad]).contains("[..., T, T]"));
         }
-        let gg = Nn::GeluGrad(GeluApprox::Erf);
-        assert!(
-            gg.infer(&[&ty(&[3]), &ty(&[1])])
-                .unwrap_err()
-                .contains("input 1")
-        );
-        assert!(
-            Nn::Dropout { p: 1.5, key: 0 }
-                .infer(&[&bx])
-                .unwrap_err()
-                .contains("'p'")
-        );
+        assert!(ie(Nn::GeluGrad(GeluApprox::Erf), &[&d4, &ty(&[1])]).contains("input 1"));
+        assert!(ie(Nn::Dropout { p: 1.5, key: 0 }, &[&bx]).contains("'p'"));
+        assert!(ie(Nn::Dropout { p: 0.5, key: 0 }, &[&bx, &bx]).contains("expects 1"));
     }
 
     #[test]
@@ -903,70 +848,46 @@ mod tests {
                 p: 0.1,
                 key: u64::MAX - 3,
             },
-            Nn::CausalMask {
-                fill: f64::NEG_INFINITY,
-            },
+            Nn::CausalMask { fill: NEG_INF },
         ];
         for op in ops {
             assert_eq!(Nn::parse(op.name(), &op.attrs()), Some(Ok(op)));
             assert_eq!(Op::parse(op.name(), &op.attrs()), Ok(Some(Op::Nn(op))));
             assert_eq!(op.recompute(), Recompute::Cheap);
         }
-        let none = Attrs::new();
-        assert_eq!(
-            Nn::parse("Softmax", &none),
-            Some(Ok(Nn::Softmax { axis: -1 }))
-        );
-        assert_eq!(
-            Nn::parse("LayerNorm", &none),
-            Some(Ok(Nn::LayerNorm { eps: 1e-5 }))
-        );
-        assert_eq!(
-            Nn::parse("GeluGrad", &none),
-            Some(Ok(Nn::GeluGrad(GeluApprox::Erf)))
-        );
-        assert_eq!(
-            Nn::parse("CausalMask", &none),
-            Some(Ok(Nn::CausalMask {
-                fill: f64::NEG_INFINITY
-            }))
-        );
-        assert_eq!(Nn::parse("Gather", &none), None);
+        let defaults = [
+            ("Softmax", Nn::Softmax { axis: -1 }),
+            ("LogSoftmax", Nn::LogSoftmax { axis: -1 }),
+            ("LayerNorm", Nn::LayerNorm { eps: 1e-5 }),
+            ("GeluGrad", Nn::GeluGrad(GeluApprox::Erf)),
+            ("CausalMask", Nn::CausalMask { fill: NEG_INF }),
+        ];
+        for (name, op) in defaults {
+            assert_eq!(Nn::parse(name, &Attrs::new()), Some(Ok(op)));
+        }
+        assert_eq!(Nn::parse("Gather", &Attrs::new()), None);
         let parse = |name: &str, kv: &[(&str, Attr)]| {
             let a: Attrs = kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
             Nn::parse(name, &a).unwrap().unwrap_err()
         };
         for p in [1.0, -0.1, f64::NAN] {
-            assert!(
-                parse("Dropout", &[("p", Attr::Float(p)), ("key", Attr::Int(1))]).contains("'p'")
-            );
+            let kv = [("p", Attr::Float(p)), ("key", Attr::Int(1))];
+            assert!(parse("Dropout", &kv).contains("'p'"));
         }
         assert!(parse("Dropout", &[("p", Attr::Float(0.1))]).contains("'key' is required"));
         assert!(parse("LayerNorm", &[("eps", Attr::Float(-1.0))]).contains("'eps'"));
-        assert!(
-            parse("GeluGrad", &[("approximate", Attr::Str("none".into()))]).contains("\"none\"")
-        );
+        let bad = [("approximate", Attr::Str("none".into()))];
+        assert!(parse("GeluGrad", &bad).contains("\"none\""));
         assert!(parse("Softmax", &[("axes", Attr::Int(0))]).contains("unknown attribute 'axes'"));
     }
 
     #[test]
     fn costs() {
-        let x = ty(&[2, 8]);
-        assert_eq!(
-            Nn::Softmax { axis: -1 }.cost(&[&x], &[&x]),
-            Cost {
-                flops: 80,
-                bytes: 256
-            }
-        );
-        let c = Nn::LayerNorm { eps: 1e-5 }.cost(&[&x, &ty(&[8]), &ty(&[8])], &[&x]);
-        assert_eq!(
-            c,
-            Cost {
-                flops: 128,
-                bytes: 128 * 2 + 128
-            }
-        );
+        let (x, d) = (ty(&[2, 8]), ty(&[8]));
+        let c = Nn::Softmax { axis: -1 }.cost(&[&x], &[&x]);
+        assert_eq!((c.flops, c.bytes), (80, 256));
+        let c = Nn::LayerNorm { eps: 1e-5 }.cost(&[&x, &d, &d], &[&x]);
+        assert_eq!((c.flops, c.bytes), (128, 128 * 2 + 128));
     }
 
     #[test]
@@ -975,7 +896,7 @@ mod tests {
         fd::check(&args, &|b, x| b.softmax(x[0], 0));
         fd::check(&args, &|b, x| b.log_softmax(x[0], -1));
         fd::check(&[(F, vec![4, 4], fd::data(16, 0.7))], &|b, x| {
-            let m = b.causal_mask(x[0], f64::NEG_INFINITY)?;
+            let m = b.causal_mask(x[0], NEG_INF)?;
             b.softmax(m, -1)
         });
         fd::check(&args, &|b, x| {

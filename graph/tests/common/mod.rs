@@ -155,11 +155,11 @@ pub fn values(dom: Dom, shape: &[usize], case: &Case, mix: &mut Mix) -> Tensor {
     Tensor::new(shape.to_vec(), data)
 }
 
+/// A row's graph, its feeds and the values to differentiate.
+pub type Instance = (Graph, BTreeMap<ValueId, Tensor>, Vec<ValueId>);
+
 /// The one-op graph of a row, its feeds and the values to differentiate.
-pub fn instance(
-    row: &Row,
-    case: &Case,
-) -> std::result::Result<(Graph, BTreeMap<ValueId, Tensor>, Vec<ValueId>), String> {
+pub fn instance(row: &Row, case: &Case) -> std::result::Result<Instance, String> {
     if row.dom.len() != row.arity || case.shapes.len() != row.arity {
         return Err(format!(
             "row {}: arity {}, {} domains, {} generated shapes",
