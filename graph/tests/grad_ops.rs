@@ -319,38 +319,64 @@ fn matmul_broadcasts_batch_dims_under_all_transpose_flags() {
 
 // ----- the harness itself -----
 
-/// sigmoid(x) and, as the "wrong rule", tanh(x) built with the same names.
-fn sigmoid_and_wrong() -> (Graph, Graph, ValueId, BTreeMap<ValueId, Tensor>) {
-    let build = |wrong: bool| {
-        let mut b = Builder::new("f");
-        let x = input(&mut b, "x", DType::F64, &[2, 3]);
-        let y = if wrong {
-            b.tanh(x).unwrap()
-        } else {
-            b.sigmoid(x).unwrap()
+/// sigmoid(x) and, as the "wrong rule", tanh(x) built with the same names,
+/// at one point.
+struct Sigmoid {
+    g: Graph,
+    wrong: Graph,
+    x: ValueId,
+    feeds: BTreeMap<ValueId, Tensor>,
+}
+
+/// J·v or Jᵀ·u: one tensor per output or per `wrt`.
+type Products = Result<Vec<Tensor>, String>;
+
+impl Sigmoid {
+    fn new() -> Sigmoid {
+        let build = |wrong: bool| {
+            let mut b = Builder::new("f");
+            let x = input(&mut b, "x", DType::F64, &[2, 3]);
+            let y = if wrong {
+                b.tanh(x).unwrap()
+            } else {
+                b.sigmoid(x).unwrap()
+            };
+            b.output(y);
+            (b.finish().unwrap(), x)
         };
-        b.output(y);
-        (b.finish().unwrap(), x)
-    };
-    let (g, x) = build(false);
-    let (w, _) = build(true);
-    let feeds = BTreeMap::from([(x, t(&[2, 3], &[-1.5, -0.2, 0.0, 0.4, 1.1, 2.0]))]);
-    (g, w, x, feeds)
+        let (g, x) = build(false);
+        let (wrong, _) = build(true);
+        let feeds = BTreeMap::from([(x, t(&[2, 3], &[-1.5, -0.2, 0.0, 0.4, 1.1, 2.0]))]);
+        Sigmoid { g, wrong, x, feeds }
+    }
+
+    /// J·v of `graph` (`self.g` or `self.wrong`) from its JVP rules.
+    fn jvp(&self, graph: &Graph, v: &[Tensor]) -> Products {
+        gradcheck::autodiff_jvp(graph, &[self.x], &self.feeds, &EvalCx::default(), v)
+    }
+
+    /// Jᵀ·u of `graph` (`self.g` or `self.wrong`) from its VJP rules.
+    fn vjp(&self, graph: &Graph, u: &[Tensor]) -> Products {
+        gradcheck::autodiff_vjp(graph, &[self.x], &self.feeds, &EvalCx::default(), u)
+    }
+
+    /// `gradcheck::check_with` on the sigmoid with the given J·v and Jᵀ·u.
+    fn check_with(
+        &self,
+        mut jvp: impl FnMut(&[Tensor]) -> Products,
+        mut vjp: impl FnMut(&[Tensor]) -> Products,
+    ) -> Result<gradcheck::Report, String> {
+        let opts = Options::default();
+        gradcheck::check_with(&self.g, &[self.x], &self.feeds, &opts, &mut jvp, &mut vjp)
+    }
 }
 
 #[test]
 fn harness_catches_a_wrong_vjp() {
-    let (g, w, x, feeds) = sigmoid_and_wrong();
-    let cx = EvalCx::default();
-    let r = gradcheck::check_with(
-        &g,
-        &[x],
-        &feeds,
-        &Options::default(),
-        &mut |v| gradcheck::autodiff_jvp(&g, &[x], &feeds, &cx, v),
-        &mut |u| gradcheck::autodiff_vjp(&w, &[x], &feeds, &cx, u),
-    )
-    .unwrap();
+    let s = Sigmoid::new();
+    let r = s
+        .check_with(|v| s.jvp(&s.g, v), |u| s.vjp(&s.wrong, u))
+        .unwrap();
     assert!(r.fd_vs_jvp.passed(), "{r}");
     assert!(
         !r.fd_vs_vjp.passed() && !r.adjoint.passed() && !r.passed(),
@@ -366,17 +392,10 @@ fn harness_catches_a_wrong_vjp() {
 
 #[test]
 fn harness_catches_a_wrong_jvp() {
-    let (g, w, x, feeds) = sigmoid_and_wrong();
-    let cx = EvalCx::default();
-    let r = gradcheck::check_with(
-        &g,
-        &[x],
-        &feeds,
-        &Options::default(),
-        &mut |v| gradcheck::autodiff_jvp(&w, &[x], &feeds, &cx, v),
-        &mut |u| gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, u),
-    )
-    .unwrap();
+    let s = Sigmoid::new();
+    let r = s
+        .check_with(|v| s.jvp(&s.wrong, v), |u| s.vjp(&s.g, u))
+        .unwrap();
     assert!(
         !r.fd_vs_jvp.passed() && !r.adjoint.passed() && r.fd_vs_vjp.passed(),
         "{r}"
@@ -389,51 +408,27 @@ fn harness_catches_a_wrong_jvp() {
 /// A gradient off by 0.1% in one element is caught; the exact one passes.
 #[test]
 fn harness_catches_a_slightly_perturbed_gradient() {
-    let (g, _, x, feeds) = sigmoid_and_wrong();
-    let cx = EvalCx::default();
+    let s = Sigmoid::new();
     for scale in [1.0, 1.001] {
-        let r = gradcheck::check_with(
-            &g,
-            &[x],
-            &feeds,
-            &Options::default(),
-            &mut |v| gradcheck::autodiff_jvp(&g, &[x], &feeds, &cx, v),
-            &mut |u| {
-                let mut grads = gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, u)?;
-                grads[0].data[4] *= scale;
-                Ok(grads)
-            },
-        )
-        .unwrap();
+        let vjp = |u: &[Tensor]| {
+            let mut grads = s.vjp(&s.g, u)?;
+            grads[0].data[4] *= scale;
+            Ok(grads)
+        };
+        let r = s.check_with(|v| s.jvp(&s.g, v), vjp).unwrap();
         assert_eq!(r.passed(), scale == 1.0, "{r}");
     }
 }
 
 #[test]
 fn harness_reports_nans_and_wrong_shapes() {
-    let (g, _, x, feeds) = sigmoid_and_wrong();
-    let cx = EvalCx::default();
-    let vjp = |u: &[Tensor]| gradcheck::autodiff_vjp(&g, &[x], &feeds, &cx, u);
-    let r = gradcheck::check_with(
-        &g,
-        &[x],
-        &feeds,
-        &Options::default(),
-        &mut |_| Ok(vec![Tensor::full(&[2, 3], f64::NAN)]),
-        &mut |u| vjp(u),
-    )
-    .unwrap();
+    let s = Sigmoid::new();
+    let nans = |_: &[Tensor]| Ok(vec![Tensor::full(&[2, 3], f64::NAN)]);
+    let r = s.check_with(nans, |u| s.vjp(&s.g, u)).unwrap();
     assert_eq!(r.fd_vs_jvp.failed, 6, "{r}");
     assert!(r.fd_vs_jvp.worst.as_ref().unwrap().jvp.is_nan());
-    let e = gradcheck::check_with(
-        &g,
-        &[x],
-        &feeds,
-        &Options::default(),
-        &mut |_| Ok(vec![Tensor::zeros(&[3, 2])]),
-        &mut |u| vjp(u),
-    )
-    .unwrap_err();
+    let transposed = |_: &[Tensor]| Ok(vec![Tensor::zeros(&[3, 2])]);
+    let e = s.check_with(transposed, |u| s.vjp(&s.g, u)).unwrap_err();
     assert!(e.contains("shape [3, 2]"), "{e}");
 }
 
@@ -474,10 +469,10 @@ fn bad_requests_are_errors_not_panics() {
 
 #[test]
 fn checks_are_deterministic_and_seeded() {
-    let (g, _, x, feeds) = sigmoid_and_wrong();
+    let s = Sigmoid::new();
+    let check = |opts: &Options| gradcheck::check(&s.g, &[s.x], &s.feeds, opts).unwrap();
     let opts = Options::default();
-    let a = gradcheck::check(&g, &[x], &feeds, &opts).unwrap();
-    assert_eq!(a, gradcheck::check(&g, &[x], &feeds, &opts).unwrap());
-    let other = Options { seed: 1, ..opts };
-    assert_ne!(a, gradcheck::check(&g, &[x], &feeds, &other).unwrap());
+    let a = check(&opts);
+    assert_eq!(a, check(&opts));
+    assert_ne!(a, check(&Options { seed: 1, ..opts }));
 }

@@ -221,7 +221,13 @@ pub fn vjp_by_decomposition(op: &Op, cx: &mut VjpCx<'_>) -> Result<Vec<Option<Va
         .collect();
     let inputs = cx.inputs.to_vec();
     let wants = cx.wants.to_vec();
-    needs.extend(inputs.iter().zip(&wants).filter(|(_, w)| **w).map(|(&i, _)| i));
+    needs.extend(
+        inputs
+            .iter()
+            .zip(&wants)
+            .filter(|(_, w)| **w)
+            .map(|(&i, _)| i),
+    );
     backprop(cx.b, &nodes, &mut cot, &|v| needs.contains(&v))?;
     Ok(inputs
         .iter()

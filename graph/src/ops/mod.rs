@@ -18,6 +18,9 @@ pub mod nn;
 pub mod reduce;
 pub mod unary;
 
+#[cfg(test)]
+mod test_util;
+
 pub use binary::Binary;
 pub use index::Index;
 pub use loss::Loss;

@@ -23,7 +23,7 @@ impl Default for ChainConfig {
     }
 }
 
-/// Input `x` [batch, width] (f32); output `loss` = sum of the last layer.
+/// Input `x` `[batch, width]` (f32); output `loss` = sum of the last layer.
 pub fn chain(cfg: &ChainConfig) -> Result<Graph> {
     let mut b = Builder::new("chain");
     let x = b.input(

@@ -24,7 +24,7 @@ impl Default for MlpConfig {
     }
 }
 
-/// Inputs `x` [batch, input] (f32) and `labels` [batch] (i64); output `loss`.
+/// Inputs `x` `[batch, input]` (f32) and `labels` `[batch]` (i64); output `loss`.
 pub fn mlp(cfg: &MlpConfig) -> Result<Graph> {
     let mut b = Builder::new("mlp");
     let batch = batch_dim(cfg.batch);

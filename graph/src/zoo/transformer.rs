@@ -40,7 +40,7 @@ fn gpt_init() -> Init {
     }
 }
 
-/// Inputs `tokens` and `targets` [batch, seq] (i64); output `loss`.
+/// Inputs `tokens` and `targets` `[batch, seq]` (i64); output `loss`.
 pub fn transformer(cfg: &TransformerConfig) -> Result<Graph> {
     if cfg.heads == 0 || !cfg.d_model.is_multiple_of(cfg.heads) {
         return Err(crate::Error::Unsupported(format!(

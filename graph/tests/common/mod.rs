@@ -287,43 +287,40 @@ pub fn any_axis(rank: usize, mix: &mut Mix) -> i64 {
     }
 }
 
-/// `n` inputs of one random shape.
-pub fn same(n: usize, lo: usize, hi: usize) -> BoxedStrategy<Case> {
+/// Cases `f` makes from a random shape of rank `lo..=hi` and a [`Mix`]
+/// seeded with the case seed xor `salt`.
+fn shaped(
+    lo: usize,
+    hi: usize,
+    salt: u64,
+    f: impl Fn(Vec<usize>, &mut Mix) -> Case + 'static,
+) -> BoxedStrategy<Case> {
     (shape(lo, hi), seed())
         .prop_map(move |(s, seed)| Case {
             seed,
-            ..Case::of(vec![s; n])
+            ..f(s, &mut Mix(seed ^ salt))
         })
         .boxed()
+}
+
+/// `n` inputs of one random shape.
+pub fn same(n: usize, lo: usize, hi: usize) -> BoxedStrategy<Case> {
+    shaped(lo, hi, 0, move |s, _| Case::of(vec![s; n]))
 }
 
 /// `n` inputs that broadcast together (numpy rules).
 pub fn broadcasting(n: usize) -> BoxedStrategy<Case> {
-    (shape(0, 3), seed())
-        .prop_map(move |(out, seed)| {
-            let mut mix = Mix(seed ^ 0x5bd1);
-            let shapes = (0..n).map(|_| shrink(&out, &mut mix)).collect();
-            Case {
-                seed,
-                ..Case::of(shapes)
-            }
-        })
-        .boxed()
+    shaped(0, 3, 0x5bd1, move |out, mix| {
+        Case::of((0..n).map(|_| shrink(&out, mix)).collect())
+    })
 }
 
 /// A shape with one axis chosen (Softmax, Slice, Pad, Concat, Gather).
 pub fn with_axis(lo: usize, hi: usize) -> BoxedStrategy<Case> {
-    (shape(lo, hi), seed())
-        .prop_map(|(s, seed)| {
-            let mut mix = Mix(seed ^ 0xa11);
-            let axis = any_axis(s.len(), &mut mix);
-            Case {
-                axis,
-                seed,
-                ..Case::of(vec![s])
-            }
-        })
-        .boxed()
+    shaped(lo, hi, 0xa11, |s, mix| Case {
+        axis: any_axis(s.len(), mix),
+        ..Case::of(vec![s])
+    })
 }
 
 fn norm(axis: i64, rank: usize) -> usize {
@@ -392,113 +389,93 @@ pub fn reduce() -> BoxedStrategy<Case> {
 
 /// A reshape to a random factorization of the element count.
 pub fn reshape() -> BoxedStrategy<Case> {
-    (shape(0, 3), seed())
-        .prop_map(|(s, seed)| {
-            let mut mix = Mix(seed ^ 0x5e5);
-            let mut factors = Vec::new();
-            for &d in &s {
-                let mut d = d;
-                for p in [2, 3] {
-                    while d % p == 0 {
-                        factors.push(p);
-                        d /= p;
-                    }
+    shaped(0, 3, 0x5e5, |s, mix| {
+        let mut factors = Vec::new();
+        for &d in &s {
+            let mut d = d;
+            for p in [2, 3] {
+                while d % p == 0 {
+                    factors.push(p);
+                    d /= p;
                 }
             }
-            let rank = mix.below(4);
-            let mut target = vec![1usize; rank.max(usize::from(!factors.is_empty()))];
-            for f in factors {
-                let i = mix.below(target.len());
-                target[i] *= f;
-            }
-            Case {
-                target,
-                seed,
-                ..Case::of(vec![s])
-            }
-        })
-        .boxed()
+        }
+        let rank = mix.below(4);
+        let mut target = vec![1usize; rank.max(usize::from(!factors.is_empty()))];
+        for f in factors {
+            let i = mix.below(target.len());
+            target[i] *= f;
+        }
+        Case {
+            target,
+            ..Case::of(vec![s])
+        }
+    })
 }
 
 /// A random permutation of a random shape.
 pub fn transpose() -> BoxedStrategy<Case> {
-    (shape(0, 4), seed())
-        .prop_map(|(s, seed)| {
-            let mut mix = Mix(seed ^ 0x9e);
-            let mut perm: Vec<usize> = (0..s.len()).collect();
-            for i in (1..perm.len()).rev() {
-                perm.swap(i, mix.below(i + 1));
-            }
-            Case {
-                perm,
-                seed,
-                ..Case::of(vec![s])
-            }
-        })
-        .boxed()
+    shaped(0, 4, 0x9e, |s, mix| {
+        let mut perm: Vec<usize> = (0..s.len()).collect();
+        for i in (1..perm.len()).rev() {
+            perm.swap(i, mix.below(i + 1));
+        }
+        Case {
+            perm,
+            ..Case::of(vec![s])
+        }
+    })
 }
 
 /// A shape broadcast to a random target.
 pub fn broadcast() -> BoxedStrategy<Case> {
-    (shape(0, 4), seed())
-        .prop_map(|(target, seed)| {
-            let mut mix = Mix(seed ^ 0xb0);
-            let s = shrink(&target, &mut mix);
-            Case {
-                target,
-                seed,
-                ..Case::of(vec![s])
-            }
-        })
-        .boxed()
+    shaped(0, 4, 0xb0, |target, mix| {
+        let s = shrink(&target, mix);
+        Case {
+            target,
+            ..Case::of(vec![s])
+        }
+    })
 }
 
 /// Three inputs differing only along the concat axis.
 pub fn concat() -> BoxedStrategy<Case> {
-    (shape(1, 3), seed())
-        .prop_map(|(s, seed)| {
-            let mut mix = Mix(seed ^ 0xc0);
-            let axis = any_axis(s.len(), &mut mix);
-            let a = norm(axis, s.len());
-            let shapes = (0..3)
-                .map(|_| {
-                    let mut t = s.clone();
-                    t[a] = 1 + mix.below(3);
-                    t
-                })
-                .collect();
-            Case {
-                axis,
-                seed,
-                ..Case::of(shapes)
-            }
-        })
-        .boxed()
+    shaped(1, 3, 0xc0, |s, mix| {
+        let axis = any_axis(s.len(), mix);
+        let a = norm(axis, s.len());
+        let shapes = (0..3)
+            .map(|_| {
+                let mut t = s.clone();
+                t[a] = 1 + mix.below(3);
+                t
+            })
+            .collect();
+        Case {
+            axis,
+            ..Case::of(shapes)
+        }
+    })
 }
 
 /// Slice `lo..hi` (possibly empty) or Pad `lo` before and `hi` after an axis.
 pub fn slice_or_pad(slice: bool) -> BoxedStrategy<Case> {
-    (shape(1, 3), seed())
-        .prop_map(move |(s, seed)| {
-            let mut mix = Mix(seed ^ 0x51);
-            let axis = any_axis(s.len(), &mut mix);
-            let d = s[norm(axis, s.len())];
-            let (lo, hi) = if slice {
-                let a = mix.below(d + 1);
-                let b = mix.below(d + 1);
-                (a.min(b), a.max(b))
-            } else {
-                (mix.below(3), mix.below(3))
-            };
-            Case {
-                axis,
-                lo,
-                hi,
-                seed,
-                ..Case::of(vec![s])
-            }
-        })
-        .boxed()
+    shaped(1, 3, 0x51, move |s, mix| {
+        let axis = any_axis(s.len(), mix);
+        let d = s[norm(axis, s.len())];
+        let (lo, hi) = if slice {
+            let a = mix.below(d + 1);
+            let b = mix.below(d + 1);
+            (a.min(b), a.max(b))
+        } else {
+            (mix.below(3), mix.below(3))
+        };
+        Case {
+            axis,
+            lo,
+            hi,
+            ..Case::of(vec![s])
+        }
+    })
 }
 
 /// Gather: data with a short gathered axis and many (repeating) indices.
