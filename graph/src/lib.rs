@@ -13,6 +13,7 @@
 //!   check and for the fast backends.
 //! - [`gradcheck`]: finite-difference checks of VJP and JVP rules, to any
 //!   order, on the interpreter.
+//! - [`plan`]: the memory planner: arena offsets and the gradient buffer.
 //! - [`zoo`]: the reference workload models.
 //!
 //! The crate is pure: no async, no I/O, no device. It is deterministic: the
@@ -32,6 +33,7 @@ pub mod init;
 pub mod interp;
 pub mod ir;
 pub mod ops;
+pub mod plan;
 pub mod rng;
 pub mod serialize;
 pub mod shape;

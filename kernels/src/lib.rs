@@ -1,10 +1,29 @@
-//! Tensors and compute backends for adjoint.
+//! Compute backends for adjoint: the [`Backend`] trait and the CPU backend.
 //!
-//! This crate will own the `Backend` trait (allocate, copy, and one function
-//! per kernel, working on offsets into a planned arena, with room for CUDA
-//! streams and events), the CPU backend (a tuned GEMM plus vectorised loops,
-//! threads where they pay) and the CUDA backend (cudarc with dynamic loading,
-//! cuBLAS, the `.cu` sources under `kernels/cuda/` compiled by NVRTC).
+//! A backend owns device memory as buffers ([`BufferId`]) and runs kernels
+//! on [`View`]s: a dtype, a byte offset and an element count inside a buffer.
+//! The worker compiles a graph into a program of backend calls over one
+//! planned arena plus the parameter, gradient and optimizer buffers; this
+//! crate never sees a graph. Every kernel is one method of [`Backend`], with
+//! the shapes and strides it needs passed as slices the caller precomputed,
+//! so a step allocates nothing.
 //!
-//! It never sees a graph: the worker compiles graphs into programs of kernel
-//! calls. Nothing here is implemented yet; the CPU engine lands next.
+//! - [`cpu`]: f32 kernels (i64/i32 indices, u8 booleans), GEMM through the
+//!   `gemm` crate, rayon threads where they pay.
+//! - [`rng`]: the counter-based Philox generator random kernels draw from.
+//! - [`alloc_audit`]: marks scopes where a third-party library allocates, so
+//!   tests can prove the engine itself does not.
+//!
+//! Streams and events exist in the trait so that the CUDA backend (compute
+//! and communication streams) fits; on the CPU they are no-ops.
+
+pub mod alloc_audit;
+pub mod backend;
+pub mod cpu;
+pub mod rng;
+
+pub use backend::{
+    AdamWParams, Backend, BinaryOp, BufferId, CompareOp, ElemType, Error, Event, MatMulDims,
+    ReduceOp, Result, RngKey, SgdParams, Stream, UnaryOp, View,
+};
+pub use cpu::CpuBackend;

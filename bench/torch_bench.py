@@ -1,0 +1,144 @@
+"""PyTorch eager yardstick for the WORKLOADS.md benchmarks.
+
+    bench/.venv/bin/python bench/torch_bench.py NAME [--threads N] [--steps 10] [--warmup 3]
+
+NAME is mlp, transformer or chain, at the WORKLOADS.md sizes:
+  mlp          784-1024-1024-10, batch 256, SGD lr 0.01 momentum 0.9
+  transformer  vocab 256, d 256, 4 layers, 4 heads, seq 128, batch 16, AdamW lr 1e-3
+  chain        64 x (Linear 1024->1024 + tanh), batch 256, gradients only
+
+Prints one JSON line: {"workload", "impl": "pytorch", "threads", "fwd_ms",
+"step_ms", "torch", ...}, times being medians over --steps timed iterations
+after --warmup untimed ones.
+  fwd  = forward + loss, autograd recording as in training (no backward;
+         the graph is dropped), timed on its own;
+  step = zero_grad + forward + loss + backward + optimizer update
+         (chain: no optimizer, forward + backward only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import models  # noqa: E402
+
+WORKLOADS = {
+    "mlp": dict(batch=256, optimizer=dict(name="sgd", lr=0.01, momentum=0.9)),
+    "transformer": dict(batch=16, optimizer=dict(name="adamw", lr=1e-3, betas=[0.9, 0.999],
+                                                 eps=1e-8, weight_decay=0.01)),
+    "chain": dict(batch=256, optimizer=None),
+}
+
+
+def make_inputs(name, cfg, batch, gen, device):
+    if name == "mlp":
+        x = torch.randn(batch, cfg.input, generator=gen)
+        y = torch.randint(0, cfg.classes, (batch,), generator=gen)
+        args = [x, y]
+    elif name == "transformer":
+        tok = torch.randint(0, cfg.vocab, (batch, cfg.seq), generator=gen)
+        tgt = torch.randint(0, cfg.vocab, (batch, cfg.seq), generator=gen)
+        args = [tok, tgt]
+    else:
+        args = [torch.randn(batch, cfg.width, generator=gen)]
+    return [a.to(device) for a in args]
+
+
+def make_optimizer(spec, params):
+    if spec is None:
+        return None
+    if spec["name"] == "sgd":
+        return torch.optim.SGD(params, lr=spec["lr"], momentum=spec["momentum"])
+    return torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"],
+                             weight_decay=spec["weight_decay"])
+
+
+def default_threads():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("name", choices=list(WORKLOADS))
+    ap.add_argument("--threads", type=int, default=default_threads(),
+                    help="torch.set_num_threads (default: all cores available)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    a = ap.parse_args()
+
+    torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    w = WORKLOADS[a.name]
+
+    torch.manual_seed(0)
+    model = models.build(a.name).to(dev)
+    gen = torch.Generator().manual_seed(1)
+    args = make_inputs(a.name, model.cfg, w["batch"], gen, dev)
+    opt = make_optimizer(w["optimizer"], model.parameters())
+
+    def fwd():
+        loss = model(*args)
+        sync()
+        return loss
+
+    def step():
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+        loss = model(*args)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+        sync()
+        return loss
+
+    def timed(fn):
+        for _ in range(a.warmup):
+            fn()
+        times = []
+        for _ in range(a.steps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    fwd_ms = timed(fwd)
+    step_ms = timed(step)
+    loss = float(fwd().item())
+
+    out = {
+        "workload": a.name,
+        "impl": "pytorch",
+        "threads": a.threads,
+        "fwd_ms": round(fwd_ms, 3),
+        "step_ms": round(step_ms, 3),
+        "torch": torch.__version__,
+        "device": a.device,
+        "batch": w["batch"],
+        "config": models.config_dict(model.cfg),
+        "optimizer": w["optimizer"]["name"] if w["optimizer"] else None,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "params": sum(p.numel() for p in model.parameters()),
+        "loss": loss,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

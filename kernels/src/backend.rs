@@ -1,0 +1,296 @@
+//! The `Backend` trait: memory, copies and one method per kernel.
+
+/// A buffer of device memory owned by a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufferId(pub u32);
+
+/// Element types kernels read and write: floats compute in f32, indices are
+/// i64 or i32, booleans are bytes (0 or 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElemType {
+    F32,
+    I32,
+    I64,
+    U8,
+}
+
+impl ElemType {
+    pub fn size(self) -> usize {
+        match self {
+            ElemType::F32 | ElemType::I32 => 4,
+            ElemType::I64 => 8,
+            ElemType::U8 => 1,
+        }
+    }
+}
+
+/// `len` elements of `elem` starting `offset` bytes into `buffer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct View {
+    pub buffer: BufferId,
+    pub offset: usize,
+    pub len: usize,
+    pub elem: ElemType,
+}
+
+impl View {
+    pub fn bytes(&self) -> usize {
+        self.len * self.elem.size()
+    }
+
+    /// Whether the two views share any byte.
+    pub fn overlaps(&self, other: &View) -> bool {
+        self.buffer == other.buffer
+            && self.bytes() > 0
+            && other.bytes() > 0
+            && self.offset < other.offset + other.bytes()
+            && other.offset < self.offset + self.bytes()
+    }
+
+    /// Elements `start..start + len` of this view.
+    pub fn sub(&self, start: usize, len: usize) -> View {
+        debug_assert!(start + len <= self.len);
+        View {
+            offset: self.offset + start * self.elem.size(),
+            len,
+            ..*self
+        }
+    }
+}
+
+/// Where work is queued. The CPU runs everything in order on the calling
+/// thread; CUDA has one compute and one communication stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Compute,
+    Comm,
+}
+
+/// A point in a stream that another stream can wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Relu,
+    GeluTanh,
+    GeluErf,
+    Erf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareOp {
+    Equal,
+    Greater,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+}
+
+/// Batched `c = op(a) · op(b)`. Each batch entry of `a` is a row-major
+/// `[m, k]` matrix (`[k, m]` when `trans_a`), of `b` `[k, n]` (`[n, k]` when
+/// `trans_b`), of `c` `[m, n]`. `batch` is the output's batch shape; the
+/// stride slices give, per batch axis, how many elements to step in each
+/// operand (0 where it broadcasts).
+#[derive(Debug, Clone, Copy)]
+pub struct MatMulDims<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub batch: &'a [usize],
+    pub a_batch_strides: &'a [usize],
+    pub b_batch_strides: &'a [usize],
+    pub c_batch_strides: &'a [usize],
+}
+
+/// What a random kernel draws from: (seed, step, rank, site, element).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RngKey {
+    pub seed: u64,
+    pub step: u64,
+    pub rank: u32,
+    pub site: u64,
+}
+
+/// Settings of an SGD update (PyTorch's semantics: weight decay added to
+/// the gradient, momentum buffer seeded with the first gradient, optional
+/// dampening and Nesterov).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    /// True on the first step: the momentum buffer is set, not blended.
+    pub first_step: bool,
+}
+
+/// Settings of an AdamW update (PyTorch's semantics and operation order).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: view of {len} bytes at offset {offset} is outside buffer {buffer} of {buffer_len} bytes")]
+    OutOfBounds {
+        what: &'static str,
+        buffer: u32,
+        offset: usize,
+        len: usize,
+        buffer_len: usize,
+    },
+    #[error("{what}: expected {expected} elements, found {found}")]
+    Length {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{what}: expected element type {expected:?}, found {found:?}")]
+    ElemType {
+        what: &'static str,
+        expected: ElemType,
+        found: ElemType,
+    },
+    #[error("{what}: output overlaps an input")]
+    Overlap { what: &'static str },
+    #[error("{what}: view at offset {offset} is not aligned to {align} bytes")]
+    Misaligned {
+        what: &'static str,
+        offset: usize,
+        align: usize,
+    },
+    #[error("{what}: index {index} is out of range [0, {bound})")]
+    IndexOutOfRange {
+        what: &'static str,
+        index: i64,
+        bound: usize,
+    },
+    #[error("cannot allocate {bytes} bytes")]
+    Alloc { bytes: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A compute device. Kernels read input views and write output views that
+/// must not overlap them; shapes are row-major and contiguous unless strides
+/// are given. Shape and stride slices are the caller's, so a call allocates
+/// nothing.
+pub trait Backend {
+    /// A short description, e.g. "cpu (2 threads)".
+    fn name(&self) -> String;
+
+    // ----- memory -----
+    fn alloc(&mut self, bytes: usize) -> Result<BufferId>;
+    fn buffer_bytes(&self, buffer: BufferId) -> usize;
+    /// Host bytes into a view (`data.len() == dst.bytes()`).
+    fn write(&mut self, dst: View, data: &[u8]) -> Result<()>;
+    /// A view's bytes to the host (`out.len() == src.bytes()`).
+    fn read(&self, src: View, out: &mut [u8]) -> Result<()>;
+    fn copy(&mut self, src: View, dst: View) -> Result<()>;
+    /// Every element of `dst` set to `value` (converted to its type).
+    fn fill(&mut self, dst: View, value: f64) -> Result<()>;
+
+    // ----- ordering -----
+    fn record_event(&mut self, stream: Stream) -> Event;
+    fn wait_event(&mut self, stream: Stream, event: Event);
+    fn synchronize(&mut self) -> Result<()>;
+
+    // ----- elementwise -----
+    fn unary(&mut self, op: UnaryOp, x: View, y: View) -> Result<()>;
+    /// `out[i] = a[i] op b[i]` over `shape`; `a_strides`/`b_strides` are
+    /// element strides per axis of `shape` (0 where the operand broadcasts).
+    #[allow(clippy::too_many_arguments)]
+    fn binary(&mut self, op: BinaryOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()>;
+    /// As [`Backend::binary`], writing 0/1 bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn compare(&mut self, op: CompareOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()>;
+    /// `out = cond ? a : b` with broadcasting strides for all three inputs.
+    #[allow(clippy::too_many_arguments)]
+    fn select(&mut self, cond: View, cond_strides: &[usize], a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()>;
+    /// Converts elements between types (to ints truncates, to bool is != 0).
+    fn cast(&mut self, x: View, y: View) -> Result<()>;
+    /// `dx = dy * gelu'(x)`.
+    fn gelu_grad(&mut self, tanh: bool, x: View, dy: View, dx: View) -> Result<()>;
+    /// `y = x * mask / (1 - p)`, mask drawn from `key`.
+    fn dropout(&mut self, x: View, y: View, p: f32, key: RngKey) -> Result<()>;
+    /// `x` viewed as `[batch, t, t]`; entries with column > row become `fill`.
+    fn causal_mask(&mut self, x: View, y: View, batch: usize, t: usize, fill: f32) -> Result<()>;
+
+    // ----- layout -----
+    /// Copies `shape` elements: the element at multi-index `i` is read at
+    /// `src + Σ i·src_strides` and written at `dst + Σ i·dst_strides`
+    /// (transpose, broadcast, slice, concat and pad are all this).
+    fn copy_strided(&mut self, src: View, src_strides: &[usize], dst: View, dst_strides: &[usize], shape: &[usize]) -> Result<()>;
+
+    // ----- reductions -----
+    /// Reduces the axes of `shape` marked in `axes`; `y` holds the kept axes
+    /// in order, contiguous.
+    fn reduce(&mut self, op: ReduceOp, x: View, shape: &[usize], axes: &[bool], y: View) -> Result<()>;
+
+    // ----- matmul -----
+    fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()>;
+
+    // ----- indexing -----
+    /// `data` as `[outer, axis, inner]`, `indices` flat (i64 or i32):
+    /// `out[o, j, i] = data[o, indices[j], i]`.
+    fn gather(&mut self, data: View, indices: View, out: View, outer: usize, axis: usize, inner: usize) -> Result<()>;
+    /// `out` as `[outer, size, inner]` set to zero, then
+    /// `out[o, indices[j], i] += updates[o, j, i]` (repeats accumulate).
+    fn scatter_add(&mut self, updates: View, indices: View, out: View, outer: usize, size: usize, inner: usize) -> Result<()>;
+    /// `out[j, c] = (indices[j] == c)` as f32.
+    fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()>;
+
+    // ----- normalisation and losses -----
+    /// Softmax (or log-softmax) over the middle axis of `[outer, n, inner]`.
+    fn softmax(&mut self, x: View, y: View, outer: usize, n: usize, inner: usize, log: bool) -> Result<()>;
+    /// LayerNorm over the last axis of `[rows, d]` (biased variance).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm(&mut self, x: View, gamma: View, beta: View, y: View, rows: usize, d: usize, eps: f32) -> Result<()>;
+    /// The LayerNorm backward, statistics recomputed from `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm_grad(&mut self, x: View, gamma: View, dy: View, dx: View, dgamma: View, dbeta: View, rows: usize, d: usize, eps: f32) -> Result<()>;
+    /// Mean cross-entropy of `logits [rows, classes]` against `labels [rows]`.
+    fn softmax_cross_entropy(&mut self, logits: View, labels: View, loss: View, rows: usize, classes: usize) -> Result<()>;
+    /// `dlogits = (softmax(logits) - onehot(labels)) * dloss / rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_cross_entropy_grad(&mut self, logits: View, labels: View, dloss: View, dlogits: View, rows: usize, classes: usize) -> Result<()>;
+    /// Mean of squared differences into the one-element `loss`.
+    fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()>;
+
+    // ----- optimizers (over flat buffers) -----
+    fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()>;
+    fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()>;
+}

@@ -1,0 +1,418 @@
+//! The CPU backend: f32 kernels over aligned host buffers.
+//!
+//! [`CpuBackend`] owns the buffers and checks every view (bounds, type,
+//! alignment, outputs disjoint from inputs) before handing plain slices to
+//! the kernels, which live one family per file and know nothing of views.
+//! Large kernels split their work over rayon's pool (one pool for the
+//! process, nothing spawned per op); GEMM goes through the `gemm` crate.
+
+mod elementwise;
+mod index;
+mod layout;
+mod loss;
+mod matmul;
+mod memory;
+mod nn;
+mod optim;
+mod reduce;
+
+use memory::{check, slice, slice_mut, Buffer, Elem};
+
+use crate::backend::*;
+
+/// Elements below which a kernel stays on one thread.
+pub const PARALLEL_THRESHOLD: usize = 1 << 15;
+
+/// The CPU backend.
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    buffers: Vec<Buffer>,
+    events: u64,
+}
+
+impl CpuBackend {
+    pub fn new() -> CpuBackend {
+        CpuBackend::default()
+    }
+
+    /// Sizes rayon's global pool (the one pool every kernel uses). Only the
+    /// first call in a process takes effect.
+    pub fn set_threads(threads: usize) {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build_global();
+    }
+
+    /// Threads kernels run on.
+    pub fn threads() -> usize {
+        rayon::current_num_threads()
+    }
+
+    fn buf(&self, what: &'static str, v: View) -> Result<&Buffer> {
+        self.buffers.get(v.buffer.0 as usize).ok_or(Error::OutOfBounds {
+            what,
+            buffer: v.buffer.0,
+            offset: v.offset,
+            len: v.bytes(),
+            buffer_len: 0,
+        })
+    }
+
+    /// A checked input slice.
+    fn r<T: Elem>(&self, what: &'static str, v: View) -> Result<&[T]> {
+        let buf = self.buf(what, v)?;
+        check::<T>(what, buf, v)?;
+        // SAFETY: checked above; every method that hands out a mutable slice
+        // first proves it disjoint from this call's other views (`disjoint`).
+        Ok(unsafe { slice(buf, v) })
+    }
+
+    /// A checked output slice; call [`disjoint`] for the call's views first.
+    #[allow(clippy::mut_from_ref)]
+    fn w<T: Elem>(&self, what: &'static str, v: View) -> Result<&mut [T]> {
+        let buf = self.buf(what, v)?;
+        check::<T>(what, buf, v)?;
+        // SAFETY: checked above; `disjoint` proved no other view of this call
+        // overlaps `v`, so this is the only live slice of these bytes.
+        Ok(unsafe { slice_mut(buf, v) })
+    }
+}
+
+/// Every output disjoint from every input and from the other outputs.
+fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
+    for (i, o) in outputs.iter().enumerate() {
+        if inputs.iter().chain(&outputs[i + 1..]).any(|v| v.overlaps(o)) {
+            return Err(Error::Overlap { what });
+        }
+    }
+    Ok(())
+}
+
+fn same_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            found,
+        })
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", CpuBackend::threads())
+    }
+
+    fn alloc(&mut self, bytes: usize) -> Result<BufferId> {
+        self.buffers.push(Buffer::new(bytes)?);
+        Ok(BufferId(self.buffers.len() as u32 - 1))
+    }
+
+    fn buffer_bytes(&self, buffer: BufferId) -> usize {
+        self.buffers.get(buffer.0 as usize).map_or(0, Buffer::bytes)
+    }
+
+    fn write(&mut self, dst: View, data: &[u8]) -> Result<()> {
+        same_len("write", dst.bytes(), data.len())?;
+        let buf = self.buf("write", dst)?;
+        check::<u8>(
+            "write",
+            buf,
+            View {
+                elem: ElemType::U8,
+                len: dst.bytes(),
+                ..dst
+            },
+        )?;
+        // SAFETY: bounds checked; `data` is host memory, not in any buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr().add(dst.offset), data.len()) };
+        Ok(())
+    }
+
+    fn read(&self, src: View, out: &mut [u8]) -> Result<()> {
+        same_len("read", src.bytes(), out.len())?;
+        let bytes = View {
+            elem: ElemType::U8,
+            len: src.bytes(),
+            ..src
+        };
+        out.copy_from_slice(self.r::<u8>("read", bytes)?);
+        Ok(())
+    }
+
+    fn copy(&mut self, src: View, dst: View) -> Result<()> {
+        same_len("copy", src.bytes(), dst.bytes())?;
+        disjoint("copy", &[dst], &[src])?;
+        let as_bytes = |v: View| View {
+            elem: ElemType::U8,
+            len: v.bytes(),
+            ..v
+        };
+        let s = self.r::<u8>("copy", as_bytes(src))?;
+        let d = self.w::<u8>("copy", as_bytes(dst))?;
+        d.copy_from_slice(s);
+        Ok(())
+    }
+
+    fn fill(&mut self, dst: View, value: f64) -> Result<()> {
+        match dst.elem {
+            ElemType::F32 => self.w::<f32>("fill", dst)?.fill(value as f32),
+            ElemType::I32 => self.w::<i32>("fill", dst)?.fill(value as i32),
+            ElemType::I64 => self.w::<i64>("fill", dst)?.fill(value as i64),
+            ElemType::U8 => self.w::<u8>("fill", dst)?.fill(u8::from(value != 0.0)),
+        }
+        Ok(())
+    }
+
+    fn record_event(&mut self, _stream: Stream) -> Event {
+        self.events += 1;
+        Event(self.events)
+    }
+
+    fn wait_event(&mut self, _stream: Stream, _event: Event) {}
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn unary(&mut self, op: UnaryOp, x: View, y: View) -> Result<()> {
+        same_len("unary", x.len, y.len)?;
+        disjoint("unary", &[y], &[x])?;
+        elementwise::unary(op, self.r("unary x", x)?, self.w("unary y", y)?);
+        Ok(())
+    }
+
+    fn binary(&mut self, op: BinaryOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()> {
+        disjoint("binary", &[out], &[a, b])?;
+        let (a, b, out) = (self.r("binary a", a)?, self.r("binary b", b)?, self.w("binary out", out)?);
+        elementwise::binary(op, a, a_strides, b, b_strides, out, shape)
+    }
+
+    fn compare(&mut self, op: CompareOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()> {
+        disjoint("compare", &[out], &[a, b])?;
+        match a.elem {
+            ElemType::F32 => {
+                let (a, b) = (self.r::<f32>("compare a", a)?, self.r::<f32>("compare b", b)?);
+                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+            }
+            ElemType::I64 => {
+                let (a, b) = (self.r::<i64>("compare a", a)?, self.r::<i64>("compare b", b)?);
+                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+            }
+            ElemType::I32 => {
+                let (a, b) = (self.r::<i32>("compare a", a)?, self.r::<i32>("compare b", b)?);
+                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+            }
+            ElemType::U8 => {
+                let (a, b) = (self.r::<u8>("compare a", a)?, self.r::<u8>("compare b", b)?);
+                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+            }
+        }
+    }
+
+    fn select(&mut self, cond: View, cond_strides: &[usize], a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()> {
+        disjoint("select", &[out], &[cond, a, b])?;
+        let cond = self.r::<u8>("select cond", cond)?;
+        let (a, b, out) = (self.r("select a", a)?, self.r("select b", b)?, self.w("select out", out)?);
+        elementwise::select(cond, cond_strides, a, a_strides, b, b_strides, out, shape)
+    }
+
+    fn cast(&mut self, x: View, y: View) -> Result<()> {
+        same_len("cast", x.len, y.len)?;
+        disjoint("cast", &[y], &[x])?;
+        macro_rules! cast_to {
+            ($src:ty) => {{
+                let src = self.r::<$src>("cast x", x)?;
+                match y.elem {
+                    ElemType::F32 => elementwise::cast(src, self.w::<f32>("cast y", y)?),
+                    ElemType::I32 => elementwise::cast(src, self.w::<i32>("cast y", y)?),
+                    ElemType::I64 => elementwise::cast(src, self.w::<i64>("cast y", y)?),
+                    ElemType::U8 => elementwise::cast(src, self.w::<u8>("cast y", y)?),
+                }
+            }};
+        }
+        match x.elem {
+            ElemType::F32 => cast_to!(f32),
+            ElemType::I32 => cast_to!(i32),
+            ElemType::I64 => cast_to!(i64),
+            ElemType::U8 => cast_to!(u8),
+        }
+        Ok(())
+    }
+
+    fn gelu_grad(&mut self, tanh: bool, x: View, dy: View, dx: View) -> Result<()> {
+        same_len("gelu_grad", x.len, dx.len)?;
+        same_len("gelu_grad", dy.len, dx.len)?;
+        disjoint("gelu_grad", &[dx], &[x, dy])?;
+        elementwise::gelu_grad(tanh, self.r("gelu_grad x", x)?, self.r("gelu_grad dy", dy)?, self.w("gelu_grad dx", dx)?);
+        Ok(())
+    }
+
+    fn dropout(&mut self, x: View, y: View, p: f32, key: RngKey) -> Result<()> {
+        same_len("dropout", x.len, y.len)?;
+        disjoint("dropout", &[y], &[x])?;
+        elementwise::dropout(self.r("dropout x", x)?, self.w("dropout y", y)?, p, key);
+        Ok(())
+    }
+
+    fn causal_mask(&mut self, x: View, y: View, batch: usize, t: usize, fill: f32) -> Result<()> {
+        same_len("causal_mask", batch * t * t, x.len)?;
+        same_len("causal_mask", x.len, y.len)?;
+        disjoint("causal_mask", &[y], &[x])?;
+        elementwise::causal_mask(self.r("causal_mask x", x)?, self.w("causal_mask y", y)?, t, fill);
+        Ok(())
+    }
+
+    fn copy_strided(&mut self, src: View, src_strides: &[usize], dst: View, dst_strides: &[usize], shape: &[usize]) -> Result<()> {
+        disjoint("copy_strided", &[dst], &[src])?;
+        match (src.elem, dst.elem) {
+            (ElemType::F32, ElemType::F32) => {
+                layout::copy_strided(self.r::<f32>("copy_strided src", src)?, src_strides, self.w::<f32>("copy_strided dst", dst)?, dst_strides, shape)
+            }
+            (ElemType::I64, ElemType::I64) => {
+                layout::copy_strided(self.r::<i64>("copy_strided src", src)?, src_strides, self.w::<i64>("copy_strided dst", dst)?, dst_strides, shape)
+            }
+            (ElemType::I32, ElemType::I32) => {
+                layout::copy_strided(self.r::<i32>("copy_strided src", src)?, src_strides, self.w::<i32>("copy_strided dst", dst)?, dst_strides, shape)
+            }
+            (ElemType::U8, ElemType::U8) => {
+                layout::copy_strided(self.r::<u8>("copy_strided src", src)?, src_strides, self.w::<u8>("copy_strided dst", dst)?, dst_strides, shape)
+            }
+            (s, d) => Err(Error::ElemType {
+                what: "copy_strided dst",
+                expected: s,
+                found: d,
+            }),
+        }
+    }
+
+    fn reduce(&mut self, op: ReduceOp, x: View, shape: &[usize], axes: &[bool], y: View) -> Result<()> {
+        disjoint("reduce", &[y], &[x])?;
+        reduce::reduce(op, self.r("reduce x", x)?, shape, axes, self.w("reduce y", y)?)
+    }
+
+    fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
+        disjoint("matmul", &[c], &[a, b])?;
+        matmul::matmul(self.r("matmul a", a)?, self.r("matmul b", b)?, self.w("matmul c", c)?, dims)
+    }
+
+    fn gather(&mut self, data: View, indices: View, out: View, outer: usize, axis: usize, inner: usize) -> Result<()> {
+        disjoint("gather", &[out], &[data, indices])?;
+        let (data, out) = (self.r::<f32>("gather data", data)?, self.w::<f32>("gather out", out)?);
+        match indices.elem {
+            ElemType::I32 => index::gather(data, self.r::<i32>("gather indices", indices)?, out, outer, axis, inner),
+            _ => index::gather(data, self.r::<i64>("gather indices", indices)?, out, outer, axis, inner),
+        }
+    }
+
+    fn scatter_add(&mut self, updates: View, indices: View, out: View, outer: usize, size: usize, inner: usize) -> Result<()> {
+        disjoint("scatter_add", &[out], &[updates, indices])?;
+        let (updates, out) = (self.r::<f32>("scatter_add updates", updates)?, self.w::<f32>("scatter_add out", out)?);
+        match indices.elem {
+            ElemType::I32 => index::scatter_add(updates, self.r::<i32>("scatter_add indices", indices)?, out, outer, size, inner),
+            _ => index::scatter_add(updates, self.r::<i64>("scatter_add indices", indices)?, out, outer, size, inner),
+        }
+    }
+
+    fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()> {
+        disjoint("one_hot", &[out], &[indices])?;
+        let out = self.w::<f32>("one_hot out", out)?;
+        match indices.elem {
+            ElemType::I32 => index::one_hot(self.r::<i32>("one_hot indices", indices)?, out, depth),
+            _ => index::one_hot(self.r::<i64>("one_hot indices", indices)?, out, depth),
+        }
+    }
+
+    fn softmax(&mut self, x: View, y: View, outer: usize, n: usize, inner: usize, log: bool) -> Result<()> {
+        same_len("softmax", outer * n * inner, x.len)?;
+        same_len("softmax", x.len, y.len)?;
+        disjoint("softmax", &[y], &[x])?;
+        nn::softmax(self.r("softmax x", x)?, self.w("softmax y", y)?, outer, n, inner, log);
+        Ok(())
+    }
+
+    fn layer_norm(&mut self, x: View, gamma: View, beta: View, y: View, rows: usize, d: usize, eps: f32) -> Result<()> {
+        same_len("layer_norm x", rows * d, x.len)?;
+        same_len("layer_norm y", rows * d, y.len)?;
+        same_len("layer_norm gamma", d, gamma.len)?;
+        same_len("layer_norm beta", d, beta.len)?;
+        disjoint("layer_norm", &[y], &[x, gamma, beta])?;
+        let (xs, g, b) = (self.r("layer_norm x", x)?, self.r("layer_norm gamma", gamma)?, self.r("layer_norm beta", beta)?);
+        nn::layer_norm(xs, g, b, self.w("layer_norm y", y)?, rows, d, eps);
+        Ok(())
+    }
+
+    fn layer_norm_grad(&mut self, x: View, gamma: View, dy: View, dx: View, dgamma: View, dbeta: View, rows: usize, d: usize, eps: f32) -> Result<()> {
+        same_len("layer_norm_grad x", rows * d, x.len)?;
+        same_len("layer_norm_grad dy", rows * d, dy.len)?;
+        same_len("layer_norm_grad dx", rows * d, dx.len)?;
+        same_len("layer_norm_grad gamma", d, gamma.len)?;
+        same_len("layer_norm_grad dgamma", d, dgamma.len)?;
+        same_len("layer_norm_grad dbeta", d, dbeta.len)?;
+        disjoint("layer_norm_grad", &[dx, dgamma, dbeta], &[x, gamma, dy])?;
+        let (xs, g, dys) = (self.r("layer_norm_grad x", x)?, self.r("layer_norm_grad gamma", gamma)?, self.r("layer_norm_grad dy", dy)?);
+        let (dxs, dg, db) = (self.w("layer_norm_grad dx", dx)?, self.w("layer_norm_grad dgamma", dgamma)?, self.w("layer_norm_grad dbeta", dbeta)?);
+        nn::layer_norm_grad(xs, g, dys, dxs, dg, db, rows, d, eps);
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(&mut self, logits: View, labels: View, loss: View, rows: usize, classes: usize) -> Result<()> {
+        same_len("softmax_cross_entropy logits", rows * classes, logits.len)?;
+        same_len("softmax_cross_entropy labels", rows, labels.len)?;
+        same_len("softmax_cross_entropy loss", 1, loss.len)?;
+        disjoint("softmax_cross_entropy", &[loss], &[logits, labels])?;
+        let (lg, out) = (self.r::<f32>("softmax_cross_entropy logits", logits)?, self.w::<f32>("softmax_cross_entropy loss", loss)?);
+        match labels.elem {
+            ElemType::I32 => loss::softmax_cross_entropy(lg, self.r::<i32>("softmax_cross_entropy labels", labels)?, out, rows, classes),
+            _ => loss::softmax_cross_entropy(lg, self.r::<i64>("softmax_cross_entropy labels", labels)?, out, rows, classes),
+        }
+    }
+
+    fn softmax_cross_entropy_grad(&mut self, logits: View, labels: View, dloss: View, dlogits: View, rows: usize, classes: usize) -> Result<()> {
+        same_len("softmax_cross_entropy_grad logits", rows * classes, logits.len)?;
+        same_len("softmax_cross_entropy_grad dlogits", rows * classes, dlogits.len)?;
+        same_len("softmax_cross_entropy_grad labels", rows, labels.len)?;
+        same_len("softmax_cross_entropy_grad dloss", 1, dloss.len)?;
+        disjoint("softmax_cross_entropy_grad", &[dlogits], &[logits, labels, dloss])?;
+        let lg = self.r::<f32>("softmax_cross_entropy_grad logits", logits)?;
+        let dl = self.r::<f32>("softmax_cross_entropy_grad dloss", dloss)?[0];
+        let out = self.w::<f32>("softmax_cross_entropy_grad dlogits", dlogits)?;
+        match labels.elem {
+            ElemType::I32 => loss::softmax_cross_entropy_grad(lg, self.r::<i32>("labels", labels)?, dl, out, rows, classes),
+            _ => loss::softmax_cross_entropy_grad(lg, self.r::<i64>("labels", labels)?, dl, out, rows, classes),
+        }
+    }
+
+    fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()> {
+        same_len("mse", pred.len, target.len)?;
+        same_len("mse loss", 1, loss.len)?;
+        disjoint("mse", &[loss], &[pred, target])?;
+        let out = self.w::<f32>("mse loss", loss)?;
+        out[0] = loss::mse(self.r("mse pred", pred)?, self.r("mse target", target)?);
+        Ok(())
+    }
+
+    fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()> {
+        same_len("sgd grad", param.len, grad.len)?;
+        if p.momentum != 0.0 {
+            same_len("sgd momentum", param.len, momentum.len)?;
+        }
+        disjoint("sgd", &[param, momentum], &[grad])?;
+        let (w, g) = (self.w("sgd param", param)?, self.r("sgd grad", grad)?);
+        let buf = if p.momentum != 0.0 { self.w("sgd momentum", momentum)? } else { &mut [][..] };
+        optim::sgd(w, g, buf, p);
+        Ok(())
+    }
+
+    fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()> {
+        same_len("adamw grad", param.len, grad.len)?;
+        same_len("adamw m", param.len, m.len)?;
+        same_len("adamw v", param.len, v.len)?;
+        disjoint("adamw", &[param, m, v], &[grad])?;
+        let (w, g) = (self.w("adamw param", param)?, self.r("adamw grad", grad)?);
+        optim::adamw(w, g, self.w("adamw m", m)?, self.w("adamw v", v)?, p);
+        Ok(())
+    }
+}

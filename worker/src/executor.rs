@@ -1,0 +1,356 @@
+//! Runs a compiled training graph on a backend.
+//!
+//! [`Executor::new`] plans memory for the graph ([`adjoint_graph::plan`]),
+//! allocates one arena plus the parameter, gradient, input and state
+//! buffers, and compiles the program. [`Executor::run`] executes one step:
+//! every instruction in order, calling the gradient-ready hook as each
+//! gradient bucket completes, so all-reduce can start while backward still
+//! runs. Nothing is allocated inside a step.
+//!
+//! Trainable parameters are laid out in the parameter buffer at the same
+//! offsets as their gradients in the gradient buffer (the order backward
+//! produces them), so an optimizer updates all of them in one pass over two
+//! flat views.
+
+use adjoint_graph::plan::{plan_memory, MemoryPlan, PlanOptions};
+use adjoint_graph::{init, DType, Graph, ValueId};
+use adjoint_kernels::{Backend, ElemType, View};
+
+use crate::program::{elem_type, Buffers, HostLayout, Instr, Program, StepKey, ValueViews};
+use crate::{Error, Result};
+
+/// How an executor is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Gradient bytes per all-reduce bucket.
+    pub bucket_bytes: usize,
+    /// Debug mode: after each node, fill the arena values that die there with
+    /// NaN, so a read of a freed buffer shows in the results.
+    pub poison_freed: bool,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        ExecOptions {
+            bucket_bytes: 25 << 20,
+            poison_freed: false,
+        }
+    }
+}
+
+/// A contiguous run of the gradient buffer that becomes ready at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GradBucket {
+    pub index: usize,
+    /// Byte range in the gradient buffer.
+    pub offset: usize,
+    pub bytes: usize,
+    /// The parameters whose gradients it holds, in layout order.
+    pub params: Vec<ValueId>,
+    /// Index of the instruction after which the bucket is complete.
+    ready_after: usize,
+}
+
+/// A training graph compiled for one backend.
+#[derive(Debug)]
+pub struct Executor<B: Backend> {
+    pub backend: B,
+    graph: Graph,
+    plan: MemoryPlan,
+    layout: HostLayout,
+    buffers: Buffers,
+    views: ValueViews,
+    program: Program,
+    buckets: Vec<GradBucket>,
+    /// Per instruction: views to poison after it (debug mode only).
+    poison: Vec<Vec<View>>,
+    /// Copies into gradient slots for gradients the plan could not place.
+    grad_copies: Vec<Instr>,
+}
+
+impl<B: Backend> Executor<B> {
+    /// Plans, allocates and compiles `graph` (a bound graph, usually the joint
+    /// graph of `autodiff::grad`); `grads` pairs each trainable parameter
+    /// with its gradient value.
+    pub fn new(mut backend: B, graph: Graph, grads: &[(ValueId, ValueId)], opts: ExecOptions) -> Result<Self> {
+        let plan = plan_memory(
+            &graph,
+            &PlanOptions {
+                grads: grads.to_vec(),
+                ..PlanOptions::default()
+            },
+        )?;
+        let layout = HostLayout::new(&graph, &plan)?;
+        let buffers = Buffers {
+            arena: backend.alloc(plan.arena_bytes)?,
+            params: backend.alloc(layout.params_bytes)?,
+            grads: backend.alloc(plan.grad_bytes)?,
+            inputs: backend.alloc(layout.inputs_bytes)?,
+            state: backend.alloc(layout.state_bytes)?,
+        };
+        let views = ValueViews::build(&graph, &plan, &layout, &buffers)?;
+        let program = Program::compile(&graph, &views)?;
+        let grad_copies = grad_copy_instrs(&graph, &plan, &views, &buffers)?;
+        let buckets = buckets(&graph, &plan, &program, opts.bucket_bytes);
+        let poison = if opts.poison_freed {
+            poison_lists(&graph, &plan, &views, &program)?
+        } else {
+            vec![Vec::new(); program.instrs.len()]
+        };
+        Ok(Executor {
+            backend,
+            graph,
+            plan,
+            layout,
+            buffers,
+            views,
+            program,
+            buckets,
+            poison,
+            grad_copies,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    pub fn buckets(&self) -> &[GradBucket] {
+        &self.buckets
+    }
+
+    /// Bytes of the parameter buffer (trainable and frozen).
+    pub fn param_bytes(&self) -> usize {
+        self.layout.params_bytes
+    }
+
+    /// The trainable parameters as one flat f32 view, aligned with
+    /// [`Executor::grads_view`].
+    pub fn params_view(&self) -> View {
+        flat_f32(self.buffers.params, self.plan.grad_bytes)
+    }
+
+    /// The whole gradient buffer as one flat f32 view.
+    pub fn grads_view(&self) -> View {
+        flat_f32(self.buffers.grads, self.plan.grad_bytes)
+    }
+
+    /// Sets every parameter and state value from its initializer.
+    pub fn init_params(&mut self, seed: u64) -> Result<()> {
+        for p in self.graph.params.clone() {
+            let t = init::materialize(&self.graph, p.value, &p.init, seed)?;
+            self.write_values(p.value, &t.data)?;
+        }
+        for s in self.graph.state.clone() {
+            let t = init::materialize(&self.graph, s.value, &s.init, seed)?;
+            self.write_values(s.value, &t.data)?;
+        }
+        Ok(())
+    }
+
+    /// Writes f64 values into a value of the graph, converted to its dtype.
+    pub fn write_values(&mut self, v: ValueId, data: &[f64]) -> Result<()> {
+        let view = self.views.view(&self.graph, v)?;
+        let bytes = encode(view.elem, data);
+        self.write_bytes(v, &bytes)
+    }
+
+    /// Writes raw little-endian bytes (in the value's dtype) into a value.
+    pub fn write_bytes(&mut self, v: ValueId, bytes: &[u8]) -> Result<()> {
+        let view = self.views.view(&self.graph, v)?;
+        if bytes.len() != view.bytes() {
+            return Err(Error::Data(format!(
+                "'{}': expected {} bytes ({} {:?} elements), found {}",
+                self.graph.name_of(v),
+                view.bytes(),
+                view.len,
+                view.elem,
+                bytes.len()
+            )));
+        }
+        Ok(self.backend.write(view, bytes)?)
+    }
+
+    /// A value's elements as f32 (ints and bools converted).
+    pub fn read_f32(&self, v: ValueId) -> Result<Vec<f32>> {
+        let view = self.views.view(&self.graph, v)?;
+        let mut bytes = vec![0u8; view.bytes()];
+        self.backend.read(view, &mut bytes)?;
+        Ok(decode(view.elem, &bytes))
+    }
+
+    /// The gradient of a trainable parameter, from its slot.
+    pub fn grad(&self, param: ValueId) -> Result<Vec<f32>> {
+        let slot = self
+            .plan
+            .grad_layout
+            .iter()
+            .find(|s| s.param == param)
+            .ok_or_else(|| Error::Data(format!("'{}' has no gradient slot", self.graph.name_of(param))))?;
+        let view = View {
+            buffer: self.buffers.grads,
+            offset: slot.offset,
+            len: slot.bytes / 4,
+            elem: ElemType::F32,
+        };
+        let mut bytes = vec![0u8; view.bytes()];
+        self.backend.read(view, &mut bytes)?;
+        Ok(decode(ElemType::F32, &bytes))
+    }
+
+    /// The loss after a step (reads four bytes; allocates nothing).
+    pub fn loss(&self) -> Result<f32> {
+        let loss = self.graph.loss.ok_or_else(|| Error::Data("the graph has no loss".into()))?;
+        let view = self.views.view(&self.graph, loss)?;
+        if view.elem != ElemType::F32 || view.len != 1 {
+            return Err(Error::Data("the loss is not an f32 scalar".into()));
+        }
+        let mut bytes = [0u8; 4];
+        self.backend.read(view, &mut bytes)?;
+        Ok(f32::from_le_bytes(bytes))
+    }
+
+    /// Runs one step; `on_bucket` is called as each gradient bucket is
+    /// complete.
+    pub fn run(&mut self, key: StepKey, on_bucket: &mut dyn FnMut(&mut B, &GradBucket)) -> Result<()> {
+        let mut next_bucket = 0;
+        for (i, instr) in self.program.instrs.iter().enumerate() {
+            instr.run(&mut self.backend, key)?;
+            for view in &self.poison[i] {
+                self.backend.fill(*view, f64::NAN)?;
+            }
+            while next_bucket < self.buckets.len() && self.buckets[next_bucket].ready_after == i {
+                on_bucket(&mut self.backend, &self.buckets[next_bucket]);
+                next_bucket += 1;
+            }
+        }
+        for copy in &self.grad_copies {
+            copy.run(&mut self.backend, key)?;
+        }
+        for bucket in &self.buckets[next_bucket..] {
+            on_bucket(&mut self.backend, bucket);
+        }
+        Ok(())
+    }
+}
+
+fn flat_f32(buffer: adjoint_kernels::BufferId, bytes: usize) -> View {
+    View {
+        buffer,
+        offset: 0,
+        len: bytes / 4,
+        elem: ElemType::F32,
+    }
+}
+
+/// Copies of gradients that are not written in place by their producer.
+fn grad_copy_instrs(graph: &Graph, plan: &MemoryPlan, views: &ValueViews, buffers: &Buffers) -> Result<Vec<Instr>> {
+    plan.grad_copies
+        .iter()
+        .map(|&i| {
+            let slot = &plan.grad_layout[i];
+            let src = views.view(graph, slot.value)?;
+            let dst = View {
+                buffer: buffers.grads,
+                offset: slot.offset,
+                len: src.len,
+                elem: src.elem,
+            };
+            Ok(Instr::Copy { src, dst })
+        })
+        .collect()
+}
+
+/// Gradient buckets of about `bucket_bytes`, in layout order, each ready
+/// after the instruction that writes its last gradient.
+fn buckets(graph: &Graph, plan: &MemoryPlan, program: &Program, bucket_bytes: usize) -> Vec<GradBucket> {
+    let producers = graph.producers();
+    let ready_after = |value: ValueId| -> usize {
+        if plan.grad_copies.iter().any(|&c| plan.grad_layout[c].value == value) {
+            return usize::MAX;
+        }
+        producers[value.index()].map_or(usize::MAX, |n| program.node_end[n.index()].saturating_sub(1))
+    };
+    let mut out: Vec<GradBucket> = Vec::new();
+    for slot in &plan.grad_layout {
+        let start_new = out
+            .last()
+            .is_none_or(|b| b.bytes >= bucket_bytes || b.ready_after == usize::MAX);
+        if start_new {
+            out.push(GradBucket {
+                index: out.len(),
+                offset: slot.offset,
+                bytes: 0,
+                params: Vec::new(),
+                ready_after: 0,
+            });
+        }
+        let b = out.last_mut().expect("pushed above");
+        b.bytes = slot.offset + slot.bytes - b.offset;
+        b.params.push(slot.param);
+        b.ready_after = b.ready_after.max(ready_after(slot.value));
+    }
+    out.sort_by_key(|b| (b.ready_after, b.index));
+    out
+}
+
+/// For each instruction, the arena views that die after its node.
+fn poison_lists(graph: &Graph, plan: &MemoryPlan, views: &ValueViews, program: &Program) -> Result<Vec<Vec<View>>> {
+    let mut lists = vec![Vec::new(); program.instrs.len()];
+    for (n, dying) in plan.frees_after.iter().enumerate() {
+        let Some(last) = program.node_end[n].checked_sub(1) else { continue };
+        for &v in dying {
+            let view = views.view(graph, v)?;
+            if view.elem == ElemType::F32 {
+                lists[last].push(view);
+            }
+        }
+    }
+    Ok(lists)
+}
+
+/// f64 values as little-endian bytes of `elem`.
+pub fn encode(elem: ElemType, data: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() * elem.size());
+    for &x in data {
+        match elem {
+            ElemType::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
+            ElemType::I32 => out.extend_from_slice(&(x as i32).to_le_bytes()),
+            ElemType::I64 => out.extend_from_slice(&(x as i64).to_le_bytes()),
+            ElemType::U8 => out.push(u8::from(x != 0.0)),
+        }
+    }
+    out
+}
+
+/// Little-endian bytes of `elem` as f32.
+pub fn decode(elem: ElemType, bytes: &[u8]) -> Vec<f32> {
+    match elem {
+        ElemType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        ElemType::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        ElemType::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        ElemType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
+    }
+}
+
+/// Whether the CPU engine runs values of this dtype.
+pub fn supported(dtype: DType) -> bool {
+    elem_type(dtype).is_ok()
+}

@@ -1,0 +1,180 @@
+//! Optimizers: a separate stage after backward, over the flat trainable
+//! parameter and gradient views (one pass for all parameters).
+
+use adjoint_kernels::{AdamWParams, Backend, BufferId, ElemType, SgdParams, View};
+
+use crate::{Error, Result};
+
+/// Which optimizer, with PyTorch's defaults and semantics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerConfig {
+    /// `torch.optim.SGD`.
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        dampening: f32,
+        weight_decay: f32,
+        nesterov: bool,
+    },
+    /// `torch.optim.AdamW`.
+    AdamW {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+}
+
+impl OptimizerConfig {
+    pub fn sgd(lr: f32) -> OptimizerConfig {
+        OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
+    }
+
+    pub fn adamw(lr: f32) -> OptimizerConfig {
+        OptimizerConfig::AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+
+    /// Parses `sgd`, `sgd:lr=0.01,momentum=0.9`, `adamw:lr=1e-3,wd=0.1`, …
+    /// Keys: lr, momentum, dampening, wd (or weight_decay), nesterov,
+    /// beta1, beta2, eps.
+    pub fn parse(spec: &str) -> Result<OptimizerConfig> {
+        let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+        let mut cfg = match name {
+            "sgd" => OptimizerConfig::sgd(0.01),
+            "adamw" => OptimizerConfig::adamw(1e-3),
+            other => return Err(Error::Data(format!("unknown optimizer '{other}': use sgd or adamw"))),
+        };
+        for kv in args.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = kv
+                .split_once('=')
+                .ok_or_else(|| Error::Data(format!("optimizer option '{kv}' is not key=value")))?;
+            let num = || {
+                value
+                    .parse::<f32>()
+                    .map_err(|_| Error::Data(format!("optimizer option '{key}': '{value}' is not a number")))
+            };
+            match (&mut cfg, key) {
+                (OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::AdamW { lr, .. }, "lr") => *lr = num()?,
+                (
+                    OptimizerConfig::Sgd { weight_decay, .. } | OptimizerConfig::AdamW { weight_decay, .. },
+                    "wd" | "weight_decay",
+                ) => *weight_decay = num()?,
+                (OptimizerConfig::Sgd { momentum, .. }, "momentum") => *momentum = num()?,
+                (OptimizerConfig::Sgd { dampening, .. }, "dampening") => *dampening = num()?,
+                (OptimizerConfig::Sgd { nesterov, .. }, "nesterov") => *nesterov = value == "true" || value == "1",
+                (OptimizerConfig::AdamW { beta1, .. }, "beta1") => *beta1 = num()?,
+                (OptimizerConfig::AdamW { beta2, .. }, "beta2") => *beta2 = num()?,
+                (OptimizerConfig::AdamW { eps, .. }, "eps") => *eps = num()?,
+                (_, other) => return Err(Error::Data(format!("optimizer '{name}' has no option '{other}'"))),
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// State buffers per parameter element: SGD with momentum 1, AdamW 2.
+    pub fn state_per_element(&self) -> usize {
+        match self {
+            OptimizerConfig::Sgd { momentum, .. } => usize::from(*momentum != 0.0),
+            OptimizerConfig::AdamW { .. } => 2,
+        }
+    }
+}
+
+/// An optimizer with its state over the flat gradient layout.
+#[derive(Debug)]
+pub struct Optimizer {
+    pub config: OptimizerConfig,
+    state: Vec<BufferId>,
+    elements: usize,
+    step: u64,
+}
+
+impl Optimizer {
+    /// Allocates state for `elements` f32 parameters.
+    pub fn new<B: Backend>(backend: &mut B, config: OptimizerConfig, elements: usize) -> Result<Optimizer> {
+        let state = (0..config.state_per_element())
+            .map(|_| backend.alloc(elements * 4))
+            .collect::<adjoint_kernels::Result<Vec<_>>>()?;
+        Ok(Optimizer {
+            config,
+            state,
+            elements,
+            step: 0,
+        })
+    }
+
+    /// Bytes of optimizer state.
+    pub fn state_bytes(&self) -> usize {
+        self.state.len() * self.elements * 4
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    fn state_view(&self, i: usize) -> View {
+        View {
+            buffer: self.state[i],
+            offset: 0,
+            len: self.elements,
+            elem: ElemType::F32,
+        }
+    }
+
+    /// Updates `params` from `grads` (flat f32 views of equal length).
+    pub fn step<B: Backend>(&mut self, backend: &mut B, params: View, grads: View) -> Result<()> {
+        self.step += 1;
+        match self.config {
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+            } => {
+                let p = SgdParams {
+                    lr,
+                    momentum,
+                    dampening,
+                    weight_decay,
+                    nesterov,
+                    first_step: self.step == 1,
+                };
+                let buf = if momentum != 0.0 { self.state_view(0) } else { View { len: 0, ..params } };
+                backend.sgd(params, grads, buf, &p)?;
+            }
+            OptimizerConfig::AdamW {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                let p = AdamWParams {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    step: self.step,
+                };
+                backend.adamw(params, grads, self.state_view(0), self.state_view(1), &p)?;
+            }
+        }
+        Ok(())
+    }
+}

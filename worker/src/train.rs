@@ -1,0 +1,133 @@
+//! The training loop: forward and backward as one program, then the
+//! optimizer, over in-memory batches.
+
+use adjoint_graph::{autodiff, Graph, ValueId};
+use adjoint_kernels::Backend;
+
+use crate::data::Dataset;
+use crate::{Error, ExecOptions, Executor, Optimizer, OptimizerConfig, Result, StepKey};
+
+/// What one step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps completed, counting this one.
+    pub step: u64,
+    /// The loss before this step's update.
+    pub loss: f32,
+}
+
+/// A model being trained in one process.
+#[derive(Debug)]
+pub struct Trainer<B: Backend> {
+    exec: Executor<B>,
+    optimizer: Optimizer,
+    /// The joint graph's inputs, in the forward graph's input order.
+    inputs: Vec<ValueId>,
+    steps: u64,
+    seed: u64,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// Differentiates `graph` (bound, with a loss) with respect to its
+    /// trainable parameters, compiles the joint graph and initialises the
+    /// parameters from their initializers with `seed`.
+    pub fn new(backend: B, graph: &Graph, optimizer: OptimizerConfig, opts: ExecOptions, seed: u64) -> Result<Self> {
+        let loss = graph
+            .loss
+            .ok_or_else(|| Error::Data(format!("graph '{}' has no loss to train", graph.name)))?;
+        let params = graph.trainable_params();
+        let joint = autodiff::grad(graph, loss, &params)?;
+        let inputs = graph
+            .inputs
+            .iter()
+            .map(|i| {
+                joint
+                    .graph
+                    .find(graph.name_of(i.value))
+                    .ok_or_else(|| Error::Data(format!("input '{}' is not used by the loss", graph.name_of(i.value))))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut exec = Executor::new(backend, joint.graph, &joint.grads, opts)?;
+        exec.init_params(seed)?;
+        let elements = exec.grads_view().len;
+        let optimizer = Optimizer::new(&mut exec.backend, optimizer, elements)?;
+        Ok(Trainer {
+            exec,
+            optimizer,
+            inputs,
+            steps: 0,
+            seed,
+        })
+    }
+
+    pub fn executor(&self) -> &Executor<B> {
+        &self.exec
+    }
+
+    pub fn executor_mut(&mut self) -> &mut Executor<B> {
+        &mut self.exec
+    }
+
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One step on a batch given as raw bytes per input, in the forward
+    /// graph's input order.
+    pub fn step(&mut self, batch: &[&[u8]]) -> Result<StepReport> {
+        if batch.len() != self.inputs.len() {
+            return Err(Error::Data(format!(
+                "a batch has {} tensors, the graph {} inputs",
+                batch.len(),
+                self.inputs.len()
+            )));
+        }
+        for (&v, bytes) in self.inputs.iter().zip(batch) {
+            self.exec.write_bytes(v, bytes)?;
+        }
+        let key = StepKey {
+            seed: self.seed,
+            step: self.steps,
+            rank: 0,
+        };
+        self.exec.run(key, &mut |_, _| {})?;
+        let loss = self.exec.loss()?;
+        let (params, grads) = (self.exec.params_view(), self.exec.grads_view());
+        self.optimizer.step(&mut self.exec.backend, params, grads)?;
+        self.steps += 1;
+        Ok(StepReport {
+            step: self.steps,
+            loss,
+        })
+    }
+
+    /// `steps` steps over consecutive batches of `batch` samples, wrapping
+    /// around the dataset (a trailing partial batch is skipped).
+    pub fn train(&mut self, data: &Dataset, batch: usize, steps: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
+        let per_epoch = data.samples() / batch.max(1);
+        if per_epoch == 0 {
+            return Err(Error::Data(format!(
+                "the dataset has {} samples, fewer than one batch of {batch}",
+                data.samples()
+            )));
+        }
+        let mut rows: [&[u8]; 16] = [&[]; 16];
+        let n = self.inputs.len();
+        if n > rows.len() {
+            return Err(Error::Data(format!("{n} inputs: at most {} are supported", rows.len())));
+        }
+        for s in 0..steps {
+            let start = (s as usize % per_epoch) * batch;
+            for (i, slot) in rows.iter_mut().enumerate().take(n) {
+                *slot = data.rows(i, start, batch)?;
+            }
+            let report = self.step(&rows[..n])?;
+            on_step(&report);
+        }
+        Ok(())
+    }
+}
