@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::PARALLEL_THRESHOLD;
 use super::index::{IndexElem, check_indices};
-use super::nn::{each_row, max, sum2};
+use super::nn::{each_row, exp, max, sum2};
 use crate::backend::{Error, Result};
 
 /// Parts of a deterministic sum.
@@ -69,11 +69,11 @@ fn max_and_sum_exp(x: &[f32]) -> (f32, f64) {
     let rem = chunks.remainder();
     for c in chunks {
         for l in 0..8 {
-            acc[l] += f64::from((c[l] - m).exp());
+            acc[l] += f64::from(exp(c[l] - m));
         }
     }
     for (l, &v) in rem.iter().enumerate() {
-        acc[l] += f64::from((v - m).exp());
+        acc[l] += f64::from(exp(v - m));
     }
     (m, acc.iter().sum())
 }
@@ -148,14 +148,14 @@ pub fn softmax_cross_entropy_grad<I: IndexElem>(
         let row = &logits[r * classes..(r + 1) * classes];
         let m = max(row);
         for (o, &v) in out.iter_mut().zip(row) {
-            *o = (v - m).exp();
+            *o = exp(v - m);
         }
         let inv = (1.0 / sum2(out, out, |v, _| v)) as f32;
         for o in out.iter_mut() {
             *o = *o * inv * scale;
         }
         let label = labels[r].get() as usize;
-        let p = (row[label] - m).exp() * inv;
+        let p = exp(row[label] - m) * inv;
         out[label] = (p - 1.0) * scale;
     });
     Ok(())

@@ -13,9 +13,9 @@ use super::PARALLEL_THRESHOLD;
 /// Elements a parallel task gets at least.
 const TASK_ELEMS: usize = 1 << 13;
 
-/// Columns per block where the reduced axis is strided (softmax with
-/// `inner > 1`, LayerNorm's `dγ`/`dβ`).
-const COL_BLOCK: usize = 64;
+/// Columns per block of the stack accumulators (softmax with `inner > 1`,
+/// LayerNorm's `dγ`/`dβ`).
+const COL_BLOCK: usize = 512;
 
 /// Applies `f(row_index, row)` to each `d`-long row of `out`, split over
 /// rayon above the parallel threshold. `d` must be positive.
@@ -76,6 +76,38 @@ pub(super) fn max(x: &[f32]) -> f32 {
     acc.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// `e^x` in f32, written so that LLVM vectorises loops calling it (no
+/// branches, no libm call): Cody-Waite reduction `x = n·ln2 + r`, Cephes'
+/// degree-6 polynomial for `e^r` on `|r| ≤ ln2/2`, then `2^n` applied in
+/// two halves so that every factor stays a normal float. About 1 ulp off
+/// the exact value; `-inf` gives 0, `+inf` and overflows give `inf`,
+/// NaN gives NaN; results below the normal range flush towards 0 through
+/// the usual subnormal rounding.
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4; // ln 2 in few bits: n·LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2^23: v + ROUND rounds v to an integer
+    // Beyond these e^x is 0 or inf in f32; NaN passes through clamp.
+    let x = x.clamp(-104.0, 88.8);
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits.
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let er = p * (r * r) + r + 1.0;
+    // 2^n = 2^h · 2^(n-h) with both halves in the normal range.
+    let h = ni >> 1;
+    let s1 = f32::from_bits(((h + 127) as u32) << 23);
+    let s2 = f32::from_bits(((ni - h + 127) as u32) << 23);
+    er * s1 * s2
+}
+
 /// Softmax (or log-softmax) over the middle axis of `[outer, n, inner]`.
 pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, n: usize, inner: usize, log: bool) {
     let total = outer.checked_mul(n).and_then(|on| on.checked_mul(inner));
@@ -103,7 +135,7 @@ pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, n: usize, inner: usize, l
 fn softmax_row(x: &[f32], y: &mut [f32], log: bool) {
     let m = max(x);
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = (v - m).exp();
+        *o = exp(v - m);
     }
     let s = sum(y);
     if log {
@@ -134,7 +166,7 @@ fn softmax_slab(x: &[f32], y: &mut [f32], inner: usize, log: bool) {
         }
         for (xr, yr) in rows().zip(y.chunks_exact_mut(inner)) {
             for (((o, &v), &m), acc) in yr[c0..c0 + w].iter_mut().zip(xr).zip(&mx).zip(&mut s) {
-                *o = (v - m).exp();
+                *o = exp(v - m);
                 *acc += f64::from(*o);
             }
         }
@@ -195,9 +227,12 @@ pub fn layer_norm(
 /// `dx = rstd·(dy·γ − mean(dy·γ) − x̂·mean(dy·γ·x̂))`, `dγ = Σ_rows dy·x̂`,
 /// `dβ = Σ_rows dy`.
 ///
-/// Three passes: each row's mean and rstd are parked in the first two
-/// elements of its `dx` row; `dγ`/`dβ` are summed per column block from
-/// them; then each row reads its statistics back and writes its `dx`.
+/// Three passes, no allocation: (1) the rows, in fixed parts of
+/// [`PART_ROWS`], each sum their part's `dγ`/`dβ` into the front of `dx`,
+/// used as scratch (parts run in parallel, rows read contiguously);
+/// (2) the parts' sums are added in order into `dγ`/`dβ`; (3) each row
+/// writes its `dx`. The partition does not depend on the thread count, so
+/// the results are the same bits on any pool.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_grad(
     x: &[f32],
@@ -217,44 +252,77 @@ pub fn layer_norm_grad(
         && dgamma.len() == d
         && dbeta.len() == d;
     if !ok {
-        return;
+        return; // the backend checked the lengths; stay panic-free regardless
     }
-    if d < 2 || rows == 0 {
-        // d = 1: x̂ = 0, so dx = 0 and dγ = 0; dβ = Σ dy.
-        dx.fill(0.0);
-        dgamma.fill(0.0);
-        for (c, db) in dbeta.iter_mut().enumerate() {
-            *db = dy
-                .iter()
-                .skip(c)
-                .step_by(d)
-                .map(|&v| f64::from(v))
-                .sum::<f64>() as f32;
+    if d < 2 || rows < 2 {
+        return layer_norm_grad_small(x, gamma, dy, dx, dgamma, dbeta, rows, d, eps);
+    }
+    // 2·d floats per part fit: 2·d·⌈rows/64⌉ ≤ rows·d for rows ≥ 2.
+    let parts = rows.div_ceil(PART_ROWS);
+    let scratch = &mut dx[..parts * 2 * d];
+    let part = |p: usize, out: &mut [f32]| {
+        let r0 = p * PART_ROWS;
+        let r1 = (r0 + PART_ROWS).min(rows);
+        part_sums(&x[r0 * d..r1 * d], &dy[r0 * d..r1 * d], d, eps, out);
+    };
+    if x.len() >= PARALLEL_THRESHOLD {
+        scratch.par_chunks_mut(2 * d).enumerate().for_each(|(p, out)| part(p, out));
+    } else {
+        for (p, out) in scratch.chunks_exact_mut(2 * d).enumerate() {
+            part(p, out);
         }
-        return;
     }
-    each_row(dx, d, |r, st| {
-        let (mean, rstd) = row_stats(&x[r * d..(r + 1) * d], eps);
-        st[0] = mean;
-        st[1] = rstd;
-    });
-    param_grads(x, dy, dx, dgamma, dbeta, d);
+    combine_parts(scratch, d, dgamma, dbeta);
     each_row(dx, d, |r, dxr| {
-        let (mean, rstd) = (dxr[0], dxr[1]);
         let (xr, dyr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-        let (mut s1, mut s2) = ([0.0f64; 8], [0.0f64; 8]);
-        for (i, ((&v, &dv), &g)) in xr.iter().zip(dyr).zip(gamma).enumerate() {
-            let dxh = dv * g;
-            s1[i % 8] += f64::from(dxh);
-            s2[i % 8] += f64::from(dxh) * f64::from((v - mean) * rstd);
-        }
-        let m1 = (lanes(&s1) / d as f64) as f32;
-        let m2 = (lanes(&s2) / d as f64) as f32;
-        for (((o, &v), &dv), &g) in dxr.iter_mut().zip(xr).zip(dyr).zip(gamma) {
-            let xh = (v - mean) * rstd;
-            *o = rstd * (dv * g - m1 - xh * m2);
-        }
+        row_grad(xr, dyr, gamma, dxr, eps);
     });
+}
+
+/// Rows per part of the `dγ`/`dβ` sums.
+const PART_ROWS: usize = 64;
+
+/// Rows summed in f32 before each f64 accumulation of a part's sums.
+const ROW_GROUP: usize = 8;
+
+/// One row's `dx`.
+fn row_grad(x: &[f32], dy: &[f32], gamma: &[f32], dx: &mut [f32], eps: f32) {
+    let (mean, rstd) = row_stats(x, eps);
+    let (m1, m2) = grad_means(x, dy, gamma, mean, rstd);
+    for (((o, &v), &dv), &g) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
+        let xh = (v - mean) * rstd;
+        *o = rstd * (dv * g - m1 - xh * m2);
+    }
+}
+
+/// The LayerNorm backward for fewer than two rows or columns.
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_grad_small(
+    x: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    rows: usize,
+    d: usize,
+    eps: f32,
+) {
+    if rows == 1 {
+        let (mean, rstd) = row_stats(x, eps);
+        for (((g, b), &v), &dv) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(x).zip(dy) {
+            *g = dv * ((v - mean) * rstd);
+            *b = dv;
+        }
+        row_grad(x, dy, gamma, dx, eps);
+        return;
+    }
+    // No rows: zero sums. d = 1: x̂ = 0, so dx = 0 and dγ = 0; dβ = Σ dy.
+    dx.fill(0.0);
+    dgamma.fill(0.0);
+    for (c, db) in dbeta.iter_mut().enumerate() {
+        *db = dy.iter().skip(c).step_by(d).map(|&v| f64::from(v)).sum::<f64>() as f32;
+    }
 }
 
 /// The eight lanes combined in the same fixed order as [`sum2`].
@@ -262,29 +330,75 @@ fn lanes(acc: &[f64; 8]) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
-/// `dγ` and `dβ` by column blocks, rows in order; `stats` holds each row's
-/// mean and rstd in its first two elements.
-fn param_grads(
-    x: &[f32],
-    dy: &[f32],
-    stats: &[f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    d: usize,
-) {
+/// `mean(dy·γ)` and `mean(dy·γ·x̂)` of one row, f64 sums in eight lanes.
+fn grad_means(x: &[f32], dy: &[f32], gamma: &[f32], mean: f32, rstd: f32) -> (f32, f32) {
+    let (mut s1, mut s2) = ([0.0f64; 8], [0.0f64; 8]);
+    let mut add = |l: usize, v: f32, dv: f32, g: f32| {
+        let dxh = dv * g;
+        s1[l] += f64::from(dxh);
+        s2[l] += f64::from(dxh * ((v - mean) * rstd));
+    };
+    let (cx, cd, cg) = (x.chunks_exact(8), dy.chunks_exact(8), gamma.chunks_exact(8));
+    let (rx, rd, rg) = (cx.remainder(), cd.remainder(), cg.remainder());
+    for ((xs, ds), gs) in cx.zip(cd).zip(cg) {
+        for l in 0..8 {
+            add(l, xs[l], ds[l], gs[l]);
+        }
+    }
+    for (l, ((&v, &dv), &g)) in rx.iter().zip(rd).zip(rg).enumerate() {
+        add(l, v, dv, g);
+    }
+    let d = x.len() as f64;
+    ((lanes(&s1) / d) as f32, (lanes(&s2) / d) as f32)
+}
+
+/// One part's `Σ dy·x̂` into `out[..d]` and `Σ dy` into `out[d..]`, over its
+/// rows `x`/`dy` (at most [`PART_ROWS`] of `d`), a block of columns at a
+/// time: rows in order, f32 over groups of [`ROW_GROUP`], f64 across.
+fn part_sums(x: &[f32], dy: &[f32], d: usize, eps: f32, out: &mut [f32]) {
+    let mut stats = [(0.0f32, 0.0f32); PART_ROWS];
+    for (st, xr) in stats.iter_mut().zip(x.chunks_exact(d)) {
+        *st = row_stats(xr, eps);
+    }
+    let (og, ob) = out.split_at_mut(d);
+    for c0 in (0..d).step_by(COL_BLOCK) {
+        let w = COL_BLOCK.min(d - c0);
+        let (mut g, mut b) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
+        let rows = x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(&stats);
+        let mut rows = rows.peekable();
+        while rows.peek().is_some() {
+            let (mut gs, mut bs) = ([0.0f32; COL_BLOCK], [0.0f32; COL_BLOCK]);
+            let (gs, bs) = (&mut gs[..w], &mut bs[..w]);
+            for ((xr, dyr), &(mean, rstd)) in rows.by_ref().take(ROW_GROUP) {
+                let (xr, dyr) = (&xr[c0..c0 + w], &dyr[c0..c0 + w]);
+                for (((g, b), &v), &dv) in gs.iter_mut().zip(bs.iter_mut()).zip(xr).zip(dyr) {
+                    *g += dv * ((v - mean) * rstd);
+                    *b += dv;
+                }
+            }
+            for (((g, b), &gs), &bs) in g.iter_mut().zip(b.iter_mut()).zip(gs.iter()).zip(bs.iter()) {
+                *g += f64::from(gs);
+                *b += f64::from(bs);
+            }
+        }
+        for (((o, p), &g), &b) in og[c0..c0 + w].iter_mut().zip(&mut ob[c0..c0 + w]).zip(&g).zip(&b) {
+            *o = g as f32;
+            *p = b as f32;
+        }
+    }
+}
+
+/// `dγ`/`dβ` as the f64 sums, parts in order, of the parts' sums in
+/// `scratch` (`2·d` floats per part).
+fn combine_parts(scratch: &[f32], d: usize, dgamma: &mut [f32], dbeta: &mut [f32]) {
     let block = |c0: usize, dg: &mut [f32], db: &mut [f32]| {
         let w = dg.len();
         let (mut g, mut b) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
-        for ((xr, dyr), st) in x
-            .chunks_exact(d)
-            .zip(dy.chunks_exact(d))
-            .zip(stats.chunks_exact(d))
-        {
-            let (mean, rstd) = (st[0], st[1]);
-            let (xr, dyr) = (&xr[c0..c0 + w], &dyr[c0..c0 + w]);
-            for (((g, b), &v), &dv) in g.iter_mut().zip(&mut b).zip(xr).zip(dyr) {
-                *g += f64::from(dv) * f64::from((v - mean) * rstd);
-                *b += f64::from(dv);
+        for part in scratch.chunks_exact(2 * d) {
+            let (pg, pb) = (&part[c0..c0 + w], &part[d + c0..d + c0 + w]);
+            for (((g, b), &pg), &pb) in g.iter_mut().zip(b.iter_mut()).zip(pg).zip(pb) {
+                *g += f64::from(pg);
+                *b += f64::from(pb);
             }
         }
         for (((o, p), &g), &b) in dg.iter_mut().zip(db.iter_mut()).zip(&g).zip(&b) {
@@ -292,19 +406,17 @@ fn param_grads(
             *p = b as f32;
         }
     };
-    let blocks = dgamma
-        .chunks_mut(COL_BLOCK)
-        .zip(dbeta.chunks_mut(COL_BLOCK));
-    if x.len() < PARALLEL_THRESHOLD || d <= COL_BLOCK {
-        for (i, (dg, db)) in blocks.enumerate() {
-            block(i * COL_BLOCK, dg, db);
-        }
-    } else {
+    if scratch.len() >= PARALLEL_THRESHOLD {
         dgamma
             .par_chunks_mut(COL_BLOCK)
             .zip(dbeta.par_chunks_mut(COL_BLOCK))
             .enumerate()
             .for_each(|(i, (dg, db))| block(i * COL_BLOCK, dg, db));
+    } else {
+        let blocks = dgamma.chunks_mut(COL_BLOCK).zip(dbeta.chunks_mut(COL_BLOCK));
+        for (i, (dg, db)) in blocks.enumerate() {
+            block(i * COL_BLOCK, dg, db);
+        }
     }
 }
 

@@ -1,0 +1,133 @@
+//! `adjoint bench`: the reference workloads (WORKLOADS.md) on the CPU
+//! engine, one JSON line each.
+
+use std::time::Instant;
+
+use adjoint_graph::rng::Stream;
+use adjoint_graph::{zoo, Graph};
+use adjoint_kernels::CpuBackend;
+use adjoint_worker::executor::encode;
+use adjoint_worker::{ExecOptions, Executor, OptimizerConfig, StepKey, Trainer};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+/// Time a reference workload: forward, forward+backward, and a full step
+/// with the optimizer; print one JSON line.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// mlp, transformer or chain.
+    workload: String,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+}
+
+fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn flops(g: &Graph) -> u64 {
+    g.nodes
+        .iter()
+        .map(|n| {
+            let ins: Vec<_> = n.inputs.iter().map(|&v| g.ty(v)).collect();
+            let outs: Vec<_> = n.outputs.iter().map(|&v| g.ty(v)).collect();
+            n.op.cost(&ins, &outs).flops
+        })
+        .sum()
+}
+
+/// Random data for every input: normal floats, ints in `[0, classes)`.
+fn batch_bytes(g: &Graph, classes: usize) -> Vec<Vec<u8>> {
+    g.inputs
+        .iter()
+        .enumerate()
+        .map(|(k, i)| {
+            let n: usize = g.static_shape(i.value).iter().product();
+            let s = Stream { seed: 42, step: 0, rank: 0, site: k as u64 };
+            let elem = adjoint_worker::program::elem_type(g.ty(i.value).dtype).expect("zoo inputs are f32 or i64");
+            let data: Vec<f64> = if g.ty(i.value).dtype.is_float() {
+                (0..n as u64).map(|e| s.normal(e)).collect()
+            } else {
+                (0..n as u64).map(|e| (s.uniform(e) * classes as f64).floor()).collect()
+            };
+            encode(elem, &data)
+        })
+        .collect()
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        CpuBackend::set_threads(t);
+    }
+    let Some(batch) = zoo::workload_batch(&args.workload) else {
+        bail!("unknown workload '{}': choose one of {}", args.workload, zoo::MODELS.join(", "));
+    };
+    let graph = zoo::by_name(&args.workload).context("zoo")??.bind_batch(batch);
+    let (classes, optimizer) = match args.workload.as_str() {
+        "mlp" => (10, Some(OptimizerConfig::sgd(0.01))),
+        "transformer" => (256, Some(OptimizerConfig::adamw(1e-3))),
+        _ => (1, None),
+    };
+    let data = batch_bytes(&graph, classes);
+    let feed: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    let key = StepKey::default();
+
+    let mut fwd = Executor::new(CpuBackend::new(), graph.clone(), &[], ExecOptions::default())?;
+    fwd.init_params(0)?;
+    for (input, bytes) in graph.inputs.iter().zip(&feed) {
+        fwd.write_bytes(input.value, bytes)?;
+    }
+    let fwd_ms = median_ms(|| Ok(fwd.run(key, &mut |_, _| {})?), args.warmup, args.steps)?;
+
+    let opt = optimizer.unwrap_or(OptimizerConfig::sgd(0.0));
+    let mut trainer = Trainer::new(CpuBackend::new(), &graph, opt, ExecOptions::default(), 0)?;
+    trainer.step(&feed)?;
+    let fwdbwd_ms = median_ms(|| Ok(trainer.executor_mut().run(key, &mut |_, _| {})?), args.warmup, args.steps)?;
+    let step_ms = match optimizer {
+        Some(_) => median_ms(|| trainer.step(&feed).map(|_| ()).map_err(Into::into), args.warmup, args.steps)?,
+        None => fwdbwd_ms,
+    };
+    let exec = trainer.executor();
+    let (fwd_flops, joint_flops) = (flops(&graph) as f64, flops(exec.graph()) as f64);
+    let line = serde_json::json!({
+        "workload": args.workload,
+        "impl": "adjoint",
+        "device": "cpu",
+        "threads": CpuBackend::threads(),
+        "batch": batch,
+        "fwd_ms": round(fwd_ms),
+        "fwdbwd_ms": round(fwdbwd_ms),
+        "step_ms": round(step_ms),
+        "peak_bytes": exec.plan().arena_bytes,
+        "fwd_peak_bytes": fwd.plan().arena_bytes,
+        "param_bytes": exec.param_bytes(),
+        "grad_bytes": exec.plan().grad_bytes,
+        "optim_bytes": if optimizer.is_some() { trainer.optimizer().state_bytes() } else { 0 },
+        "gflops": round(joint_flops / step_ms / 1e6),
+        "fwd_gflops": round(fwd_flops / fwd_ms / 1e6),
+        "bwd_gflops": round((joint_flops - fwd_flops) / (fwdbwd_ms - fwd_ms).max(1e-9) / 1e6),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
