@@ -6,7 +6,7 @@
 use super::{Cost, JvpCx, OpRules, Recompute, VjpCx, bytes, expect_arity, expect_float};
 use crate::interp::{EvalCx, Tensor, broadcast_all, broadcast_offset, unravel};
 use crate::shape::broadcast_shapes;
-use crate::{Attr, AttrReader, Attrs, Dim, Result, Shape, TensorType, ValueId};
+use crate::{Attr, AttrReader, Attrs, Builder, Dim, Result, Shape, TensorType, ValueId};
 
 /// `op(a) · op(b)` over the last two axes, where `op` transposes them when
 /// the flag is set; leading (batch) axes broadcast.
@@ -54,6 +54,36 @@ fn split_matrix(t: &TensorType, i: usize) -> std::result::Result<(Shape, Dim, Di
     }
     let n = d.len();
     Ok((Shape(d[..n - 2].to_vec()), d[n - 2], d[n - 1]))
+}
+
+/// The gradient of a weight shared across a batch (`[k, n]` against
+/// operands `[..., m, k]`) as ONE product with the batch folded into the
+/// contraction, `Σ_batch op(x)·op(y)` = `x'ᵀ·y'` with `x'`, `y'` the
+/// operands reshaped to `[batch·m, ·]`, instead of a batched product and a
+/// sum. Applies when both operands carry the same full batch and contract
+/// over their second-to-last axis (`trans_a` and not `trans_b`), so the
+/// reshape is free.
+fn folded_batch_product(b: &mut Builder, x: ValueId, y: ValueId, op: MatMul, target: &Shape) -> Result<Option<ValueId>> {
+    let (sx, sy) = (b.shape(x).clone(), b.shape(y).clone());
+    let batch_rank = sx.rank().saturating_sub(2);
+    if target.rank() != 2 || batch_rank == 0 || !op.trans_a || op.trans_b || sx.rank() != sy.rank() {
+        return Ok(None);
+    }
+    if sx.dims()[..batch_rank] != sy.dims()[..batch_rank] || !sx.is_static() || !sy.is_static() {
+        return Ok(None);
+    }
+    let flat = |s: &Shape| -> Shape {
+        let d = s.to_static().unwrap_or_default();
+        let rows: usize = d[..d.len() - 1].iter().product();
+        Shape::of(&[rows, d[d.len() - 1]])
+    };
+    let x2 = b.reshape(x, flat(&sx))?;
+    let y2 = b.reshape(y, flat(&sy))?;
+    let d = b.matmul_t(x2, y2, true, false)?;
+    if b.shape(d) != target {
+        return Ok(None);
+    }
+    Ok(Some(d))
 }
 
 impl OpRules for MatMul {
@@ -129,8 +159,12 @@ impl OpRules for MatMul {
                 continue;
             }
             let (x, y) = if g_first { (g, other) } else { (other, g) };
-            let d = cx.b.matmul_t(x, y, op.trans_a, op.trans_b)?;
             let shape = cx.b.shape(input).clone();
+            if let Some(d) = folded_batch_product(cx.b, x, y, op, &shape)? {
+                out[i] = Some(d);
+                continue;
+            }
+            let d = cx.b.matmul_t(x, y, op.trans_a, op.trans_b)?;
             out[i] = Some(cx.b.sum_to(d, &shape)?);
         }
         Ok(out)

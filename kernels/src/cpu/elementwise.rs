@@ -10,8 +10,10 @@
 //! vectorises; large outputs are split in chunks over rayon's pool.
 //!
 //! The transcendental functions GELU, sigmoid and erf need are written
-//! here branch-free ([`exp_f32`], [`erf_f32`]) so that loops over them
-//! vectorise too; their errors are a few ulp.
+//! here branch-free ([`exp_f32`], [`erf_f32`], [`tanh_f32`]) so that loops
+//! over them vectorise too; their errors are a few ulp. Flat maps run an
+//! AVX2 build of their loop where the CPU has it (same bits: Rust never
+//! fuses multiply-adds).
 
 use rayon::prelude::*;
 
@@ -39,40 +41,40 @@ const ERF_CUT: f32 = 0.875;
 /// `erf(x) / x` as a polynomial in `x^2` on `|x| < 0.875` (Chebyshev
 /// interpolant, relative error 2.2e-10 in exact arithmetic).
 const ERF_SMALL: [f32; 7] = [
-    1.128_379_166_889_889_3 as f32,
-    -0.376_126_362_539_558_17 as f32,
-    0.112_837_358_214_883_96 as f32,
-    -0.026_861_739_793_938_664 as f32,
-    0.005_207_134_255_258_828 as f32,
-    -0.000_821_555_983_194_867_7 as f32,
-    8.694_667_749_456_516e-5 as f32,
+    std::f32::consts::FRAC_2_SQRT_PI,
+    -0.376_126_35,
+    0.112_837_36,
+    -0.026_861_74,
+    0.005_207_134_4,
+    -0.000_821_555_96,
+    8.694_667_5e-5,
 ];
 
 /// `erfc(x) e^{x^2} / t` as a polynomial in `t = 1 / (1 + x/2)` for
 /// `x >= 0.875` (Chebyshev interpolant, relative error 2e-9 in exact
 /// arithmetic, up to `x = inf`).
 const ERFC_TAIL: [f32; 10] = [
-    0.282_094_792_452_363_7 as f32,
-    0.282_094_556_054_001_5 as f32,
-    0.246_846_415_682_771_08 as f32,
-    0.176_010_972_738_042_73 as f32,
-    0.087_097_135_652_337_79 as f32,
-    -0.025_971_372_479_629_91 as f32,
-    0.027_068_263_616_079_558 as f32,
-    -0.250_038_389_859_879_36 as f32,
-    0.252_825_496_598_426_96 as f32,
-    -0.078_221_262_233_267_39 as f32,
+    0.282_094_8,
+    0.282_094_57,
+    0.246_846_42,
+    0.176_010_97,
+    0.087_097_14,
+    -0.025_971_372,
+    0.027_068_263,
+    -0.250_038_4,
+    0.252_825_5,
+    -0.078_221_26,
 ];
 
 /// `tanh(x) / x` as a polynomial in `x^2` on `|x| < 0.55` (Chebyshev
 /// interpolant, relative error 1e-9 in exact arithmetic).
 const TANH_SMALL: [f32; 6] = [
-    0.999_999_999_081_353_5 as f32,
-    -0.333_333_112_319_501_7 as f32,
-    0.133_324_679_389_730_83 as f32,
-    -0.053_843_369_439_395_03 as f32,
-    0.021_042_167_734_682_034 as f32,
-    -0.006_238_845_436_097_647 as f32,
+    1.0,
+    -0.333_333_1,
+    0.133_324_68,
+    -0.053_843_368,
+    0.021_042_168,
+    -0.006_238_845_6,
 ];
 
 #[inline(always)]
@@ -93,13 +95,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     const LN2_HI: f32 = 0.693_145_75; // ln 2 to 15 bits, so n * LN2_HI is exact
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = if x > 89.0 {
-        89.0
-    } else if x < -104.0 {
-        -104.0
-    } else {
-        x
-    };
+    let x = x.clamp(-104.0, 89.0);
     let t = x * std::f32::consts::LOG2_E + SHIFTER;
     let n = t - SHIFTER;
     let r = (x - n * LN2_HI) - n * LN2_LO;
@@ -107,7 +103,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let ni = (t.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
     let n1 = ni >> 1;
     let n2 = ni.wrapping_sub(n1);
@@ -149,7 +146,11 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
     let a = if a > 10.0 { 10.0 } else { a };
     let (hi, lo) = two_square(a);
     let tail = (1.0 - erfc_tail(a, hi, lo)).copysign(x);
-    if x.abs() < ERF_CUT { erf_small(x) } else { tail }
+    if x.abs() < ERF_CUT {
+        erf_small(x)
+    } else {
+        tail
+    }
 }
 
 /// The standard normal CDF `Phi(x)` and density `phi(x)`, both accurate in
@@ -222,15 +223,69 @@ fn task_len(n: usize) -> usize {
     per_thread.max(MIN_TASK).next_multiple_of(64)
 }
 
+/// `y[i] = f(x[i])`: the loop every flat map runs.
+#[inline(always)]
+fn map_loop<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = f(v);
+    }
+}
+
+/// [`map_loop`] compiled for AVX2: twice the lanes for the polynomial
+/// math. Rust never fuses `a * b + c`, so both builds give the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn map_loop_avx2<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
+    map_loop(x, y, f);
+}
+
+/// [`map_loop`] in the widest build the CPU runs.
+#[inline(always)]
+fn map_leaf<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the one feature `map_loop_avx2` is built with.
+        return unsafe { map_loop_avx2(x, y, f) };
+    }
+    map_loop(x, y, f);
+}
+
+/// `out[i] = f(a[i], b[i])`: the loop of flat two-input maps.
+#[inline(always)]
+fn zip_loop(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+    for (o, (&u, &v)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = f(u, v);
+    }
+}
+
+/// [`zip_loop`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn zip_loop_avx2(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+    zip_loop(a, b, out, f);
+}
+
+/// [`zip_loop`] in the widest build the CPU runs.
+#[inline(always)]
+fn zip_leaf(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has the one feature `zip_loop_avx2` is built with.
+        return unsafe { zip_loop_avx2(a, b, out, f) };
+    }
+    zip_loop(a, b, out, f);
+}
+
 /// `y[i] = f(x[i])`, split over threads for large inputs.
 #[inline(always)]
 fn map1<T: Copy + Sync, U: Send>(x: &[T], y: &mut [U], f: impl Fn(T) -> U + Sync) {
-    let run = |x: &[T], y: &mut [U]| y.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v));
     if y.len() >= PARALLEL_THRESHOLD {
         let c = task_len(y.len());
-        y.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(y, x)| run(x, y));
+        y.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(y, x)| map_leaf(x, y, &f));
     } else {
-        run(x, y);
+        map_leaf(x, y, &f);
     }
 }
 
@@ -261,10 +316,17 @@ struct Plan<const K: usize> {
     strides: [[usize; MAX_RANK]; K],
 }
 
+#[allow(clippy::needless_range_loop)] // loops over the K operands' arrays
 impl<const K: usize> Plan<K> {
     /// Checks the strides against the slice lengths and the output length,
     /// then simplifies.
-    fn new(what: &'static str, shape: &[usize], strides: [&[usize]; K], lens: [usize; K], out_len: usize) -> Result<Plan<K>> {
+    fn new(
+        what: &'static str,
+        shape: &[usize],
+        strides: [&[usize]; K],
+        lens: [usize; K],
+        out_len: usize,
+    ) -> Result<Plan<K>> {
         let numel = check_shape(what, shape)?;
         if numel != out_len {
             return Err(Error::Length {
@@ -285,7 +347,8 @@ impl<const K: usize> Plan<K> {
             if n == 1 {
                 continue;
             }
-            let mergeable = p.rank > 0 && (0..K).all(|k| strides[k][d].checked_mul(n) == Some(p.strides[k][p.rank - 1]));
+            let mergeable = p.rank > 0
+                && (0..K).all(|k| strides[k][d].checked_mul(n) == Some(p.strides[k][p.rank - 1]));
             if mergeable {
                 p.shape[p.rank - 1] *= n;
                 for k in 0..K {
@@ -371,7 +434,10 @@ impl<const K: usize> Plan<K> {
 /// The element count of `shape`, checking the rank and for overflow.
 pub(crate) fn check_shape(what: &'static str, shape: &[usize]) -> Result<usize> {
     if shape.len() > MAX_RANK {
-        return Err(Error::Invalid(format!("{what}: rank {} exceeds {MAX_RANK}", shape.len())));
+        return Err(Error::Invalid(format!(
+            "{what}: rank {} exceeds {MAX_RANK}",
+            shape.len()
+        )));
     }
     shape
         .iter()
@@ -381,17 +447,25 @@ pub(crate) fn check_shape(what: &'static str, shape: &[usize]) -> Result<usize> 
 
 /// Checks that `strides` has one entry per axis and that every element of
 /// `shape` lands inside a slice of `len` elements.
-pub(crate) fn check_strides(what: &'static str, shape: &[usize], strides: &[usize], len: usize) -> Result<()> {
+pub(crate) fn check_strides(
+    what: &'static str,
+    shape: &[usize],
+    strides: &[usize],
+    len: usize,
+) -> Result<()> {
     if strides.len() != shape.len() {
-        return Err(Error::Invalid(format!("{what}: {} strides for rank {}", strides.len(), shape.len())));
+        return Err(Error::Invalid(format!(
+            "{what}: {} strides for rank {}",
+            strides.len(),
+            shape.len()
+        )));
     }
     if shape.contains(&0) {
         return Ok(());
     }
-    let last = shape
-        .iter()
-        .zip(strides)
-        .try_fold(0usize, |a, (&d, &s)| (d - 1).checked_mul(s).and_then(|o| a.checked_add(o)));
+    let last = shape.iter().zip(strides).try_fold(0usize, |a, (&d, &s)| {
+        (d - 1).checked_mul(s).and_then(|o| a.checked_add(o))
+    });
     match last {
         Some(last) if last < len => Ok(()),
         _ => Err(Error::Invalid(format!(
@@ -404,20 +478,35 @@ pub(crate) fn check_strides(what: &'static str, shape: &[usize], strides: &[usiz
 /// contiguous and broadcast strides.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn zip_row<T: Copy, O: Copy>(f: &impl Fn(T, T) -> O, out: &mut [O], a: &[T], ao: usize, sa: usize, b: &[T], bo: usize, sb: usize) {
+fn zip_row<T: Copy, O: Copy>(
+    f: &impl Fn(T, T) -> O,
+    out: &mut [O],
+    a: &[T],
+    ao: usize,
+    sa: usize,
+    b: &[T],
+    bo: usize,
+    sb: usize,
+) {
     let n = out.len();
     match (sa, sb) {
         (1, 1) => {
             let (a, b) = (&a[ao..ao + n], &b[bo..bo + n]);
-            out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&x, &y))| *o = f(x, y));
+            out.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (&x, &y))| *o = f(x, y));
         }
         (1, 0) => {
             let y = b[bo];
-            out.iter_mut().zip(&a[ao..ao + n]).for_each(|(o, &x)| *o = f(x, y));
+            out.iter_mut()
+                .zip(&a[ao..ao + n])
+                .for_each(|(o, &x)| *o = f(x, y));
         }
         (0, 1) => {
             let x = a[ao];
-            out.iter_mut().zip(&b[bo..bo + n]).for_each(|(o, &y)| *o = f(x, y));
+            out.iter_mut()
+                .zip(&b[bo..bo + n])
+                .for_each(|(o, &y)| *o = f(x, y));
         }
         (0, 0) => out.fill(f(a[ao], b[bo])),
         _ => {
@@ -439,7 +528,13 @@ fn zip_strided<T: Copy + Sync, O: Copy + Send>(
     out: &mut [O],
     shape: &[usize],
 ) -> Result<()> {
-    let p = Plan::new(what, shape, [a_strides, b_strides], [a.len(), b.len()], out.len())?;
+    let p = Plan::new(
+        what,
+        shape,
+        [a_strides, b_strides],
+        [a.len(), b.len()],
+        out.len(),
+    )?;
     if out.is_empty() {
         return Ok(());
     }
@@ -448,7 +543,15 @@ fn zip_strided<T: Copy + Sync, O: Copy + Send>(
     Ok(())
 }
 
-pub fn binary(op: BinaryOp, a: &[f32], a_strides: &[usize], b: &[f32], b_strides: &[usize], out: &mut [f32], shape: &[usize]) -> Result<()> {
+pub fn binary(
+    op: BinaryOp,
+    a: &[f32],
+    a_strides: &[usize],
+    b: &[f32],
+    b_strides: &[usize],
+    out: &mut [f32],
+    shape: &[usize],
+) -> Result<()> {
     macro_rules! go {
         ($f:expr) => {
             zip_strided("binary", $f, a, a_strides, b, b_strides, out, shape)
@@ -460,22 +563,52 @@ pub fn binary(op: BinaryOp, a: &[f32], a_strides: &[usize], b: &[f32], b_strides
         BinaryOp::Mul => go!(|x: f32, y: f32| x * y),
         BinaryOp::Div => go!(|x: f32, y: f32| x / y),
         // A scalar exponent of 2 (variance, MSE) is a product, exactly.
-        BinaryOp::Pow if b_strides.iter().all(|&s| s == 0) && b.first() == Some(&2.0) => go!(|x: f32, _: f32| x * x),
+        BinaryOp::Pow if b_strides.iter().all(|&s| s == 0) && b.first() == Some(&2.0) => {
+            go!(|x: f32, _: f32| x * x)
+        }
         BinaryOp::Pow => go!(f32::powf),
     }
 }
 
-pub fn compare<T: Copy + PartialOrd + Send + Sync>(op: CompareOp, a: &[T], a_strides: &[usize], b: &[T], b_strides: &[usize], out: &mut [u8], shape: &[usize]) -> Result<()> {
+pub fn compare<T: Copy + PartialOrd + Send + Sync>(
+    op: CompareOp,
+    a: &[T],
+    a_strides: &[usize],
+    b: &[T],
+    b_strides: &[usize],
+    out: &mut [u8],
+    shape: &[usize],
+) -> Result<()> {
+    macro_rules! go {
+        ($f:expr) => {
+            zip_strided("compare", $f, a, a_strides, b, b_strides, out, shape)
+        };
+    }
     match op {
-        CompareOp::Equal => zip_strided("compare", |x: T, y: T| u8::from(x == y), a, a_strides, b, b_strides, out, shape),
-        CompareOp::Greater => zip_strided("compare", |x: T, y: T| u8::from(x > y), a, a_strides, b, b_strides, out, shape),
+        CompareOp::Equal => go!(|x: T, y: T| u8::from(x == y)),
+        CompareOp::Greater => go!(|x: T, y: T| u8::from(x > y)),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn select(cond: &[u8], cond_strides: &[usize], a: &[f32], a_strides: &[usize], b: &[f32], b_strides: &[usize], out: &mut [f32], shape: &[usize]) -> Result<()> {
+pub fn select(
+    cond: &[u8],
+    cond_strides: &[usize],
+    a: &[f32],
+    a_strides: &[usize],
+    b: &[f32],
+    b_strides: &[usize],
+    out: &mut [f32],
+    shape: &[usize],
+) -> Result<()> {
     let lens = [cond.len(), a.len(), b.len()];
-    let p = Plan::new("select", shape, [cond_strides, a_strides, b_strides], lens, out.len())?;
+    let p = Plan::new(
+        "select",
+        shape,
+        [cond_strides, a_strides, b_strides],
+        lens,
+        out.len(),
+    )?;
     if out.is_empty() {
         return Ok(());
     }
@@ -486,15 +619,21 @@ pub fn select(cond: &[u8], cond_strides: &[usize], a: &[f32], a_strides: &[usize
         match (sc, sa, sb) {
             (1, 1, 1) => {
                 let (c, a, b) = (&cond[co..co + n], &a[ao..ao + n], &b[bo..bo + n]);
-                o.iter_mut().zip(c.iter().zip(a.iter().zip(b))).for_each(|(o, (&c, (&x, &y)))| *o = pick(c, x, y));
+                o.iter_mut()
+                    .zip(c.iter().zip(a.iter().zip(b)))
+                    .for_each(|(o, (&c, (&x, &y)))| *o = pick(c, x, y));
             }
             (1, 1, 0) => {
                 let y = b[bo];
-                o.iter_mut().zip(cond[co..co + n].iter().zip(&a[ao..ao + n])).for_each(|(o, (&c, &x))| *o = pick(c, x, y));
+                o.iter_mut()
+                    .zip(cond[co..co + n].iter().zip(&a[ao..ao + n]))
+                    .for_each(|(o, (&c, &x))| *o = pick(c, x, y));
             }
             (1, 0, 1) => {
                 let x = a[ao];
-                o.iter_mut().zip(cond[co..co + n].iter().zip(&b[bo..bo + n])).for_each(|(o, (&c, &y))| *o = pick(c, x, y));
+                o.iter_mut()
+                    .zip(cond[co..co + n].iter().zip(&b[bo..bo + n]))
+                    .for_each(|(o, (&c, &y))| *o = pick(c, x, y));
             }
             _ => {
                 for (j, o) in o.iter_mut().enumerate() {
@@ -520,82 +659,46 @@ pub trait Scalar: Copy + Send + Sync {
     fn from_bool(v: bool) -> Self;
 }
 
-impl Scalar for f32 {
-    #[inline(always)]
-    fn cast_to<D: Scalar>(self) -> D {
-        D::from_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn from_i64(v: i64) -> Self {
-        v as f32
-    }
-    #[inline(always)]
-    fn from_bool(v: bool) -> Self {
-        f32::from(u8::from(v))
-    }
+/// `Scalar` for a type: how it casts (`|self| ...`), and how it is made
+/// from an f32, an i64 and a bool.
+macro_rules! scalar {
+    ($t:ty, |$s:ident| $cast:expr, |$f:ident| $from_f32:expr, |$i:ident| $from_i64:expr, |$b:ident| $from_bool:expr) => {
+        impl Scalar for $t {
+            fn cast_to<D: Scalar>(self) -> D {
+                let $s = self;
+                $cast
+            }
+            fn from_f32($f: f32) -> Self {
+                $from_f32
+            }
+            fn from_i64($i: i64) -> Self {
+                $from_i64
+            }
+            fn from_bool($b: bool) -> Self {
+                $from_bool
+            }
+        }
+    };
 }
 
-impl Scalar for i32 {
-    #[inline(always)]
-    fn cast_to<D: Scalar>(self) -> D {
-        D::from_i64(i64::from(self))
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> Self {
-        v as i32
-    }
-    #[inline(always)]
-    fn from_i64(v: i64) -> Self {
-        v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
-    }
-    #[inline(always)]
-    fn from_bool(v: bool) -> Self {
-        i32::from(v)
-    }
-}
-
-impl Scalar for i64 {
-    #[inline(always)]
-    fn cast_to<D: Scalar>(self) -> D {
-        D::from_i64(self)
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> Self {
-        v as i64
-    }
-    #[inline(always)]
-    fn from_i64(v: i64) -> Self {
-        v
-    }
-    #[inline(always)]
-    fn from_bool(v: bool) -> Self {
-        i64::from(v)
-    }
-}
-
-/// Booleans: any non-zero value is true.
-impl Scalar for u8 {
-    #[inline(always)]
-    fn cast_to<D: Scalar>(self) -> D {
-        D::from_bool(self != 0)
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> Self {
-        u8::from(v != 0.0)
-    }
-    #[inline(always)]
-    fn from_i64(v: i64) -> Self {
-        u8::from(v != 0)
-    }
-    #[inline(always)]
-    fn from_bool(v: bool) -> Self {
-        u8::from(v)
-    }
-}
+#[rustfmt::skip]
+scalar!(f32, |s| D::from_f32(s), |v| v, |v| v as f32, |v| u8::from(v).into());
+scalar!(
+    i32,
+    |s| D::from_i64(i64::from(s)),
+    |v| v as i32,
+    |v| v.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+    |v| v.into()
+);
+scalar!(i64, |s| D::from_i64(s), |v| v as i64, |v| v, |v| v.into());
+// Booleans: any non-zero value is true.
+scalar!(
+    u8,
+    |s| D::from_bool(s != 0),
+    |v| u8::from(v != 0.0),
+    |v| u8::from(v != 0),
+    |v| v.into()
+);
 
 pub fn cast<S: Scalar, D: Scalar>(src: &[S], dst: &mut [D]) {
     map1(src, dst, S::cast_to::<D>);
@@ -605,14 +708,14 @@ pub fn cast<S: Scalar, D: Scalar>(src: &[S], dst: &mut [D]) {
 
 pub fn gelu_grad(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     fn run(f: impl Fn(f32) -> f32 + Sync, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let body = |x: &[f32], dy: &[f32], dx: &mut [f32]| {
-            dx.iter_mut().zip(x.iter().zip(dy)).for_each(|(o, (&x, &g))| *o = g * f(x));
-        };
+        let g = |v: f32, d: f32| d * f(v);
         if dx.len() >= PARALLEL_THRESHOLD {
             let c = task_len(dx.len());
-            dx.par_chunks_mut(c).zip(x.par_chunks(c).zip(dy.par_chunks(c))).for_each(|(dx, (x, dy))| body(x, dy, dx));
+            dx.par_chunks_mut(c)
+                .zip(x.par_chunks(c).zip(dy.par_chunks(c)))
+                .for_each(|(dx, (x, dy))| zip_leaf(x, dy, dx, &g));
         } else {
-            body(x, dy, dx);
+            zip_leaf(x, dy, dx, &g);
         }
     }
     if tanh {
@@ -637,9 +740,21 @@ pub fn dropout(x: &[f32], y: &mut [f32], p: f32, key: RngKey) {
         site: key.site,
     };
     // uniform(e) = (bits >> 8) / 2^24 >= p  <=>  bits >> 8 >= ceil(p 2^24).
-    let threshold = if p.is_nan() { 1 << 24 } else { (f64::from(p) * 16_777_216.0).ceil().clamp(0.0, 16_777_216.0) as u32 };
+    let threshold = if p.is_nan() {
+        1 << 24
+    } else {
+        (f64::from(p) * 16_777_216.0)
+            .ceil()
+            .clamp(0.0, 16_777_216.0) as u32
+    };
     let scale = 1.0 / (1.0 - f64::from(p));
-    let apply = |bits: u32, v: f32| if bits >> 8 >= threshold { (f64::from(v) * scale) as f32 } else { 0.0 };
+    let apply = |bits: u32, v: f32| {
+        if bits >> 8 >= threshold {
+            (f64::from(v) * scale) as f32
+        } else {
+            0.0
+        }
+    };
     let body = |first: usize, x: &[f32], y: &mut [f32]| {
         for (e, (o, &v)) in y.iter_mut().zip(x).enumerate() {
             *o = apply(stream.bits((first + e) as u64), v);
@@ -647,7 +762,10 @@ pub fn dropout(x: &[f32], y: &mut [f32], p: f32, key: RngKey) {
     };
     if y.len() >= PARALLEL_THRESHOLD / 8 {
         let c = task_len(y.len() * 8) / 8;
-        y.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(i, (y, x))| body(i * c, x, y));
+        y.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .enumerate()
+            .for_each(|(i, (y, x))| body(i * c, x, y));
     } else {
         body(0, x, y);
     }
@@ -670,7 +788,10 @@ pub fn causal_mask(x: &[f32], y: &mut [f32], t: usize, fill: f32) {
     let (x, y) = (&x[..n], &mut y[..n]);
     if n >= PARALLEL_THRESHOLD {
         let rows = task_len(n).div_ceil(t);
-        y.par_chunks_mut(rows * t).zip(x.par_chunks(rows * t)).enumerate().for_each(|(i, (y, x))| body(i * rows, x, y));
+        y.par_chunks_mut(rows * t)
+            .zip(x.par_chunks(rows * t))
+            .enumerate()
+            .for_each(|(i, (y, x))| body(i * rows, x, y));
     } else {
         body(0, x, y);
     }

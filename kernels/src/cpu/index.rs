@@ -171,6 +171,27 @@ pub fn scatter_add<I: IndexElem>(
         });
         return Ok(());
     }
+    scatter_blocks(updates, indices, out, outer, size, inner);
+    Ok(())
+}
+
+/// Parallel scatter-add over (outer slab, column block) tasks. Re-checks
+/// its own bounds (cheaply) so that the unsafe writes below rely on no
+/// caller.
+fn scatter_blocks<I: IndexElem>(
+    updates: &[f32],
+    indices: &[I],
+    out: &mut [f32],
+    outer: usize,
+    size: usize,
+    inner: usize,
+) {
+    let k = indices.len();
+    let slab_ok = |rows: usize, len: usize| mul3("", outer, rows, inner).ok() == Some(len);
+    if !slab_ok(size, out.len()) || !slab_ok(k, updates.len()) {
+        return;
+    }
+    let blocks = inner.div_ceil(SCATTER_BLOCK);
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..outer * blocks).into_par_iter().for_each(|task| {
         let (o, blk) = (task / blocks, task % blocks);
@@ -178,8 +199,9 @@ pub fn scatter_add<I: IndexElem>(
         let upd = &updates[o * k * inner..(o + 1) * k * inner];
         // The columns `cols` of row `r` of slab `o`, as a unique slice.
         let row = |r: usize| {
-            // SAFETY: `out` is `outer·size·inner` long (checked above) and
-            // r < size, so the range lies inside it. Tasks are distinct
+            // SAFETY: `out` is `outer·size·inner` long (checked above), o <
+            // outer, r < size (checked at each call) and `cols` lies within
+            // `inner`, so the range lies inside `out`. Tasks are distinct
             // (o, blk) pairs and this one only touches columns `cols` of slab
             // `o`, so no other task ever holds these elements; each slice is
             // dropped before the next is made. `out` stays mutably borrowed
@@ -193,13 +215,16 @@ pub fn scatter_add<I: IndexElem>(
             row(r).fill(0.0);
         }
         for (j, &idx) in indices.iter().enumerate() {
+            let r = at(idx);
+            if r >= size {
+                continue; // unreachable: the caller checked the indices
+            }
             let src = &upd[j * inner + cols.start..j * inner + cols.end];
-            for (d, &u) in row(at(idx)).iter_mut().zip(src) {
+            for (d, &u) in row(r).iter_mut().zip(src) {
                 *d += u;
             }
         }
     });
-    Ok(())
 }
 
 /// `*mut f32` that tasks share; each writes its own disjoint elements.

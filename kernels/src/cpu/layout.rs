@@ -64,7 +64,7 @@ impl Plan {
             }
         }
         let mut sorted = axes;
-        sorted[..r].sort_unstable_by(|a, b| b.2.cmp(&a.2));
+        sorted[..r].sort_unstable_by_key(|a| std::cmp::Reverse(a.2));
         let ordered = is_ordered(&sorted[..r]);
         let axes = if ordered { sorted } else { axes };
         let mut p = Plan {
@@ -89,7 +89,13 @@ impl Plan {
             p.rank = 1;
         }
         let r = p.rank;
-        p.tiled = ordered && r >= 2 && p.dst[r - 1] == 1 && p.src[r - 2] == 1 && p.src[r - 1] > 1 && p.shape[r - 1] >= TILE / 2 && p.shape[r - 2] >= TILE / 2;
+        p.tiled = ordered
+            && r >= 2
+            && p.dst[r - 1] == 1
+            && p.src[r - 2] == 1
+            && p.src[r - 1] > 1
+            && p.shape[r - 1] >= TILE / 2
+            && p.shape[r - 2] >= TILE / 2;
         p
     }
 
@@ -154,7 +160,13 @@ fn is_ordered(axes: &[(usize, usize, usize)]) -> bool {
     true
 }
 
-pub fn copy_strided<T: Copy + Send + Sync>(src: &[T], src_strides: &[usize], dst: &mut [T], dst_strides: &[usize], shape: &[usize]) -> Result<()> {
+pub fn copy_strided<T: Copy + Send + Sync>(
+    src: &[T],
+    src_strides: &[usize],
+    dst: &mut [T],
+    dst_strides: &[usize],
+    shape: &[usize],
+) -> Result<()> {
     let n = check_shape("copy_strided", shape)?;
     check_strides("copy_strided src", shape, src_strides, src.len())?;
     check_strides("copy_strided dst", shape, dst_strides, dst.len())?;
@@ -184,7 +196,15 @@ pub fn copy_strided<T: Copy + Send + Sync>(src: &[T], src_strides: &[usize], dst
 
 /// `dst[do + j ds] = src[so + j ss]` for `j < n`, in order.
 #[inline]
-fn copy_run<T: Copy>(src: &[T], so: usize, ss: usize, dst: &mut [T], d0: usize, ds: usize, n: usize) {
+fn copy_run<T: Copy>(
+    src: &[T],
+    so: usize,
+    ss: usize,
+    dst: &mut [T],
+    d0: usize,
+    ds: usize,
+    n: usize,
+) {
     match (ss, ds) {
         (1, 1) => dst[d0..d0 + n].copy_from_slice(&src[so..so + n]),
         (0, 1) => dst[d0..d0 + n].fill(src[so]),
@@ -195,9 +215,18 @@ fn copy_run<T: Copy>(src: &[T], so: usize, ss: usize, dst: &mut [T], d0: usize, 
         }
         // Every write lands on one element: the last one wins.
         (_, 0) => dst[d0] = src[so + (n - 1) * ss],
-        (0, _) => dst[d0..].iter_mut().step_by(ds).take(n).for_each(|o| *o = src[so]),
+        (0, _) => dst[d0..]
+            .iter_mut()
+            .step_by(ds)
+            .take(n)
+            .for_each(|o| *o = src[so]),
         _ => {
-            for (o, &v) in dst[d0..].iter_mut().step_by(ds).zip(src[so..].iter().step_by(ss)).take(n) {
+            for (o, &v) in dst[d0..]
+                .iter_mut()
+                .step_by(ds)
+                .zip(src[so..].iter().step_by(ss))
+                .take(n)
+            {
                 *o = v;
             }
         }
@@ -206,19 +235,37 @@ fn copy_run<T: Copy>(src: &[T], so: usize, ss: usize, dst: &mut [T], d0: usize, 
 
 /// A one-axis copy split over threads; `dst` starts at element `a`'s
 /// destination offset.
-fn split_run<T: Copy + Send + Sync>(src: &[T], ss: usize, dst: &mut [T], ds: usize, a: usize, b: usize) {
+fn split_run<T: Copy + Send + Sync>(
+    src: &[T],
+    ss: usize,
+    dst: &mut [T],
+    ds: usize,
+    a: usize,
+    b: usize,
+) {
     if b - a <= MIN_TASK {
         copy_run(src, a * ss, ss, dst, 0, ds, b - a);
         return;
     }
     let mid = a + ((b - a) / 2).next_multiple_of(64);
     let (l, r) = dst.split_at_mut((mid - a) * ds);
-    rayon::join(|| split_run(src, ss, l, ds, a, mid), || split_run(src, ss, r, ds, mid, b));
+    rayon::join(
+        || split_run(src, ss, l, ds, a, mid),
+        || split_run(src, ss, r, ds, mid, b),
+    );
 }
 
 /// Rows `a..b` split over threads; `dst` starts at destination offset
 /// `base`, that of row `a`.
-fn split_rows<T: Copy + Send + Sync>(p: &Plan, src: &[T], dst: &mut [T], base: usize, a: usize, b: usize, grain: usize) {
+fn split_rows<T: Copy + Send + Sync>(
+    p: &Plan,
+    src: &[T],
+    dst: &mut [T],
+    base: usize,
+    a: usize,
+    b: usize,
+    grain: usize,
+) {
     if b - a <= grain {
         copy_rows(p, src, dst, base, a, b);
         return;
@@ -229,7 +276,10 @@ fn split_rows<T: Copy + Send + Sync>(p: &Plan, src: &[T], dst: &mut [T], base: u
     }
     let at = p.cursor(mid).dst - base;
     let (l, r) = dst.split_at_mut(at);
-    rayon::join(|| split_rows(p, src, l, base, a, mid, grain), || split_rows(p, src, r, base + at, mid, b, grain));
+    rayon::join(
+        || split_rows(p, src, l, base, a, mid, grain),
+        || split_rows(p, src, r, base + at, mid, b, grain),
+    );
 }
 
 /// Copies rows `a..b`, where `dst` starts at destination offset `base`.
@@ -238,12 +288,22 @@ fn copy_rows<T: Copy>(p: &Plan, src: &[T], dst: &mut [T], base: usize, a: usize,
     if p.tiled {
         // The transpose's block buffer, made once per task.
         let mut buf = [src[p.cursor(a).src]; TILE * TILE];
-        for_bands(p, a, b, |c, band| transpose_band(p, src, c.src, dst, c.dst - base, band, &mut buf));
+        for_bands(p, a, b, |c, band| {
+            transpose_band(p, src, c.src, dst, c.dst - base, band, &mut buf)
+        });
     } else {
         let (rs, rd) = (p.src[q - 1], p.dst[q - 1]);
         for_bands(p, a, b, |c, band| {
             for i in 0..band {
-                copy_run(src, c.src + i * rs, p.src[q], dst, c.dst - base + i * rd, p.dst[q], p.shape[q]);
+                copy_run(
+                    src,
+                    c.src + i * rs,
+                    p.src[q],
+                    dst,
+                    c.dst - base + i * rd,
+                    p.dst[q],
+                    p.shape[q],
+                );
             }
         });
     }
@@ -271,7 +331,15 @@ fn for_bands(p: &Plan, a: usize, b: usize, mut f: impl FnMut(&Cursor, usize)) {
 /// through a stack buffer, read in source runs and written in destination
 /// runs, so power-of-two strides (whose lines share cache sets) cost
 /// nothing extra.
-fn transpose_band<T: Copy>(p: &Plan, src: &[T], so: usize, dst: &mut [T], d0: usize, band: usize, buf: &mut [T; TILE * TILE]) {
+fn transpose_band<T: Copy>(
+    p: &Plan,
+    src: &[T],
+    so: usize,
+    dst: &mut [T],
+    d0: usize,
+    band: usize,
+    buf: &mut [T; TILE * TILE],
+) {
     let q = p.rank - 1;
     let (cols, sc, rd) = (p.shape[q], p.src[q], p.dst[q - 1]);
     for i0 in (0..band).step_by(TILE) {
@@ -299,7 +367,15 @@ fn transpose_band<T: Copy>(p: &Plan, src: &[T], so: usize, dst: &mut [T], d0: us
 /// One whole block: `dst[i rd + j] = src[i + j sc]` for `i, j < TILE`,
 /// with the sizes known to the compiler.
 #[inline(always)]
-fn full_tile<T: Copy>(src: &[T], so: usize, sc: usize, dst: &mut [T], d0: usize, rd: usize, buf: &mut [T; TILE * TILE]) {
+fn full_tile<T: Copy>(
+    src: &[T],
+    so: usize,
+    sc: usize,
+    dst: &mut [T],
+    d0: usize,
+    rd: usize,
+    buf: &mut [T; TILE * TILE],
+) {
     for (j, b) in buf.chunks_exact_mut(TILE).enumerate() {
         b.copy_from_slice(&src[so + j * sc..][..TILE]);
     }

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::PARALLEL_THRESHOLD;
 use super::index::{IndexElem, check_indices};
-use super::nn::{each_row, exp, max, sum2};
+use super::nn::{each_row, exp, max, sum, sum2};
 use crate::backend::{Error, Result};
 
 /// Parts of a deterministic sum.
@@ -60,22 +60,21 @@ fn check_shapes(
     Ok(())
 }
 
-/// `m = max(x)` and `Σ exp(x - m)` (f32 exponentials, f64 sum in eight
-/// lanes).
+/// `m = max(x)` and `Σ exp(x - m)`: exponentials a stack block at a time
+/// (a loop LLVM vectorises), summed in f64 lanes.
 fn max_and_sum_exp(x: &[f32]) -> (f32, f64) {
+    const BLOCK: usize = 256;
     let m = max(x);
-    let mut acc = [0.0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let rem = chunks.remainder();
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] += f64::from(exp(c[l] - m));
+    let mut buf = [0.0f32; BLOCK];
+    let mut total = 0.0f64;
+    for chunk in x.chunks(BLOCK) {
+        let e = &mut buf[..chunk.len()];
+        for (o, &v) in e.iter_mut().zip(chunk) {
+            *o = exp(v - m);
         }
+        total += sum(e);
     }
-    for (l, &v) in rem.iter().enumerate() {
-        acc[l] += f64::from(exp(v - m));
-    }
-    (m, acc.iter().sum())
+    (m, total)
 }
 
 /// Mean over rows of `logsumexp(logits[r]) - logits[r, labels[r]]`, into

@@ -30,6 +30,10 @@ const GEMM_PARALLEL_WORK: usize = 2 * 64 * 64 * 64;
 /// Total multiply-adds above which small batch entries run in parallel.
 const BATCH_PARALLEL_WORK: usize = 64 * 64 * 64;
 
+/// Multiply-adds per entry below which a batch of at least four entries
+/// per thread runs one entry per task rather than each entry threaded.
+const BATCH_ENTRY_MAX_WORK: usize = 256 * 256 * 256;
+
 /// Element strides of one GEMM's operands, as `gemm` takes them.
 #[derive(Debug, Clone, Copy)]
 struct Strides {
@@ -43,113 +47,124 @@ struct Strides {
 
 /// `c = op(a)·op(b)` for every batch entry (see [`MatMulDims`]).
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], dims: &MatMulDims<'_>) -> Result<()> {
+    let Some(Sizes {
+        count,
+        a_entry,
+        b_entry,
+        c_entry,
+    }) = validate(a.len(), b.len(), c.len(), dims)?
+    else {
+        return Ok(()); // nothing to write
+    };
     let (m, n, k) = (dims.m, dims.n, dims.k);
+    if k == 0 {
+        return zero_entries(c, dims.batch, dims.c_batch_strides, c_entry);
+    }
+    let st = strides(dims);
+    let work = c_entry.saturating_mul(k);
+    let b_broadcasts =
+        (dims.b_batch_strides.iter().zip(dims.batch)).all(|(&s, &d)| s == 0 || d == 1);
+    if !dims.trans_a
+        && b_broadcasts
+        && is_contiguous(dims.batch, dims.a_batch_strides, a_entry)
+        && is_contiguous(dims.batch, dims.c_batch_strides, c_entry)
+    {
+        // One [count·m, k]·[k, n] GEMM: rows of consecutive entries follow
+        // each other in a and c with the same row strides; the folded a and
+        // c are the first count·a_entry / count·c_entry elements, inside
+        // the slices by `validate`.
+        let (a, c) = (&a[..count * a_entry], &mut c[..count * c_entry]);
+        let par = parallelism(work.saturating_mul(count));
+        gemm_checked(count * m, n, k, a, &b[..b_entry], c, st, par);
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    // Entries too small for gemm's own threads, or many medium ones (as in
+    // attention, B·H of them): one entry per task.
+    let small = work < GEMM_PARALLEL_WORK;
+    let many = count >= 4 * threads && work < BATCH_ENTRY_MAX_WORK;
+    if count > 1
+        && (small || many)
+        && work.saturating_mul(count) >= BATCH_PARALLEL_WORK
+        && threads > 1
+        && is_contiguous(dims.batch, dims.c_batch_strides, c_entry)
+    {
+        let c = &mut c[..count * c_entry];
+        batch_parallel(a, b, c, dims, st, (a_entry, b_entry));
+        return Ok(());
+    }
+    let par = parallelism(work);
+    sequential(a, b, c, dims, st, (a_entry, b_entry, c_entry), par);
+    Ok(())
+}
+
+/// The batch entry count and each operand's entry size.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    count: usize,
+    a_entry: usize,
+    b_entry: usize,
+    c_entry: usize,
+}
+
+/// Checks the batch rank, the stride slices and that every entry of every
+/// operand lies inside its slice; `None` when there is nothing to write.
+fn validate(
+    a_len: usize,
+    b_len: usize,
+    c_len: usize,
+    dims: &MatMulDims<'_>,
+) -> Result<Option<Sizes>> {
     let rank = dims.batch.len();
     if rank > MAX_RANK {
         return Err(Error::Invalid(format!(
             "matmul: {rank} batch axes, at most {MAX_RANK} supported"
         )));
     }
-    for (what, s) in [
-        ("a", dims.a_batch_strides),
-        ("b", dims.b_batch_strides),
-        ("c", dims.c_batch_strides),
-    ] {
-        if s.len() != rank {
+    let operands = [
+        (
+            "matmul a",
+            dims.a_batch_strides,
+            dims.m.checked_mul(dims.k),
+            a_len,
+        ),
+        (
+            "matmul b",
+            dims.b_batch_strides,
+            dims.k.checked_mul(dims.n),
+            b_len,
+        ),
+        (
+            "matmul c",
+            dims.c_batch_strides,
+            dims.m.checked_mul(dims.n),
+            c_len,
+        ),
+    ];
+    let mut entries = [0usize; 3];
+    for (e, &(what, strides, entry, _)) in entries.iter_mut().zip(&operands) {
+        if strides.len() != rank {
             return Err(Error::Invalid(format!(
-                "matmul: {} batch strides for {what}, expected {rank}",
-                s.len()
+                "{what}: {} batch strides, expected {rank}",
+                strides.len()
             )));
         }
+        *e = entry.ok_or_else(|| overflow(what))?;
     }
-    let count = product(dims.batch).ok_or_else(|| overflow("batch size"))?;
-    let a_entry = m.checked_mul(k).ok_or_else(|| overflow("a entry"))?;
-    let b_entry = k.checked_mul(n).ok_or_else(|| overflow("b entry"))?;
-    let c_entry = m.checked_mul(n).ok_or_else(|| overflow("c entry"))?;
-    if count == 0 || c_entry == 0 {
-        return Ok(());
+    let count = product(dims.batch).ok_or_else(|| overflow("matmul batch"))?;
+    if count == 0 || entries[2] == 0 {
+        return Ok(None);
     }
-    check_extent(
-        "matmul c",
-        dims.batch,
-        dims.c_batch_strides,
-        c_entry,
-        c.len(),
-    )?;
-    if k == 0 {
-        return zero_entries(c, dims.batch, dims.c_batch_strides, c_entry);
+    for (&entry, &(what, strides, _, len)) in entries.iter().zip(&operands) {
+        check_extent(what, dims.batch, strides, entry, len)?;
     }
-    check_extent(
-        "matmul a",
-        dims.batch,
-        dims.a_batch_strides,
+    let [a_entry, b_entry, c_entry] = entries;
+    Ok(Some(Sizes {
+        count,
         a_entry,
-        a.len(),
-    )?;
-    check_extent(
-        "matmul b",
-        dims.batch,
-        dims.b_batch_strides,
         b_entry,
-        b.len(),
-    )?;
-
-    let st = strides(dims);
-    let work = c_entry.checked_mul(k).ok_or_else(|| overflow("work"))?;
-    if !dims.trans_a
-        && dims
-            .b_batch_strides
-            .iter()
-            .zip(dims.batch)
-            .all(|(&s, &d)| s == 0 || d == 1)
-        && is_contiguous(dims.batch, dims.a_batch_strides, a_entry)
-        && is_contiguous(dims.batch, dims.c_batch_strides, c_entry)
-    {
-        // One [count·m, k]·[k, n] GEMM: rows of consecutive entries follow
-        // each other in a and c with the same row strides.
-        let rows = count * m; // ≤ c.len() / n, checked by check_extent
-        // The folded a and c are the first count·a_entry / count·c_entry
-        // elements, inside the slices by check_extent.
-        let a = &a[..count * a_entry];
-        let c = &mut c[..count * c_entry];
-        gemm_checked(
-            rows,
-            n,
-            k,
-            a,
-            &b[..b_entry],
-            c,
-            st,
-            parallelism(work.saturating_mul(count)),
-        );
-        return Ok(());
-    }
-    if count > 1
-        && work < GEMM_PARALLEL_WORK
-        && work.saturating_mul(count) >= BATCH_PARALLEL_WORK
-        && rayon::current_num_threads() > 1
-        && is_contiguous(dims.batch, dims.c_batch_strides, c_entry)
-    {
-        batch_parallel(
-            a,
-            b,
-            &mut c[..count * c_entry],
-            dims,
-            st,
-            (a_entry, b_entry),
-        );
-        return Ok(());
-    }
-    sequential(
-        a,
-        b,
-        c,
-        dims,
-        st,
-        (a_entry, b_entry, c_entry),
-        parallelism(work),
-    );
-    Ok(())
+        c_entry,
+    }))
 }
 
 fn overflow(what: &str) -> Error {

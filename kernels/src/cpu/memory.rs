@@ -90,7 +90,7 @@ pub fn check<T: Elem>(what: &'static str, buf: &Buffer, view: View) -> Result<()
             buffer_len: buf.bytes,
         });
     }
-    if view.offset % std::mem::align_of::<T>() != 0 {
+    if !view.offset.is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::Misaligned {
             what,
             offset: view.offset,
@@ -105,7 +105,7 @@ pub fn check<T: Elem>(what: &'static str, buf: &Buffer, view: View) -> Result<()
 /// # Safety
 /// `check::<T>` passed for `view` on `buf`, and no mutable slice overlapping
 /// `view` is alive while this one is.
-pub unsafe fn slice<'a, T: Elem>(buf: &'a Buffer, view: View) -> &'a [T] {
+pub unsafe fn slice<T: Elem>(buf: &Buffer, view: View) -> &[T] {
     if view.len == 0 {
         return &[];
     }
@@ -120,7 +120,7 @@ pub unsafe fn slice<'a, T: Elem>(buf: &'a Buffer, view: View) -> &'a [T] {
 /// `check::<T>` passed for `view` on `buf`, and no other slice overlapping
 /// `view` is alive while this one is.
 #[allow(clippy::mut_from_ref)]
-pub unsafe fn slice_mut<'a, T: Elem>(buf: &'a Buffer, view: View) -> &'a mut [T] {
+pub unsafe fn slice_mut<T: Elem>(buf: &Buffer, view: View) -> &mut [T] {
     if view.len == 0 {
         return &mut [];
     }

@@ -1,10 +1,12 @@
 //! Softmax, log-softmax and LayerNorm (forward and backward).
 //!
-//! Rows are independent, so large calls split rows over rayon; the only
-//! cross-row reduction, LayerNorm's `dγ`/`dβ`, splits the feature axis
-//! instead, each column summed over rows in order, so every result is the
-//! same bit for bit whatever the thread count or timing. Row sums
-//! accumulate in f64 over eight fixed lanes (vectorisable, fixed order).
+//! Rows are independent, so large calls split rows over rayon. The only
+//! cross-row reduction, LayerNorm's `dγ`/`dβ`, sums fixed parts of rows
+//! (the partition does not depend on the thread count) and adds the parts
+//! in order, so every result is the same bit for bit whatever the thread
+//! count or timing. Row sums accumulate in f64 over eight fixed lanes
+//! (vectorisable, fixed order); `exp` is a branch-free polynomial that
+//! vectorises, where `f32::exp` is a libm call per element.
 
 use rayon::prelude::*;
 
@@ -14,7 +16,7 @@ use super::PARALLEL_THRESHOLD;
 const TASK_ELEMS: usize = 1 << 13;
 
 /// Columns per block of the stack accumulators (softmax with `inner > 1`,
-/// LayerNorm's `dγ`/`dβ`).
+/// the final sum of LayerNorm's `dγ`/`dβ`).
 const COL_BLOCK: usize = 512;
 
 /// Applies `f(row_index, row)` to each `d`-long row of `out`, split over
@@ -86,7 +88,7 @@ pub(super) fn max(x: &[f32]) -> f32 {
 #[inline(always)]
 pub(super) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // ln 2 in few bits: n·LN2_HI is exact
+    const LN2_HI: f32 = 355.0 / 512.0; // ln 2 in few bits: n·LN2_HI is exact
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5·2^23: v + ROUND rounds v to an integer
     // Beyond these e^x is 0 or inf in f32; NaN passes through clamp.
@@ -99,7 +101,7 @@ pub(super) fn exp(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let er = p * (r * r) + r + 1.0;
     // 2^n = 2^h · 2^(n-h) with both halves in the normal range.
     let h = ni >> 1;
@@ -158,6 +160,7 @@ fn softmax_slab(x: &[f32], y: &mut [f32], inner: usize, log: bool) {
         let w = COL_BLOCK.min(inner - c0);
         let mut mx = [f32::NEG_INFINITY; COL_BLOCK];
         let mut s = [0.0f64; COL_BLOCK];
+        let (mx, s) = (&mut mx[..w], &mut s[..w]);
         let rows = || x.chunks_exact(inner).map(|r| &r[c0..c0 + w]);
         for xr in rows() {
             for (m, &v) in mx.iter_mut().zip(xr) {
@@ -165,23 +168,24 @@ fn softmax_slab(x: &[f32], y: &mut [f32], inner: usize, log: bool) {
             }
         }
         for (xr, yr) in rows().zip(y.chunks_exact_mut(inner)) {
-            for (((o, &v), &m), acc) in yr[c0..c0 + w].iter_mut().zip(xr).zip(&mx).zip(&mut s) {
-                *o = exp(v - m);
-                *acc += f64::from(*o);
+            exp_shifted(xr, mx, &mut yr[c0..c0 + w]);
+            for (acc, &e) in s.iter_mut().zip(&yr[c0..c0 + w]) {
+                *acc += f64::from(e);
             }
         }
         let mut t = [0.0f32; COL_BLOCK];
-        for (t, &s) in t.iter_mut().zip(&s) {
+        let t = &mut t[..w];
+        for (t, &s) in t.iter_mut().zip(s.iter()) {
             *t = if log { s.ln() as f32 } else { (1.0 / s) as f32 };
         }
         for (xr, yr) in rows().zip(y.chunks_exact_mut(inner)) {
             let yr = &mut yr[c0..c0 + w];
             if log {
-                for (((o, &v), &m), &ln_s) in yr.iter_mut().zip(xr).zip(&mx).zip(&t) {
+                for (((o, &v), &m), &ln_s) in yr.iter_mut().zip(xr).zip(mx.iter()).zip(t.iter()) {
                     *o = (v - m) - ln_s;
                 }
             } else {
-                for (o, &inv) in yr.iter_mut().zip(&t) {
+                for (o, &inv) in yr.iter_mut().zip(t.iter()) {
                     *o *= inv;
                 }
             }
@@ -189,11 +193,36 @@ fn softmax_slab(x: &[f32], y: &mut [f32], inner: usize, log: bool) {
     }
 }
 
-/// Mean and `1/sqrt(var + eps)` of a row (biased variance, f64 sums).
+/// `y = exp(x - m)` elementwise (a separate function: no aliasing).
+fn exp_shifted(x: &[f32], m: &[f32], y: &mut [f32]) {
+    for ((o, &v), &m) in y.iter_mut().zip(x).zip(m) {
+        *o = exp(v - m);
+    }
+}
+
+/// Mean and `1/sqrt(var + eps)` of a row (biased variance). One pass of
+/// f64 sums of `x` and `x²` in eight lanes: f32 inputs squared are exact in
+/// f64, so `E[x²] − mean²` has a relative error near 1e-16·(mean/std)²,
+/// noticeable only where f32 inputs can barely resolve the spread anyway.
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let (mut s, mut q) = ([0.0f64; 8], [0.0f64; 8]);
+    let chunks = x.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            let v = f64::from(c[l]);
+            s[l] += v;
+            q[l] += v * v;
+        }
+    }
+    for (l, &v) in rem.iter().enumerate() {
+        let v = f64::from(v);
+        s[l] += v;
+        q[l] += v * v;
+    }
     let d = x.len() as f64;
-    let mean = sum(x) / d;
-    let var = sum2(x, x, |a, _| (a - mean) * (a - mean)) / d;
+    let mean = lanes(&s) / d;
+    let var = (lanes(&q) / d - mean * mean).max(0.0);
     (mean as f32, (1.0 / (var + f64::from(eps)).sqrt()) as f32)
 }
 
@@ -227,12 +256,13 @@ pub fn layer_norm(
 /// `dx = rstd·(dy·γ − mean(dy·γ) − x̂·mean(dy·γ·x̂))`, `dγ = Σ_rows dy·x̂`,
 /// `dβ = Σ_rows dy`.
 ///
-/// Three passes, no allocation: (1) the rows, in fixed parts of
-/// [`PART_ROWS`], each sum their part's `dγ`/`dβ` into the front of `dx`,
-/// used as scratch (parts run in parallel, rows read contiguously);
-/// (2) the parts' sums are added in order into `dγ`/`dβ`; (3) each row
-/// writes its `dx`. The partition does not depend on the thread count, so
-/// the results are the same bits on any pool.
+/// The rows split into fixed parts of [`PART_ROWS`] (the last one takes
+/// the remainder, up to twice that), independent of the thread count. In
+/// one pass each part writes `dx` for all but its first two rows and sums
+/// its rows' `dy·x̂` and `dy` (f32, rows in order) into those two rows'
+/// `dx`, used as scratch; the parts' sums are then added in f64, parts in
+/// order, into `dγ`/`dβ`; finally each part writes the `dx` of its first two
+/// rows. No allocation, and the same bits on any pool.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_grad(
     x: &[f32],
@@ -257,33 +287,107 @@ pub fn layer_norm_grad(
     if d < 2 || rows < 2 {
         return layer_norm_grad_small(x, gamma, dy, dx, dgamma, dbeta, rows, d, eps);
     }
-    // 2·d floats per part fit: 2·d·⌈rows/64⌉ ≤ rows·d for rows ≥ 2.
-    let parts = rows.div_ceil(PART_ROWS);
-    let scratch = &mut dx[..parts * 2 * d];
-    let part = |p: usize, out: &mut [f32]| {
-        let r0 = p * PART_ROWS;
-        let r1 = (r0 + PART_ROWS).min(rows);
-        part_sums(&x[r0 * d..r1 * d], &dy[r0 * d..r1 * d], d, eps, out);
+    let parts = (rows / PART_ROWS).max(1);
+    let part_len = PART_ROWS * d;
+    let (head, tail) = dx.split_at_mut((parts - 1) * part_len);
+    let part = |p: usize, dxp: &mut [f32]| {
+        let (start, end) = (p * part_len, p * part_len + dxp.len());
+        part_pass(&x[start..end], &dy[start..end], gamma, dxp, d, eps);
     };
     if x.len() >= PARALLEL_THRESHOLD {
-        scratch.par_chunks_mut(2 * d).enumerate().for_each(|(p, out)| part(p, out));
+        let tail = rayon::iter::once(tail);
+        head.par_chunks_mut(part_len)
+            .chain(tail)
+            .enumerate()
+            .for_each(|(p, dxp)| part(p, dxp));
     } else {
-        for (p, out) in scratch.chunks_exact_mut(2 * d).enumerate() {
-            part(p, out);
+        for (p, dxp) in head
+            .chunks_exact_mut(part_len)
+            .chain(std::iter::once(tail))
+            .enumerate()
+        {
+            part(p, dxp);
         }
     }
-    combine_parts(scratch, d, dgamma, dbeta);
-    each_row(dx, d, |r, dxr| {
-        let (xr, dyr) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
-        row_grad(xr, dyr, gamma, dxr, eps);
-    });
+    combine_parts(dx, parts, part_len, d, dgamma, dbeta);
+    let first_rows = |p: usize, dxp: &mut [f32]| {
+        for (k, dxr) in dxp[..2 * d].chunks_exact_mut(d).enumerate() {
+            let r = p * PART_ROWS + k;
+            row_grad(
+                &x[r * d..(r + 1) * d],
+                &dy[r * d..(r + 1) * d],
+                gamma,
+                dxr,
+                eps,
+            );
+        }
+    };
+    if x.len() >= PARALLEL_THRESHOLD {
+        dx.par_chunks_mut(part_len)
+            .take(parts)
+            .enumerate()
+            .for_each(|(p, dxp)| first_rows(p, dxp));
+    } else {
+        for (p, dxp) in dx.chunks_mut(part_len).take(parts).enumerate() {
+            first_rows(p, dxp);
+        }
+    }
 }
 
-/// Rows per part of the `dγ`/`dβ` sums.
+/// Rows per part of [`layer_norm_grad`] (the last part has up to twice).
 const PART_ROWS: usize = 64;
 
-/// Rows summed in f32 before each f64 accumulation of a part's sums.
-const ROW_GROUP: usize = 8;
+/// One part of [`layer_norm_grad`]: `x`, `dy` and `dx` hold its rows (at
+/// least two). Writes `dx` of rows 2.. and the part's `Σ dy·x̂` and `Σ dy`
+/// into rows 0 and 1 of `dx`.
+fn part_pass(x: &[f32], dy: &[f32], gamma: &[f32], dx: &mut [f32], d: usize, eps: f32) {
+    let (scratch, rest) = dx.split_at_mut(2 * d);
+    let (sg, sb) = scratch.split_at_mut(d);
+    sg.fill(0.0);
+    sb.fill(0.0);
+    let rows = x.chunks_exact(d).zip(dy.chunks_exact(d));
+    for (k, (xr, dyr)) in rows.enumerate() {
+        let (mean, rstd) = row_stats(xr, eps);
+        if k < 2 {
+            for (((g, b), &v), &dv) in sg.iter_mut().zip(sb.iter_mut()).zip(xr).zip(dyr) {
+                *g += dv * ((v - mean) * rstd);
+                *b += dv;
+            }
+            continue;
+        }
+        let (m1, m2) = grad_means(xr, dyr, gamma, mean, rstd);
+        let out = &mut rest[(k - 2) * d..(k - 1) * d];
+        fused_row(xr, dyr, gamma, out, sg, sb, [mean, rstd, m1, m2]);
+    }
+}
+
+/// Writes one row's `dx` and adds its `dy·x̂` and `dy` into `sg`, `sb`.
+/// (Separate function so that LLVM knows the slices do not alias.)
+#[inline(never)]
+fn fused_row(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    dx: &mut [f32],
+    sg: &mut [f32],
+    sb: &mut [f32],
+    [mean, rstd, m1, m2]: [f32; 4],
+) {
+    let n = x.len();
+    let (dy, gamma, dx, sg, sb) = (
+        &dy[..n],
+        &gamma[..n],
+        &mut dx[..n],
+        &mut sg[..n],
+        &mut sb[..n],
+    );
+    for i in 0..n {
+        let xh = (x[i] - mean) * rstd;
+        dx[i] = rstd * (dy[i] * gamma[i] - m1 - xh * m2);
+        sg[i] += dy[i] * xh;
+        sb[i] += dy[i];
+    }
+}
 
 /// One row's `dx`.
 fn row_grad(x: &[f32], dy: &[f32], gamma: &[f32], dx: &mut [f32], eps: f32) {
@@ -321,7 +425,12 @@ fn layer_norm_grad_small(
     dx.fill(0.0);
     dgamma.fill(0.0);
     for (c, db) in dbeta.iter_mut().enumerate() {
-        *db = dy.iter().skip(c).step_by(d).map(|&v| f64::from(v)).sum::<f64>() as f32;
+        *db = dy
+            .iter()
+            .skip(c)
+            .step_by(d)
+            .map(|&v| f64::from(v))
+            .sum::<f64>() as f32;
     }
 }
 
@@ -352,49 +461,20 @@ fn grad_means(x: &[f32], dy: &[f32], gamma: &[f32], mean: f32, rstd: f32) -> (f3
     ((lanes(&s1) / d) as f32, (lanes(&s2) / d) as f32)
 }
 
-/// One part's `Σ dy·x̂` into `out[..d]` and `Σ dy` into `out[d..]`, over its
-/// rows `x`/`dy` (at most [`PART_ROWS`] of `d`), a block of columns at a
-/// time: rows in order, f32 over groups of [`ROW_GROUP`], f64 across.
-fn part_sums(x: &[f32], dy: &[f32], d: usize, eps: f32, out: &mut [f32]) {
-    let mut stats = [(0.0f32, 0.0f32); PART_ROWS];
-    for (st, xr) in stats.iter_mut().zip(x.chunks_exact(d)) {
-        *st = row_stats(xr, eps);
-    }
-    let (og, ob) = out.split_at_mut(d);
-    for c0 in (0..d).step_by(COL_BLOCK) {
-        let w = COL_BLOCK.min(d - c0);
-        let (mut g, mut b) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
-        let rows = x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(&stats);
-        let mut rows = rows.peekable();
-        while rows.peek().is_some() {
-            let (mut gs, mut bs) = ([0.0f32; COL_BLOCK], [0.0f32; COL_BLOCK]);
-            let (gs, bs) = (&mut gs[..w], &mut bs[..w]);
-            for ((xr, dyr), &(mean, rstd)) in rows.by_ref().take(ROW_GROUP) {
-                let (xr, dyr) = (&xr[c0..c0 + w], &dyr[c0..c0 + w]);
-                for (((g, b), &v), &dv) in gs.iter_mut().zip(bs.iter_mut()).zip(xr).zip(dyr) {
-                    *g += dv * ((v - mean) * rstd);
-                    *b += dv;
-                }
-            }
-            for (((g, b), &gs), &bs) in g.iter_mut().zip(b.iter_mut()).zip(gs.iter()).zip(bs.iter()) {
-                *g += f64::from(gs);
-                *b += f64::from(bs);
-            }
-        }
-        for (((o, p), &g), &b) in og[c0..c0 + w].iter_mut().zip(&mut ob[c0..c0 + w]).zip(&g).zip(&b) {
-            *o = g as f32;
-            *p = b as f32;
-        }
-    }
-}
-
-/// `dγ`/`dβ` as the f64 sums, parts in order, of the parts' sums in
-/// `scratch` (`2·d` floats per part).
-fn combine_parts(scratch: &[f32], d: usize, dgamma: &mut [f32], dbeta: &mut [f32]) {
+/// `dγ`/`dβ` as the f64 sums, parts in order, of the parts' sums (the
+/// first `2·d` floats of each `part_len` chunk of `dx`).
+fn combine_parts(
+    dx: &[f32],
+    parts: usize,
+    part_len: usize,
+    d: usize,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
     let block = |c0: usize, dg: &mut [f32], db: &mut [f32]| {
         let w = dg.len();
         let (mut g, mut b) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
-        for part in scratch.chunks_exact(2 * d) {
+        for part in dx.chunks(part_len).take(parts) {
             let (pg, pb) = (&part[c0..c0 + w], &part[d + c0..d + c0 + w]);
             for (((g, b), &pg), &pb) in g.iter_mut().zip(b.iter_mut()).zip(pg).zip(pb) {
                 *g += f64::from(pg);
@@ -406,14 +486,16 @@ fn combine_parts(scratch: &[f32], d: usize, dgamma: &mut [f32], dbeta: &mut [f32
             *p = b as f32;
         }
     };
-    if scratch.len() >= PARALLEL_THRESHOLD {
+    if parts * d >= PARALLEL_THRESHOLD {
         dgamma
             .par_chunks_mut(COL_BLOCK)
             .zip(dbeta.par_chunks_mut(COL_BLOCK))
             .enumerate()
             .for_each(|(i, (dg, db))| block(i * COL_BLOCK, dg, db));
     } else {
-        let blocks = dgamma.chunks_mut(COL_BLOCK).zip(dbeta.chunks_mut(COL_BLOCK));
+        let blocks = dgamma
+            .chunks_mut(COL_BLOCK)
+            .zip(dbeta.chunks_mut(COL_BLOCK));
         for (i, (dg, db)) in blocks.enumerate() {
             block(i * COL_BLOCK, dg, db);
         }

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 const LEAF: usize = 1 << 14;
 
 /// Columns per accumulator block when the last axis is kept.
-const BLOCK: usize = 256;
+const BLOCK: usize = 1024;
 
 /// How values fold: the accumulator, its identity and its two steps.
 trait Fold: Copy + Send + Sync {
@@ -186,9 +186,19 @@ impl Plan {
     }
 }
 
-pub fn reduce(op: ReduceOp, x: &[f32], shape: &[usize], axes: &[bool], y: &mut [f32]) -> Result<()> {
+pub fn reduce(
+    op: ReduceOp,
+    x: &[f32],
+    shape: &[usize],
+    axes: &[bool],
+    y: &mut [f32],
+) -> Result<()> {
     if axes.len() != shape.len() {
-        return Err(Error::Invalid(format!("reduce: {} axis flags for rank {}", axes.len(), shape.len())));
+        return Err(Error::Invalid(format!(
+            "reduce: {} axis flags for rank {}",
+            axes.len(),
+            shape.len()
+        )));
     }
     let numel = check_shape("reduce", shape)?;
     if x.len() != numel {
@@ -198,7 +208,12 @@ pub fn reduce(op: ReduceOp, x: &[f32], shape: &[usize], axes: &[bool], y: &mut [
             found: x.len(),
         });
     }
-    let outputs: usize = shape.iter().zip(axes).filter(|(_, r)| !**r).map(|(n, _)| n).product();
+    let outputs: usize = shape
+        .iter()
+        .zip(axes)
+        .filter(|(_, r)| !**r)
+        .map(|(n, _)| n)
+        .product();
     if y.len() != outputs {
         return Err(Error::Length {
             what: "reduce y",
@@ -212,7 +227,9 @@ pub fn reduce(op: ReduceOp, x: &[f32], shape: &[usize], axes: &[bool], y: &mut [
     let count = numel / outputs;
     if count == 0 {
         if op == ReduceOp::Max {
-            return Err(Error::Invalid(format!("reduce: max over an empty axis of shape {shape:?}")));
+            return Err(Error::Invalid(format!(
+                "reduce: max over an empty axis of shape {shape:?}"
+            )));
         }
         // The reference's 0 / 0 for a mean.
         y.fill(if op == ReduceOp::Sum { 0.0 } else { f32::NAN });
@@ -221,37 +238,70 @@ pub fn reduce(op: ReduceOp, x: &[f32], shape: &[usize], axes: &[bool], y: &mut [
     let p = Plan::new(shape, axes);
     let par = numel >= PARALLEL_THRESHOLD;
     match op {
-        ReduceOp::Sum => run(Sum, &p, x, y, par, |s| s as f32),
-        ReduceOp::Mean => run(Sum, &p, x, y, par, |s| (s / count as f64) as f32),
-        ReduceOp::Max => run(Max, &p, x, y, par, |m| m),
+        ReduceOp::Sum => run::<Sum>(&p, x, y, par, |s| s as f32),
+        ReduceOp::Mean => run::<Sum>(&p, x, y, par, |s| (s / count as f64) as f32),
+        ReduceOp::Max => run::<Max>(&p, x, y, par, |m| m),
     }
     Ok(())
 }
 
-fn run<F: Fold>(f: F, p: &Plan, x: &[f32], y: &mut [f32], par: bool, finish: impl Fn(F::Acc) -> f32 + Sync) {
+fn run<F: Fold>(
+    p: &Plan,
+    x: &[f32],
+    y: &mut [f32],
+    par: bool,
+    finish: impl Fn(F::Acc) -> f32 + Sync,
+) {
     if p.last_reduced {
         let work = p.reduced.count() * p.last;
-        let one = |o: usize| finish(fold_rows(f, p, x, p.kept.offset(o), 0, p.reduced.count(), par));
+        let one = |o: usize| {
+            finish(fold_rows::<F>(
+                p,
+                x,
+                p.kept.offset(o),
+                0,
+                p.reduced.count(),
+                par,
+            ))
+        };
         if par {
             let chunk = LEAF.div_ceil(work).max(1);
             y.par_chunks_mut(chunk).enumerate().for_each(|(i, ys)| {
-                ys.iter_mut().enumerate().for_each(|(k, o)| *o = one(i * chunk + k));
+                ys.iter_mut()
+                    .enumerate()
+                    .for_each(|(k, o)| *o = one(i * chunk + k));
             });
         } else {
             y.iter_mut().enumerate().for_each(|(o, v)| *v = one(o));
         }
     } else {
         let block = |o: usize, b: usize, ys: &mut [f32]| {
-            let acc = fold_columns(f, p, x, p.kept.offset(o) + b * BLOCK, ys.len(), 0, p.reduced.count(), par);
-            ys.iter_mut().zip(&acc).for_each(|(v, &a)| *v = finish(a));
+            let mut acc = [F::ZERO; BLOCK];
+            let acc = &mut acc[..ys.len()];
+            fold_columns::<F>(
+                p,
+                x,
+                p.kept.offset(o) + b * BLOCK,
+                acc,
+                0,
+                p.reduced.count(),
+                par,
+            );
+            ys.iter_mut()
+                .zip(acc.iter())
+                .for_each(|(v, &a)| *v = finish(a));
         };
         if par {
             y.par_chunks_mut(p.last).enumerate().for_each(|(o, row)| {
-                row.par_chunks_mut(BLOCK).enumerate().for_each(|(b, ys)| block(o, b, ys));
+                row.par_chunks_mut(BLOCK)
+                    .enumerate()
+                    .for_each(|(b, ys)| block(o, b, ys));
             });
         } else {
             for (o, row) in y.chunks_mut(p.last).enumerate() {
-                row.chunks_mut(BLOCK).enumerate().for_each(|(b, ys)| block(o, b, ys));
+                row.chunks_mut(BLOCK)
+                    .enumerate()
+                    .for_each(|(b, ys)| block(o, b, ys));
             }
         }
     }
@@ -259,28 +309,34 @@ fn run<F: Fold>(f: F, p: &Plan, x: &[f32], y: &mut [f32], par: bool, finish: imp
 
 /// Folds the contiguous rows (of the last axis) at reduced positions
 /// `a..b` from `base`: a fixed tree, its halves on two threads when `par`.
-fn fold_rows<F: Fold>(f: F, p: &Plan, x: &[f32], base: usize, a: usize, b: usize, par: bool) -> F::Acc {
+fn fold_rows<F: Fold>(p: &Plan, x: &[f32], base: usize, a: usize, b: usize, par: bool) -> F::Acc {
     if b - a == 1 {
         let start = base + p.reduced.offset(a);
-        return fold_run(f, &x[start..start + p.last], par);
+        return fold_run::<F>(&x[start..start + p.last], par);
     }
     if (b - a) * p.last <= LEAF {
         let mut acc = F::ZERO;
-        p.reduced.each(a, b, |off| acc = F::merge(acc, fold_leaf::<F>(&x[base + off..base + off + p.last])));
+        p.reduced.each(a, b, |off| {
+            acc = F::merge(acc, fold_leaf::<F>(&x[base + off..base + off + p.last]))
+        });
         return acc;
     }
     let mid = a + (b - a) / 2;
-    let (l, r) = join(par, || fold_rows(f, p, x, base, a, mid, par), || fold_rows(f, p, x, base, mid, b, par));
+    let (l, r) = join(
+        par,
+        || fold_rows::<F>(p, x, base, a, mid, par),
+        || fold_rows::<F>(p, x, base, mid, b, par),
+    );
     F::merge(l, r)
 }
 
 /// Folds one contiguous run: a fixed tree of `LEAF`-sized leaves.
-fn fold_run<F: Fold>(f: F, x: &[f32], par: bool) -> F::Acc {
+fn fold_run<F: Fold>(x: &[f32], par: bool) -> F::Acc {
     if x.len() <= LEAF {
         return fold_leaf::<F>(x);
     }
     let (l, r) = x.split_at((x.len() / 2).next_multiple_of(LEAF));
-    let (l, r) = join(par, || fold_run(f, l, par), || fold_run(f, r, par));
+    let (l, r) = join(par, || fold_run::<F>(l, par), || fold_run::<F>(r, par));
     F::merge(l, r)
 }
 
@@ -298,32 +354,68 @@ fn fold_leaf<F: Fold>(x: &[f32]) -> F::Acc {
         lanes[k] = F::add(lanes[k], v);
     }
     let m = F::merge;
-    m(m(m(lanes[0], lanes[1]), m(lanes[2], lanes[3])), m(m(lanes[4], lanes[5]), m(lanes[6], lanes[7])))
+    m(
+        m(m(lanes[0], lanes[1]), m(lanes[2], lanes[3])),
+        m(m(lanes[4], lanes[5]), m(lanes[6], lanes[7])),
+    )
 }
 
 /// Adds the `w` columns at `base` of the rows at reduced positions `a..b`
-/// into one block of accumulators: a fixed tree over the rows.
+/// into `acc` (`w` long, zeroed): a fixed tree over the rows.
 #[allow(clippy::too_many_arguments)]
-fn fold_columns<F: Fold>(f: F, p: &Plan, x: &[f32], base: usize, w: usize, a: usize, b: usize, par: bool) -> [F::Acc; BLOCK] {
-    let mut acc = [F::ZERO; BLOCK];
+fn fold_columns<F: Fold>(
+    p: &Plan,
+    x: &[f32],
+    base: usize,
+    acc: &mut [F::Acc],
+    a: usize,
+    b: usize,
+    par: bool,
+) {
+    let w = acc.len();
     if b - a == 1 || (b - a) * w <= LEAF {
-        let acc_w = &mut acc[..w];
+        // Rows go in fours, so each accumulator is loaded and stored once
+        // per four additions (made in the same order as one by one).
+        let mut offs = [0usize; 4];
+        let mut k = 0;
         p.reduced.each(a, b, |off| {
-            let row = &x[base + off..base + off + w];
-            acc_w.iter_mut().zip(row).for_each(|(s, &v)| *s = F::add(*s, v));
+            offs[k] = off;
+            k += 1;
+            if k == 4 {
+                k = 0;
+                let [r0, r1, r2, r3] = offs.map(|o| &x[base + o..base + o + w]);
+                for (j, s) in acc.iter_mut().enumerate() {
+                    *s = F::add(F::add(F::add(F::add(*s, r0[j]), r1[j]), r2[j]), r3[j]);
+                }
+            }
         });
-        return acc;
+        for &o in &offs[..k] {
+            let row = &x[base + o..base + o + w];
+            acc.iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s = F::add(*s, v));
+        }
+        return;
     }
     let mid = a + (b - a) / 2;
-    let (l, r) = join(par, || fold_columns(f, p, x, base, w, a, mid, par), || fold_columns(f, p, x, base, w, mid, b, par));
-    for ((s, &l), &r) in acc[..w].iter_mut().zip(&l[..w]).zip(&r[..w]) {
-        *s = F::merge(l, r);
-    }
-    acc
+    let mut right = [F::ZERO; BLOCK];
+    let right = &mut right[..w];
+    join(
+        par,
+        || fold_columns::<F>(p, x, base, acc, a, mid, par),
+        || fold_columns::<F>(p, x, base, right, mid, b, par),
+    );
+    acc.iter_mut()
+        .zip(right.iter())
+        .for_each(|(s, &r)| *s = F::merge(*s, r));
 }
 
 /// Both closures, on two threads when `par`; the same results either way.
-fn join<A: Send, B: Send>(par: bool, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+fn join<A: Send, B: Send>(
+    par: bool,
+    a: impl FnOnce() -> A + Send,
+    b: impl FnOnce() -> B + Send,
+) -> (A, B) {
     if par { rayon::join(a, b) } else { (a(), b()) }
 }
 

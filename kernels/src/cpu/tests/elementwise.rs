@@ -8,11 +8,16 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
     fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-        (0..n).map(|_| (lo + (hi - lo) * self.next()) as f32).collect()
+        (0..n)
+            .map(|_| (lo + (hi - lo) * self.next()) as f32)
+            .collect()
     }
 }
 
@@ -62,7 +67,11 @@ fn erfc_cf(a: f64) -> f64 {
 /// `Phi(x)`, accurate for negative `x`.
 fn cdf64(x: f64) -> f64 {
     let z = x / std::f64::consts::SQRT_2;
-    if z < -3.0 { 0.5 * erfc_cf(-z) } else { 0.5 * (1.0 + erf64(z)) }
+    if z < -3.0 {
+        0.5 * erfc_cf(-z)
+    } else {
+        0.5 * (1.0 + erf64(z))
+    }
 }
 
 fn gelu64(x: f64, tanh: bool) -> f64 {
@@ -125,7 +134,11 @@ fn erf_matches_the_reference_to_a_few_ulp() {
     let mut x = -8.0f32;
     while x < 8.0 {
         let want = erf64(f64::from(x));
-        assert!(close(erf_f32(x), want, 1e-30, 4e-7), "erf({x}) = {}, want {want}", erf_f32(x));
+        assert!(
+            close(erf_f32(x), want, 1e-30, 4e-7),
+            "erf({x}) = {}, want {want}",
+            erf_f32(x)
+        );
         x += 0.000_73;
     }
     assert_eq!(erf_f32(0.0), 0.0);
@@ -141,9 +154,16 @@ fn normal_cdf_keeps_relative_accuracy_in_the_left_tail() {
     while x < 6.0 {
         let (cdf, pdf) = normal_cdf_pdf(x);
         let xd = f64::from(x);
-        assert!(close(cdf, cdf64(xd), 1e-37, 2e-6), "cdf({x}) = {cdf}, want {}", cdf64(xd));
+        assert!(
+            close(cdf, cdf64(xd), 1e-37, 2e-6),
+            "cdf({x}) = {cdf}, want {}",
+            cdf64(xd)
+        );
         let want_pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
-        assert!(close(pdf, want_pdf, 1e-37, 1e-6), "pdf({x}) = {pdf}, want {want_pdf}");
+        assert!(
+            close(pdf, want_pdf, 1e-37, 1e-6),
+            "pdf({x}) = {pdf}, want {want_pdf}"
+        );
         x += 0.001_3;
     }
 }
@@ -201,7 +221,11 @@ fn unary_ops_match_the_reference() {
             let want: Vec<f64> = x.iter().map(|&v| unary_ref(op, f64::from(v))).collect();
             // In GELU-tanh's left tail, rounding `u` in f32 costs 2|u| ulp
             // relative (PyTorch's 0.5 x (1 + tanh u) loses far more).
-            let (atol, rtol) = if op == UnaryOp::GeluTanh { (1e-12, 2e-6) } else { (1e-37, 6e-7) };
+            let (atol, rtol) = if op == UnaryOp::GeluTanh {
+                (1e-12, 2e-6)
+            } else {
+                (1e-37, 6e-7)
+            };
             assert_close(&format!("{op:?} n={n}"), &y, &want, atol, rtol);
         }
     }
@@ -209,7 +233,14 @@ fn unary_ops_match_the_reference() {
 
 #[test]
 fn unary_propagates_nan() {
-    for op in [UnaryOp::Exp, UnaryOp::Sigmoid, UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Erf, UnaryOp::Tanh] {
+    for op in [
+        UnaryOp::Exp,
+        UnaryOp::Sigmoid,
+        UnaryOp::GeluTanh,
+        UnaryOp::GeluErf,
+        UnaryOp::Erf,
+        UnaryOp::Tanh,
+    ] {
         let mut y = [0.0];
         unary(op, &[f32::NAN], &mut y);
         assert!(y[0].is_nan(), "{op:?}");
@@ -225,7 +256,11 @@ fn gelu_grad_matches_the_reference() {
         for tanh in [true, false] {
             let mut dx = vec![0.0; n];
             gelu_grad(tanh, &x, &dy, &mut dx);
-            let want: Vec<f64> = x.iter().zip(&dy).map(|(&x, &g)| f64::from(g) * gelu_prime64(f64::from(x), tanh)).collect();
+            let want: Vec<f64> = x
+                .iter()
+                .zip(&dy)
+                .map(|(&x, &g)| f64::from(g) * gelu_prime64(f64::from(x), tanh))
+                .collect();
             assert_close(&format!("gelu_grad tanh={tanh}"), &dx, &want, 1e-6, 1e-5);
         }
     }
@@ -244,7 +279,15 @@ fn contiguous(shape: &[usize]) -> Vec<usize> {
 fn bstrides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let c = contiguous(shape);
     let pad = out.len() - shape.len();
-    (0..out.len()).map(|d| if d < pad || shape[d - pad] == 1 { 0 } else { c[d - pad] }).collect()
+    (0..out.len())
+        .map(|d| {
+            if d < pad || shape[d - pad] == 1 {
+                0
+            } else {
+                c[d - pad]
+            }
+        })
+        .collect()
 }
 
 /// The element offsets of `strides` over `shape`, in row-major order.
@@ -300,10 +343,20 @@ fn binary_broadcasts_like_the_reference() {
         let b = r.vec(nb, -2.0, 2.0);
         let (sa, sb) = (bstrides(a_shape, out_shape), bstrides(b_shape, out_shape));
         let (oa, ob) = (offsets(out_shape, &sa), offsets(out_shape, &sb));
-        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow] {
+        for op in [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Pow,
+        ] {
             let mut out = vec![f32::NAN; oa.len()];
             binary(op, &a, &sa, &b, &sb, &mut out, out_shape).unwrap();
-            let want: Vec<f64> = oa.iter().zip(&ob).map(|(&i, &j)| binary_ref(op, f64::from(a[i]), f64::from(b[j]))).collect();
+            let want: Vec<f64> = oa
+                .iter()
+                .zip(&ob)
+                .map(|(&i, &j)| binary_ref(op, f64::from(a[i]), f64::from(b[j])))
+                .collect();
             assert_close(&format!("{op:?} {out_shape:?}"), &out, &want, 1e-30, 4e-7);
         }
     }
@@ -343,12 +396,67 @@ fn strided_kernels_reject_bad_layouts() {
     // Wrong stride count, a stride past the end, a short output, rank 9.
     assert!(binary(BinaryOp::Add, &a, &[3], &b, &[3, 1], &mut out, &[2, 3]).is_err());
     assert!(binary(BinaryOp::Add, &a, &[3, 2], &b, &[3, 1], &mut out, &[2, 3]).is_err());
-    assert!(binary(BinaryOp::Add, &a, &[3, 1], &b, &[3, 1], &mut out[..5], &[2, 3]).is_err());
-    assert!(binary(BinaryOp::Add, &a, &[1; 9], &b, &[1; 9], &mut out[..1], &[1; 9]).is_err());
-    assert!(binary(BinaryOp::Add, &a, &[usize::MAX, 1], &b, &[3, 1], &mut out, &[2, 3]).is_err());
-    assert!(binary(BinaryOp::Add, &a, &[0, 0], &b, &[0, 0], &mut out, &[usize::MAX, 3]).is_err());
+    assert!(
+        binary(
+            BinaryOp::Add,
+            &a,
+            &[3, 1],
+            &b,
+            &[3, 1],
+            &mut out[..5],
+            &[2, 3]
+        )
+        .is_err()
+    );
+    assert!(
+        binary(
+            BinaryOp::Add,
+            &a,
+            &[1; 9],
+            &b,
+            &[1; 9],
+            &mut out[..1],
+            &[1; 9]
+        )
+        .is_err()
+    );
+    assert!(
+        binary(
+            BinaryOp::Add,
+            &a,
+            &[usize::MAX, 1],
+            &b,
+            &[3, 1],
+            &mut out,
+            &[2, 3]
+        )
+        .is_err()
+    );
+    assert!(
+        binary(
+            BinaryOp::Add,
+            &a,
+            &[0, 0],
+            &b,
+            &[0, 0],
+            &mut out,
+            &[usize::MAX, 3]
+        )
+        .is_err()
+    );
     let mut bytes = vec![0u8; 6];
-    assert!(compare(CompareOp::Equal, &a, &[3, 1], &b[..5], &[3, 1], &mut bytes, &[2, 3]).is_err());
+    assert!(
+        compare(
+            CompareOp::Equal,
+            &a,
+            &[3, 1],
+            &b[..5],
+            &[3, 1],
+            &mut bytes,
+            &[2, 3]
+        )
+        .is_err()
+    );
     let cond = vec![1u8; 6];
     assert!(select(&cond, &[3, 1], &a, &[3, 1], &b, &[4, 1], &mut out, &[2, 3]).is_err());
     // Empty shapes are fine whatever the strides.
@@ -370,7 +478,13 @@ fn compare_writes_bytes_for_floats_and_ints() {
             let want: Vec<u8> = oa
                 .iter()
                 .zip(&ob)
-                .map(|(&i, &j)| u8::from(if op == CompareOp::Equal { a[i] == b[j] } else { a[i] > b[j] }))
+                .map(|(&i, &j)| {
+                    u8::from(if op == CompareOp::Equal {
+                        a[i] == b[j]
+                    } else {
+                        a[i] > b[j]
+                    })
+                })
                 .collect();
             let mut out = vec![7u8; oa.len()];
             compare(op, &a, &sa, &b, &sb, &mut out, out_shape).unwrap();
@@ -381,14 +495,24 @@ fn compare_writes_bytes_for_floats_and_ints() {
         }
     }
     let mut out = [9u8; 2];
-    compare(CompareOp::Equal, &[f32::NAN, 1.0], &[1], &[f32::NAN], &[0], &mut out, &[2]).unwrap();
+    compare(
+        CompareOp::Equal,
+        &[f32::NAN, 1.0],
+        &[1],
+        &[f32::NAN],
+        &[0],
+        &mut out,
+        &[2],
+    )
+    .unwrap();
     assert_eq!(out, [0, 0]);
 }
 
 #[test]
 fn select_broadcasts_all_three_inputs() {
     let mut r = Lcg(4);
-    let cases: &[(&[usize], &[usize], &[usize], &[usize])] = &[
+    type Case<'a> = (&'a [usize], &'a [usize], &'a [usize], &'a [usize]);
+    let cases: &[Case] = &[
         (&[9], &[9], &[9], &[9]),
         (&[9], &[9], &[9], &[]),
         (&[9], &[9], &[], &[9]),
@@ -401,8 +525,16 @@ fn select_broadcasts_all_three_inputs() {
         let n = |s: &[usize]| s.iter().product::<usize>();
         let cond: Vec<u8> = r.vec(n(cs), 0.0, 3.0).iter().map(|&v| v as u8).collect();
         let (a, b) = (r.vec(n(as_), -1.0, 1.0), r.vec(n(bs), -1.0, 1.0));
-        let (sc, sa, sb) = (bstrides(cs, shape), bstrides(as_, shape), bstrides(bs, shape));
-        let (oc, oa, ob) = (offsets(shape, &sc), offsets(shape, &sa), offsets(shape, &sb));
+        let (sc, sa, sb) = (
+            bstrides(cs, shape),
+            bstrides(as_, shape),
+            bstrides(bs, shape),
+        );
+        let (oc, oa, ob) = (
+            offsets(shape, &sc),
+            offsets(shape, &sa),
+            offsets(shape, &sb),
+        );
         let mut out = vec![f32::NAN; oc.len()];
         select(&cond, &sc, &a, &sa, &b, &sb, &mut out, shape).unwrap();
         for i in 0..oc.len() {
@@ -414,13 +546,45 @@ fn select_broadcasts_all_three_inputs() {
 
 #[test]
 fn casts_truncate_saturate_and_test_nonzero() {
-    let f = [0.0f32, -0.0, 1.9, -1.9, 2.5, -2.5, 3e9, -3e9, 1e20, f32::NAN, f32::INFINITY, 0.5];
+    let f = [
+        0.0f32,
+        -0.0,
+        1.9,
+        -1.9,
+        2.5,
+        -2.5,
+        3e9,
+        -3e9,
+        1e20,
+        f32::NAN,
+        f32::INFINITY,
+        0.5,
+    ];
     let mut i32s = [0i32; 12];
     cast(&f, &mut i32s);
-    assert_eq!(i32s, [0, 0, 1, -1, 2, -2, i32::MAX, i32::MIN, i32::MAX, 0, i32::MAX, 0]);
+    assert_eq!(
+        i32s,
+        [
+            0,
+            0,
+            1,
+            -1,
+            2,
+            -2,
+            i32::MAX,
+            i32::MIN,
+            i32::MAX,
+            0,
+            i32::MAX,
+            0
+        ]
+    );
     let mut i64s = [0i64; 12];
     cast(&f, &mut i64s);
-    assert_eq!(i64s[..8], [0, 0, 1, -1, 2, -2, 3_000_000_000, -3_000_000_000]);
+    assert_eq!(
+        i64s[..8],
+        [0, 0, 1, -1, 2, -2, 3_000_000_000, -3_000_000_000]
+    );
     assert_eq!(i64s[8..], [i64::MAX, 0, i64::MAX, 0]);
     let mut bools = [9u8; 12];
     cast(&f, &mut bools);
@@ -481,7 +645,11 @@ fn dropout_keeps_the_reference_mask() {
             let scale = 1.0 / (1.0 - f64::from(p));
             for (e, (&got, &v)) in y.iter().zip(&x).enumerate() {
                 let keep = stream.uniform(e as u64) >= f64::from(p);
-                let want = if keep { (f64::from(v) * scale) as f32 } else { 0.0 };
+                let want = if keep {
+                    (f64::from(v) * scale) as f32
+                } else {
+                    0.0
+                };
                 assert_eq!(got, want, "n={n} p={p} at {e}");
             }
         }
@@ -499,7 +667,11 @@ fn causal_mask_fills_above_the_diagonal() {
         let mut y = vec![0.0; x.len()];
         causal_mask(&x, &mut y, t, f32::NEG_INFINITY);
         for (e, (&got, &v)) in y.iter().zip(&x).enumerate() {
-            let want = if e % t > (e / t) % t { f32::NEG_INFINITY } else { v };
+            let want = if e % t > (e / t) % t {
+                f32::NEG_INFINITY
+            } else {
+                v
+            };
             assert_eq!(got, want, "batch={batch} t={t} at {e}");
         }
     }
@@ -523,41 +695,99 @@ fn bench() {
             f();
         }
         let s = t.elapsed().as_secs_f64() / 10.0;
-        println!("{name:>14}: {:7.3} ms, {:6.2} Gelem/s", s * 1e3, n as f64 / s / 1e9);
+        println!(
+            "{name:>14}: {:7.3} ms, {:6.2} Gelem/s",
+            s * 1e3,
+            n as f64 / s / 1e9
+        );
     };
-    for op in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Relu] {
+    for op in [
+        UnaryOp::Exp,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::GeluTanh,
+        UnaryOp::GeluErf,
+        UnaryOp::Relu,
+    ] {
         time(&format!("{op:?}"), &mut || unary(op, &x, &mut y));
     }
     let dy = x.clone();
     time("gelu_grad erf", &mut || gelu_grad(false, &x, &dy, &mut y));
-    time("add", &mut || binary(BinaryOp::Add, &x, &[1], &dy, &[1], &mut y, &[n]).unwrap());
-    time("bias add", &mut || binary(BinaryOp::Add, &x, &[1024, 1], &bias, &[0, 1], &mut y, &[n / 1024, 1024]).unwrap());
-    time("scalar mul", &mut || binary(BinaryOp::Mul, &x, &[1], &[0.5], &[0], &mut y, &[n]).unwrap());
-    time("dropout", &mut || dropout(&x, &mut y, 0.1, RngKey { seed: 1, step: 2, rank: 0, site: 3 }));
+    time("add", &mut || {
+        binary(BinaryOp::Add, &x, &[1], &dy, &[1], &mut y, &[n]).unwrap()
+    });
+    time("bias add", &mut || {
+        binary(
+            BinaryOp::Add,
+            &x,
+            &[1024, 1],
+            &bias,
+            &[0, 1],
+            &mut y,
+            &[n / 1024, 1024],
+        )
+        .unwrap()
+    });
+    time("scalar mul", &mut || {
+        binary(BinaryOp::Mul, &x, &[1], &[0.5], &[0], &mut y, &[n]).unwrap()
+    });
+    time("dropout", &mut || {
+        dropout(
+            &x,
+            &mut y,
+            0.1,
+            RngKey {
+                seed: 1,
+                step: 2,
+                rank: 0,
+                site: 3,
+            },
+        )
+    });
 }
 
 #[test]
-#[ignore]
-fn bench_small() {
-    let n = 1 << 13;
-    let mut r = Lcg(1);
-    let x = r.vec(n, -4.0, 4.0);
-    let mut y = vec![0.0; n];
-    let time = |name: &str, f: &mut dyn FnMut()| {
-        f();
-        let t = std::time::Instant::now();
-        for _ in 0..1000 {
-            f();
-        }
-        let s = t.elapsed().as_secs_f64() / 1000.0;
-        println!("{name:>14}: {:6.2} ns/elem", s / n as f64 * 1e9);
-    };
-    for op in [UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Relu, UnaryOp::Log] {
-        time(&format!("{op:?}"), &mut || unary(op, &x, &mut y));
+fn the_avx2_build_gives_the_same_bits() {
+    // `map_loop` called from here is the baseline build; the leaves pick
+    // AVX2 where the CPU has it.
+    let mut r = Lcg(12);
+    let x = r.vec(4099, -20.0, 20.0);
+    type Named = (&'static str, fn(f32) -> f32);
+    let fns: [Named; 7] = [
+        ("exp", exp_f32),
+        ("tanh", tanh_f32),
+        ("sigmoid", sigmoid),
+        ("gelu_tanh", gelu_tanh),
+        ("gelu_erf", gelu_erf),
+        ("gelu_erf_prime", gelu_erf_prime),
+        ("gelu_tanh_prime", gelu_tanh_prime),
+    ];
+    for (name, f) in fns {
+        let (mut base, mut leaf) = (vec![0.0f32; x.len()], vec![0.0f32; x.len()]);
+        map_loop(&x, &mut base, &f);
+        map_leaf(&x, &mut leaf, &f);
+        let same = base
+            .iter()
+            .zip(&leaf)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{name}");
+        zip_leaf(&x, &x, &mut leaf, &|u, v| v * f(u));
+        zip_loop(&x, &x, &mut base, &|u, v| v * f(u));
+        assert!(
+            base.iter()
+                .zip(&leaf)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name} zip"
+        );
     }
-    time("dropout", &mut || dropout(&x, &mut y, 0.1, RngKey { seed: 1, step: 2, rank: 0, site: 3 }));
-    let s = Stream { seed: 1, step: 2, rank: 0, site: 3 };
-    let mut acc = 0u32;
-    time("philox", &mut || for e in 0..n { acc = acc.wrapping_add(s.bits(e as u64)) });
-    println!("{acc}");
+    let mut base = vec![0.0f32; x.len()];
+    map_loop(&x, &mut base, &erf_f32);
+    let mut leaf = vec![0.0f32; x.len()];
+    map_leaf(&x, &mut leaf, &erf_f32);
+    assert!(
+        base.iter()
+            .zip(&leaf)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "erf"
+    );
 }

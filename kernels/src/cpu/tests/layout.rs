@@ -34,7 +34,10 @@ fn check(src_len: usize, ss: &[usize], dst_len: usize, ds: &[usize], shape: &[us
     let mut want = vec![-1.0f32; dst_len];
     copy_strided(&src, ss, &mut got, ds, shape).unwrap();
     naive(&src, ss, &mut want, ds, shape);
-    assert!(got == want, "shape {shape:?} src strides {ss:?} dst strides {ds:?}");
+    assert!(
+        got == want,
+        "shape {shape:?} src strides {ss:?} dst strides {ds:?}"
+    );
     // Other element types take the same paths.
     let src8: Vec<u8> = (0..src_len).map(|i| i as u8).collect();
     let mut got8 = vec![7u8; dst_len];
@@ -65,10 +68,28 @@ fn contiguous_copies_in_one_run() {
 
 #[test]
 fn transposes_match_at_every_size() {
-    for (m, n) in [(1, 1), (2, 3), (4, 4), (5, 7), (31, 33), (32, 32), (64, 3), (3, 64), (100, 37), (257, 300), (1024, 129)] {
+    for (m, n) in [
+        (1, 1),
+        (2, 3),
+        (4, 4),
+        (5, 7),
+        (31, 33),
+        (32, 32),
+        (64, 3),
+        (3, 64),
+        (100, 37),
+        (257, 300),
+        (1024, 129),
+    ] {
         check_permute(&[m, n], &[1, 0]);
     }
-    for perm in [[0, 2, 1, 3], [0, 2, 3, 1], [3, 2, 1, 0], [1, 0, 2, 3], [0, 1, 3, 2]] {
+    for perm in [
+        [0, 2, 1, 3],
+        [0, 2, 3, 1],
+        [3, 2, 1, 0],
+        [1, 0, 2, 3],
+        [0, 1, 3, 2],
+    ] {
         check_permute(&[2, 9, 4, 8], &perm);
         check_permute(&[3, 67, 5, 40], &perm);
     }
@@ -84,7 +105,13 @@ fn broadcasts_slices_concats_and_pads() {
     check(5, &[1, 0], 35, &[7, 1], &[5, 7]);
     check(1, &[0, 0, 0], 60, &[20, 5, 1], &[3, 4, 5]);
     check(300, &[0, 1], 300 * 300, &[300, 1], &[300, 300]);
-    check(1, &[0], PARALLEL_THRESHOLD + 1, &[1], &[PARALLEL_THRESHOLD + 1]);
+    check(
+        1,
+        &[0],
+        PARALLEL_THRESHOLD + 1,
+        &[1],
+        &[PARALLEL_THRESHOLD + 1],
+    );
     // A [3, 4] window at (1, 2) of a [6, 9] source.
     check(54, &[9, 1], 12, &[4, 1], &[3, 4]);
     check(54 - 11, &[9, 1], 12, &[4, 1], &[3, 4]);
@@ -94,9 +121,21 @@ fn broadcasts_slices_concats_and_pads() {
     // A strided destination: every other element, and a transposed one.
     check(10, &[1], 20, &[2], &[10]);
     check(12, &[4, 1], 24, &[2, 6], &[3, 4]);
-    check(PARALLEL_THRESHOLD * 2, &[1], PARALLEL_THRESHOLD * 6, &[3], &[PARALLEL_THRESHOLD * 2]);
+    check(
+        PARALLEL_THRESHOLD * 2,
+        &[1],
+        PARALLEL_THRESHOLD * 6,
+        &[3],
+        &[PARALLEL_THRESHOLD * 2],
+    );
     // Size-1 axes anywhere.
-    check(12, &[0, 4, 99, 1, 0], 12, &[12, 4, 0, 1, 7], &[1, 3, 1, 4, 1]);
+    check(
+        12,
+        &[0, 4, 99, 1, 0],
+        12,
+        &[12, 4, 0, 1, 7],
+        &[1, 3, 1, 4, 1],
+    );
 }
 
 #[test]
@@ -140,23 +179,51 @@ fn bench() {
             f();
         }
         let s = t.elapsed().as_secs_f64() / 10.0;
-        println!("{name:>24}: {:7.3} ms, {:6.2} GB/s (read + write)", s * 1e3, 8.0 * n as f64 / s / 1e9);
+        println!(
+            "{name:>24}: {:7.3} ms, {:6.2} GB/s (read + write)",
+            s * 1e3,
+            8.0 * n as f64 / s / 1e9
+        );
     };
     let n = 1 << 22;
     let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
     let mut dst = vec![0.0f32; n];
-    time("contiguous", n, &mut || copy_strided(&src, &[1], &mut dst, &[1], &[n]).unwrap());
-    time("transpose 2048x2048", n, &mut || copy_strided(&src, &[1, 2048], &mut dst, &[2048, 1], &[2048, 2048]).unwrap());
+    time("contiguous", n, &mut || {
+        copy_strided(&src, &[1], &mut dst, &[1], &[n]).unwrap()
+    });
+    time("transpose 2048x2048", n, &mut || {
+        copy_strided(&src, &[1, 2048], &mut dst, &[2048, 1], &[2048, 2048]).unwrap()
+    });
     let (b, t, h, d) = (8, 512, 16, 64);
     let ss = [t * h * d, d, h * d, 1];
-    time("[B,T,H,D] -> [B,H,T,D]", n, &mut || copy_strided(&src, &ss, &mut dst, &[h * t * d, t * d, d, 1], &[b, h, t, d]).unwrap());
+    time("[B,T,H,D] -> [B,H,T,D]", n, &mut || {
+        copy_strided(
+            &src,
+            &ss,
+            &mut dst,
+            &[h * t * d, t * d, d, 1],
+            &[b, h, t, d],
+        )
+        .unwrap()
+    });
     let ss = [t * h * d, d, 1, h * d];
-    time("[B,T,H,D] -> [B,H,D,T]", n, &mut || copy_strided(&src, &ss, &mut dst, &[h * t * d, t * d, t, 1], &[b, h, d, t]).unwrap());
+    time("[B,T,H,D] -> [B,H,D,T]", n, &mut || {
+        copy_strided(
+            &src,
+            &ss,
+            &mut dst,
+            &[h * t * d, t * d, t, 1],
+            &[b, h, d, t],
+        )
+        .unwrap()
+    });
     let (src2, mut dst2) = (&src[..1 << 18], vec![0.0f32; 1 << 18]);
     time("transpose 512x512 x16", n, &mut || {
         for _ in 0..16 {
             copy_strided(src2, &[1, 512], &mut dst2, &[512, 1], &[512, 512]).unwrap();
         }
     });
-    time("broadcast row", n, &mut || copy_strided(&src, &[0, 1], &mut dst, &[1024, 1], &[n / 1024, 1024]).unwrap());
+    time("broadcast row", n, &mut || {
+        copy_strided(&src, &[0, 1], &mut dst, &[1024, 1], &[n / 1024, 1024]).unwrap()
+    });
 }

@@ -8,7 +8,10 @@ impl Lcg {
     fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                self.0 = self
+                    .0
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 (lo + (hi - lo) * ((self.0 >> 11) as f64 / (1u64 << 53) as f64)) as f32
             })
             .collect()
@@ -17,10 +20,18 @@ impl Lcg {
 
 /// The reference: every element added (or maxed) into its output in f64.
 fn naive(op: ReduceOp, x: &[f32], shape: &[usize], axes: &[bool]) -> Vec<f64> {
-    let keep: Vec<usize> = shape.iter().zip(axes).map(|(&n, &r)| if r { 1 } else { n }).collect();
+    let keep: Vec<usize> = shape
+        .iter()
+        .zip(axes)
+        .map(|(&n, &r)| if r { 1 } else { n })
+        .collect();
     let outputs: usize = keep.iter().product();
     let count = x.len().checked_div(outputs).unwrap_or(0);
-    let init = if op == ReduceOp::Max { f64::NEG_INFINITY } else { 0.0 };
+    let init = if op == ReduceOp::Max {
+        f64::NEG_INFINITY
+    } else {
+        0.0
+    };
     let mut acc = vec![init; outputs];
     for (mut f, &v) in x.iter().enumerate() {
         let (mut o, mut stride) = (0, 1);
@@ -50,7 +61,11 @@ fn check(op: ReduceOp, x: &[f32], shape: &[usize], axes: &[bool]) {
     let mut got = vec![f32::NAN; want.len()];
     reduce(op, x, shape, axes, &mut got).unwrap();
     for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-        let ok = if w.is_nan() { g.is_nan() } else { (f64::from(g) - w).abs() <= 1e-6 + 1e-6 * w.abs() };
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else {
+            (f64::from(g) - w).abs() <= 1e-6 + 1e-6 * w.abs()
+        };
         assert!(ok, "{op:?} {shape:?} {axes:?} at {i}: got {g}, want {w}");
     }
 }
@@ -70,16 +85,34 @@ fn check_all_subsets(r: &mut Lcg, shape: &[usize]) {
 #[test]
 fn every_axis_subset_matches_the_reference() {
     let mut r = Lcg(1);
-    for shape in [&[7][..], &[1], &[3, 5], &[1, 9], &[9, 1], &[2, 3, 4], &[4, 1, 3, 1, 5], &[3, 2, 2, 3, 2], &[17, 300], &[300, 17]] {
+    for shape in [
+        &[7][..],
+        &[1],
+        &[3, 5],
+        &[1, 9],
+        &[9, 1],
+        &[2, 3, 4],
+        &[4, 1, 3, 1, 5],
+        &[3, 2, 2, 3, 2],
+        &[17, 300],
+        &[300, 17],
+    ] {
         check_all_subsets(&mut r, shape);
     }
-    check(ReduceOp::Sum, &[2.5], &[], &[], );
+    check(ReduceOp::Sum, &[2.5], &[], &[]);
 }
 
 #[test]
 fn large_reductions_match_above_the_parallel_threshold() {
     let mut r = Lcg(2);
-    for shape in [&[1000, 300][..], &[300, 1000], &[PARALLEL_THRESHOLD * 5 + 3][..], &[3, 70_000], &[70_000, 3], &[8, 130, 70]] {
+    for shape in [
+        &[1000, 300][..],
+        &[300, 1000],
+        &[PARALLEL_THRESHOLD * 5 + 3][..],
+        &[3, 70_000],
+        &[70_000, 3],
+        &[8, 130, 70],
+    ] {
         check_all_subsets(&mut r, shape);
     }
 }
@@ -98,8 +131,8 @@ fn results_do_not_depend_on_threading() {
             a.truncate(1);
             b.truncate(1);
         }
-        run(Sum, &p, &x, &mut a, false, |s| s as f32);
-        run(Sum, &p, &x, &mut b, true, |s| s as f32);
+        run::<Sum>(&p, &x, &mut a, false, |s| s as f32);
+        run::<Sum>(&p, &x, &mut b, true, |s| s as f32);
         assert_eq!(a, b, "{axes:?}");
     }
 }
@@ -113,14 +146,23 @@ fn long_sums_keep_f64_accuracy() {
     reduce(ReduceOp::Sum, &x, &[1 << 20], &[true], &mut y).unwrap();
     assert_eq!(y[0], 16_777_216.0 + ((1 << 20) - 1) as f32);
     let mut cols = vec![0.0f32; 4];
-    let x: Vec<f32> = (0..4 << 18).map(|i| if i < 4 { 16_777_216.0 } else { 1.0 }).collect();
+    let x: Vec<f32> = (0..4 << 18)
+        .map(|i| if i < 4 { 16_777_216.0 } else { 1.0 })
+        .collect();
     reduce(ReduceOp::Sum, &x, &[1 << 18, 4], &[true, false], &mut cols).unwrap();
     assert_eq!(cols, vec![16_777_216.0 + ((1 << 18) - 1) as f32; 4]);
 }
 
 #[test]
 fn max_propagates_nan_and_handles_infinities() {
-    let x = [1.0, f32::NAN, 3.0, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY];
+    let x = [
+        1.0,
+        f32::NAN,
+        3.0,
+        f32::NEG_INFINITY,
+        f32::NEG_INFINITY,
+        f32::NEG_INFINITY,
+    ];
     let mut y = [0.0f32; 2];
     reduce(ReduceOp::Max, &x, &[2, 3], &[false, true], &mut y).unwrap();
     assert!(y[0].is_nan());
@@ -168,7 +210,7 @@ fn bad_arguments_are_errors() {
 fn bench() {
     let (m, n) = (4096, 1024);
     let x = Lcg(1).vec(m * n, -1.0, 1.0);
-    let mut y = vec![0.0f32; m.max(n)];
+    let mut y = vec![0.0f32; m * n];
     let time = |name: &str, f: &mut dyn FnMut()| {
         f();
         let t = std::time::Instant::now();
@@ -176,11 +218,32 @@ fn bench() {
             f();
         }
         let s = t.elapsed().as_secs_f64() / 10.0;
-        println!("{name:>18}: {:7.3} ms, {:6.2} Gelem/s", s * 1e3, (m * n) as f64 / s / 1e9);
+        println!(
+            "{name:>18}: {:7.3} ms, {:6.2} Gelem/s",
+            s * 1e3,
+            (m * n) as f64 / s / 1e9
+        );
     };
-    time("rows [M,N]->[M]", &mut || reduce(ReduceOp::Sum, &x, &[m, n], &[false, true], &mut y[..m]).unwrap());
-    time("cols [M,N]->[N]", &mut || reduce(ReduceOp::Sum, &x, &[m, n], &[true, false], &mut y[..n]).unwrap());
-    time("all", &mut || reduce(ReduceOp::Sum, &x, &[m, n], &[true, true], &mut y[..1]).unwrap());
-    time("max rows", &mut || reduce(ReduceOp::Max, &x, &[m, n], &[false, true], &mut y[..m]).unwrap());
-    time("middle [A,B,C]->[A,C]", &mut || reduce(ReduceOp::Sum, &x, &[64, 64, n], &[false, true, false], &mut y[..64 * n]).unwrap());
+    time("rows [M,N]->[M]", &mut || {
+        reduce(ReduceOp::Sum, &x, &[m, n], &[false, true], &mut y[..m]).unwrap()
+    });
+    time("cols [M,N]->[N]", &mut || {
+        reduce(ReduceOp::Sum, &x, &[m, n], &[true, false], &mut y[..n]).unwrap()
+    });
+    time("all", &mut || {
+        reduce(ReduceOp::Sum, &x, &[m, n], &[true, true], &mut y[..1]).unwrap()
+    });
+    time("max rows", &mut || {
+        reduce(ReduceOp::Max, &x, &[m, n], &[false, true], &mut y[..m]).unwrap()
+    });
+    time("middle [A,B,C]->[A,C]", &mut || {
+        reduce(
+            ReduceOp::Sum,
+            &x,
+            &[64, 64, n],
+            &[false, true, false],
+            &mut y[..64 * n],
+        )
+        .unwrap()
+    });
 }
