@@ -3,7 +3,7 @@
     bench/.venv/bin/python bench/torch_bench.py NAME [--threads N] [--steps 10] [--warmup 3]
 
 NAME is mlp, transformer or chain, at the WORKLOADS.md sizes:
-  mlp          784-1024-1024-10, batch 256, SGD lr 0.01 momentum 0.9
+  mlp          784-1024-1024-10, batch 256, SGD lr 0.01 (WORKLOADS.md: no momentum)
   transformer  vocab 256, d 256, 4 layers, 4 heads, seq 128, batch 16, AdamW lr 1e-3
   chain        64 x (Linear 1024->1024 + tanh), batch 256, gradients only
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models  # noqa: E402
 
 WORKLOADS = {
-    "mlp": dict(batch=256, optimizer=dict(name="sgd", lr=0.01, momentum=0.9)),
+    "mlp": dict(batch=256, optimizer=dict(name="sgd", lr=0.01, momentum=0.0)),
     "transformer": dict(batch=16, optimizer=dict(name="adamw", lr=1e-3, betas=[0.9, 0.999],
                                                  eps=1e-8, weight_decay=0.01)),
     "chain": dict(batch=256, optimizer=None),

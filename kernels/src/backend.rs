@@ -212,6 +212,17 @@ pub trait Backend {
     /// A short description, e.g. "cpu (2 threads)".
     fn name(&self) -> String;
 
+    /// Runs `f` in the backend's execution context. The CPU backend runs it
+    /// on a thread of its pool, so kernels split work among the pool's
+    /// threads without handing jobs in from outside (which costs time and,
+    /// in rayon, an allocation every 63 hand-ins). Training loops run in it.
+    fn in_context<R: Send>(f: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        f()
+    }
+
     // ----- memory -----
     fn alloc(&mut self, bytes: usize) -> Result<BufferId>;
     fn buffer_bytes(&self, buffer: BufferId) -> usize;

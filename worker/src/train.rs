@@ -106,8 +106,16 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// `steps` steps over consecutive batches of `batch` samples, wrapping
-    /// around the dataset (a trailing partial batch is skipped).
-    pub fn train(&mut self, data: &Dataset, batch: usize, steps: u64, on_step: &mut dyn FnMut(&StepReport)) -> Result<()> {
+    /// around the dataset (a trailing partial batch is skipped), run in the
+    /// backend's execution context ([`Backend::in_context`]).
+    pub fn train(&mut self, data: &Dataset, batch: usize, steps: u64, on_step: &mut (dyn FnMut(&StepReport) + Send)) -> Result<()>
+    where
+        B: Send,
+    {
+        B::in_context(|| self.train_here(data, batch, steps, on_step))
+    }
+
+    fn train_here(&mut self, data: &Dataset, batch: usize, steps: u64, on_step: &mut (dyn FnMut(&StepReport) + Send)) -> Result<()> {
         let per_epoch = data.samples() / batch.max(1);
         if per_epoch == 0 {
             return Err(Error::Data(format!(

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use adjoint_graph::zoo::{self, MlpConfig, TransformerConfig};
 use adjoint_graph::Graph;
 use adjoint_kernels::{alloc_audit, CpuBackend};
+use adjoint_worker::data::{Dataset, HostTensor};
 use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
 
 struct Counting;
@@ -42,31 +43,34 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-fn data(g: &Graph) -> Vec<Vec<u8>> {
-    g.inputs
+/// One batch of samples for every input of `g`.
+fn dataset(g: &Graph) -> Dataset {
+    let tensors = g
+        .inputs
         .iter()
         .map(|i| {
-            let n: usize = g.static_shape(i.value).iter().product();
-            if g.ty(i.value).dtype.is_int() {
-                (0..n as i64).flat_map(|j| (j % 5).to_le_bytes()).collect()
+            let shape = g.static_shape(i.value);
+            let n: usize = shape.iter().product();
+            let t = if g.ty(i.value).dtype.is_int() {
+                HostTensor::from_i64(shape, &(0..n as i64).map(|j| j % 5).collect::<Vec<_>>())
             } else {
-                (0..n).flat_map(|j| ((j as f32) * 0.1).sin().to_le_bytes()).collect()
-            }
+                HostTensor::from_f32(shape, &(0..n).map(|j| ((j as f32) * 0.1).sin()).collect::<Vec<_>>())
+            };
+            (g.name_of(i.value).to_owned(), t)
         })
-        .collect()
+        .collect();
+    Dataset::new(g, tensors).unwrap()
 }
 
 fn steps_allocate_nothing(g: &Graph, opt: OptimizerConfig) {
     let mut t = Trainer::new(CpuBackend::new(), g, opt, ExecOptions::default(), 0).unwrap();
-    let bytes = data(g);
-    let feed: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-    t.step(&feed).unwrap();
+    let data = dataset(g);
+    let batch = data.samples();
+    t.train(&data, batch, 1, &mut |_| {}).unwrap();
     ENGINE.store(0, Ordering::SeqCst);
     GEMM.store(0, Ordering::SeqCst);
     WATCHING.store(true, Ordering::SeqCst);
-    for _ in 0..5 {
-        t.step(&feed).unwrap();
-    }
+    t.train(&data, batch, 5, &mut |_| {}).unwrap();
     WATCHING.store(false, Ordering::SeqCst);
     let (engine, gemm) = (ENGINE.load(Ordering::SeqCst), GEMM.load(Ordering::SeqCst));
     println!("{}: 5 steps: {engine} engine allocations, {gemm} inside the GEMM crate", g.name);
@@ -75,7 +79,7 @@ fn steps_allocate_nothing(g: &Graph, opt: OptimizerConfig) {
 
 #[test]
 fn training_steps_do_not_allocate() {
-    let mlp = zoo::mlp(&MlpConfig { input: 64, hidden: vec![128, 128], classes: 5, batch: Some(32) }).unwrap();
+    let mlp = zoo::mlp(&MlpConfig { batch: Some(256), ..MlpConfig::default() }).unwrap();
     steps_allocate_nothing(&mlp, OptimizerConfig::parse("sgd:lr=0.01,momentum=0.9").unwrap());
     let tf = zoo::transformer(&TransformerConfig { vocab: 5, d_model: 32, layers: 2, heads: 4, seq: 16, batch: Some(2) }).unwrap();
     steps_allocate_nothing(&tf, OptimizerConfig::adamw(1e-3));

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use adjoint_graph::rng::Stream;
 use adjoint_graph::{zoo, Graph};
-use adjoint_kernels::CpuBackend;
+use adjoint_kernels::{Backend, CpuBackend};
 use adjoint_worker::executor::encode;
 use adjoint_worker::{ExecOptions, Executor, OptimizerConfig, StepKey, Trainer};
 use anyhow::{bail, Context, Result};
@@ -76,6 +76,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(t) = args.threads {
         CpuBackend::set_threads(t);
     }
+    CpuBackend::in_context(|| measure(&args))
+}
+
+/// Builds the workload and times it, on a thread of the kernels' pool.
+fn measure(args: &BenchArgs) -> Result<()> {
     let Some(batch) = zoo::workload_batch(&args.workload) else {
         bail!("unknown workload '{}': choose one of {}", args.workload, zoo::MODELS.join(", "));
     };

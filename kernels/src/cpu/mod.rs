@@ -105,6 +105,13 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", CpuBackend::threads())
     }
 
+    fn in_context<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() {
+            return f();
+        }
+        rayon::scope(|_| f())
+    }
+
     fn alloc(&mut self, bytes: usize) -> Result<BufferId> {
         self.buffers.push(Buffer::new(bytes)?);
         Ok(BufferId(self.buffers.len() as u32 - 1))
