@@ -38,7 +38,8 @@ impl Default for ExecOptions {
     }
 }
 
-/// A contiguous run of the gradient buffer that becomes ready at once.
+/// A contiguous run of the gradient buffer that becomes ready at once: the
+/// unit of bucketed all-reduce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GradBucket {
     pub index: usize,
@@ -47,8 +48,16 @@ pub struct GradBucket {
     pub bytes: usize,
     /// The parameters whose gradients it holds, in layout order.
     pub params: Vec<ValueId>,
-    /// Index of the instruction after which the bucket is complete.
+    /// Index of the instruction after which the bucket is complete
+    /// (`usize::MAX`: only at the end of the step).
     ready_after: usize,
+}
+
+impl GradBucket {
+    /// The instruction after which the bucket is complete.
+    pub fn ready_after(&self) -> usize {
+        self.ready_after
+    }
 }
 
 /// A training graph compiled for one backend.
