@@ -2,8 +2,10 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Boxed: graph errors carry node names and messages, and sit on the
+    /// cold path.
     #[error(transparent)]
-    Graph(#[from] adjoint_graph::Error),
+    Graph(Box<adjoint_graph::Error>),
     #[error("backend: {0}")]
     Backend(#[from] adjoint_kernels::Error),
     #[error("node '{node}' ({op}): {message}")]
@@ -19,3 +21,9 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<adjoint_graph::Error> for Error {
+    fn from(e: adjoint_graph::Error) -> Error {
+        Error::Graph(Box::new(e))
+    }
+}
