@@ -6,7 +6,7 @@ pub enum Error {
     /// cold path.
     #[error(transparent)]
     Graph(Box<adjoint_graph::Error>),
-    #[error("backend: {0}")]
+    #[error(transparent)]
     Backend(#[from] adjoint_kernels::Error),
     #[error("node '{node}' ({op}): {message}")]
     Unsupported {

@@ -127,7 +127,8 @@ fn measure(args: &BenchArgs) -> Result<()> {
         "optim_bytes": if optimizer.is_some() { trainer.optimizer().state_bytes() } else { 0 },
         "gflops": round(joint_flops / step_ms / 1e6),
         "fwd_gflops": round(fwd_flops / fwd_ms / 1e6),
-        "bwd_gflops": round((joint_flops - fwd_flops) / (fwdbwd_ms - fwd_ms).max(1e-9) / 1e6),
+        // Backward alone, when the two timings leave it a positive time.
+        "bwd_gflops": (fwdbwd_ms > fwd_ms).then(|| round((joint_flops - fwd_flops) / (fwdbwd_ms - fwd_ms) / 1e6)),
     });
     println!("{line}");
     Ok(())

@@ -35,8 +35,23 @@ pub fn bind_to_data(graph: &Graph, data: &BTreeMap<String, HostTensor>) -> Resul
             }
         }
     }
-    Ok(match batch {
+    let bound = match batch {
         Some(b) => graph.bind_batch(b),
         None => graph.clone(),
-    })
+    };
+    for input in &bound.inputs {
+        let name = bound.name_of(input.value);
+        let (t, want) = (&data[name], bound.ty(input.value));
+        if t.dtype != want.dtype || Some(&t.shape) != want.shape.to_static().as_ref() {
+            bail!(
+                "tensor '{name}' is {}{:?}, but the graph input needs {want}",
+                t.dtype,
+                t.shape
+            );
+        }
+    }
+    if let Some(extra) = data.keys().find(|k| bound.find(k).is_none_or(|v| !bound.inputs.iter().any(|i| i.value == v))) {
+        bail!("the data has a tensor '{extra}' that is not a graph input");
+    }
+    Ok(bound)
 }

@@ -159,8 +159,9 @@ impl Unary {
             Unary::Rsqrt => 1.0 / x.sqrt(),
             Unary::Tanh => x.tanh(),
             Unary::Sigmoid => sigmoid(x),
+            // NaN passes through, as in PyTorch, so a diverged run shows.
             Unary::Relu => {
-                if x > 0.0 {
+                if x > 0.0 || x.is_nan() {
                     x
                 } else {
                     0.0

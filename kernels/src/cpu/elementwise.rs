@@ -298,7 +298,8 @@ pub fn unary(op: UnaryOp, x: &[f32], y: &mut [f32]) {
         UnaryOp::Rsqrt => map1(x, y, |v| 1.0 / v.sqrt()),
         UnaryOp::Tanh => map1(x, y, tanh_f32),
         UnaryOp::Sigmoid => map1(x, y, sigmoid),
-        UnaryOp::Relu => map1(x, y, |v| if v > 0.0 { v } else { 0.0 }),
+        // NaN passes through (`!(v <= 0)`), as in PyTorch.
+        UnaryOp::Relu => map1(x, y, |v| if v <= 0.0 { 0.0 } else { v }),
         UnaryOp::GeluTanh => map1(x, y, gelu_tanh),
         UnaryOp::GeluErf => map1(x, y, gelu_erf),
         UnaryOp::Erf => map1(x, y, erf_f32),
