@@ -1,5 +1,9 @@
 //! Compiles `adjoint/**/*.proto` with protox (pure Rust, no `protoc` needed),
 //! then generates prost message types and pbjson proto3-JSON serde impls.
+//! With the `services` feature, tonic client and server code for the gRPC
+//! services is generated into the same `adjoint.v1.rs` (tonic-prost-build's
+//! service generator plugged into the one prost-build run), so the message
+//! types are identical with and without the feature.
 
 use std::env;
 use std::error::Error;
@@ -12,7 +16,12 @@ use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 /// Directory (relative to the crate root) holding the `.proto` tree.
 const PROTO_ROOT: &str = "adjoint";
 /// The files to compile, relative to the crate root (the include path).
-const PROTOS: &[&str] = &["adjoint/v1/graph.proto"];
+const PROTOS: &[&str] = &[
+    "adjoint/v1/graph.proto",
+    "adjoint/v1/job.proto",
+    "adjoint/v1/coordinator.proto",
+    "adjoint/v1/worker.proto",
+];
 /// Proto packages to generate code for.
 const PACKAGES: &[&str] = &["adjoint.v1"];
 
@@ -28,11 +37,16 @@ fn main() -> Result<(), Box<dyn Error>> {
     let descriptors = compiler.file_descriptor_set();
     fs::write(out_dir.join("file_descriptor_set.bin"), &descriptor_bytes)?;
 
-    prost_build::Config::new()
+    let mut config = prost_build::Config::new();
+    config
         .out_dir(&out_dir)
         // BTreeMap maps make the binary encoding deterministic.
-        .btree_map(["."])
-        .compile_fds(descriptors.clone())?;
+        .btree_map(["."]);
+    // Cargo sets this for build scripts of a crate built with the feature.
+    if env::var_os("CARGO_FEATURE_SERVICES").is_some() {
+        add_service_generator(&mut config);
+    }
+    config.compile_fds(descriptors.clone())?;
 
     pbjson_build::Builder::new()
         .out_dir(&out_dir)
@@ -46,6 +60,25 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     Ok(())
 }
+
+/// Plugs tonic's client and server generator into the prost-build run.
+///
+/// The clients get no `connect(dst)` constructor (`build_transport(false)`):
+/// it would clash with the `WorkerControl.Connect` rpc's own `connect`
+/// method. Build a client from a channel instead:
+/// `WorkerControlClient::new(Endpoint::from_shared(url)?.connect().await?)`.
+#[cfg(feature = "services")]
+fn add_service_generator(config: &mut prost_build::Config) {
+    let generator = tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .service_generator();
+    config.service_generator(generator);
+}
+
+#[cfg(not(feature = "services"))]
+fn add_service_generator(_config: &mut prost_build::Config) {}
 
 /// pbjson hands `f64`/`f32` fields straight to the serializer, and serde_json
 /// writes NaN and ±infinity as `null`, which proto3 JSON forbids (it wants the

@@ -2,8 +2,14 @@
 //! as the service lands, for talking to the coordinator; and the `adjoint`
 //! CLI built on it (`src/main.rs`, one file per subcommand under `cli/`).
 //!
-//! Today it reads and writes graph files ([`graph_file`]); the gRPC client
-//! and the local commands (`up`, `demo`, `train`, `grad`, `bench`) follow
-//! with the engine and the service.
+//! - [`Client`]: the gRPC client of the coordinator.
+//! - [`spec`]: job specs from TOML files and flags.
+//! - [`graph_file`]: reading and writing graph files.
+//! - [`local`]: a coordinator and workers as local processes (`adjoint up`).
 
+pub mod client;
 pub mod graph_file;
+pub mod local;
+pub mod spec;
+
+pub use client::Client;

@@ -162,7 +162,9 @@ pub struct AdamWParams {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: view of {len} bytes at offset {offset} is outside buffer {buffer} of {buffer_len} bytes")]
+    #[error(
+        "{what}: view of {len} bytes at offset {offset} is outside buffer {buffer} of {buffer_len} bytes"
+    )]
     OutOfBounds {
         what: &'static str,
         buffer: u32,
@@ -244,13 +246,41 @@ pub trait Backend {
     /// `out[i] = a[i] op b[i]` over `shape`; `a_strides`/`b_strides` are
     /// element strides per axis of `shape` (0 where the operand broadcasts).
     #[allow(clippy::too_many_arguments)]
-    fn binary(&mut self, op: BinaryOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()>;
+    fn binary(
+        &mut self,
+        op: BinaryOp,
+        a: View,
+        a_strides: &[usize],
+        b: View,
+        b_strides: &[usize],
+        out: View,
+        shape: &[usize],
+    ) -> Result<()>;
     /// As [`Backend::binary`], writing 0/1 bytes.
     #[allow(clippy::too_many_arguments)]
-    fn compare(&mut self, op: CompareOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()>;
+    fn compare(
+        &mut self,
+        op: CompareOp,
+        a: View,
+        a_strides: &[usize],
+        b: View,
+        b_strides: &[usize],
+        out: View,
+        shape: &[usize],
+    ) -> Result<()>;
     /// `out = cond ? a : b` with broadcasting strides for all three inputs.
     #[allow(clippy::too_many_arguments)]
-    fn select(&mut self, cond: View, cond_strides: &[usize], a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()>;
+    fn select(
+        &mut self,
+        cond: View,
+        cond_strides: &[usize],
+        a: View,
+        a_strides: &[usize],
+        b: View,
+        b_strides: &[usize],
+        out: View,
+        shape: &[usize],
+    ) -> Result<()>;
     /// Converts elements between types (to ints truncates, to bool is != 0).
     fn cast(&mut self, x: View, y: View) -> Result<()>;
     /// `dx = dy * gelu'(x)`.
@@ -264,12 +294,26 @@ pub trait Backend {
     /// Copies `shape` elements: the element at multi-index `i` is read at
     /// `src + Σ i·src_strides` and written at `dst + Σ i·dst_strides`
     /// (transpose, broadcast, slice, concat and pad are all this).
-    fn copy_strided(&mut self, src: View, src_strides: &[usize], dst: View, dst_strides: &[usize], shape: &[usize]) -> Result<()>;
+    fn copy_strided(
+        &mut self,
+        src: View,
+        src_strides: &[usize],
+        dst: View,
+        dst_strides: &[usize],
+        shape: &[usize],
+    ) -> Result<()>;
 
     // ----- reductions -----
     /// Reduces the axes of `shape` marked in `axes`; `y` holds the kept axes
     /// in order, contiguous.
-    fn reduce(&mut self, op: ReduceOp, x: View, shape: &[usize], axes: &[bool], y: View) -> Result<()>;
+    fn reduce(
+        &mut self,
+        op: ReduceOp,
+        x: View,
+        shape: &[usize],
+        axes: &[bool],
+        y: View,
+    ) -> Result<()>;
 
     // ----- matmul -----
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()>;
@@ -277,27 +321,86 @@ pub trait Backend {
     // ----- indexing -----
     /// `data` as `[outer, axis, inner]`, `indices` flat (i64 or i32):
     /// `out[o, j, i] = data[o, indices[j], i]`.
-    fn gather(&mut self, data: View, indices: View, out: View, outer: usize, axis: usize, inner: usize) -> Result<()>;
+    fn gather(
+        &mut self,
+        data: View,
+        indices: View,
+        out: View,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()>;
     /// `out` as `[outer, size, inner]` set to zero, then
     /// `out[o, indices[j], i] += updates[o, j, i]` (repeats accumulate).
-    fn scatter_add(&mut self, updates: View, indices: View, out: View, outer: usize, size: usize, inner: usize) -> Result<()>;
+    fn scatter_add(
+        &mut self,
+        updates: View,
+        indices: View,
+        out: View,
+        outer: usize,
+        size: usize,
+        inner: usize,
+    ) -> Result<()>;
     /// `out[j, c] = (indices[j] == c)` as f32.
     fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()>;
 
     // ----- normalisation and losses -----
     /// Softmax (or log-softmax) over the middle axis of `[outer, n, inner]`.
-    fn softmax(&mut self, x: View, y: View, outer: usize, n: usize, inner: usize, log: bool) -> Result<()>;
+    fn softmax(
+        &mut self,
+        x: View,
+        y: View,
+        outer: usize,
+        n: usize,
+        inner: usize,
+        log: bool,
+    ) -> Result<()>;
     /// LayerNorm over the last axis of `[rows, d]` (biased variance).
     #[allow(clippy::too_many_arguments)]
-    fn layer_norm(&mut self, x: View, gamma: View, beta: View, y: View, rows: usize, d: usize, eps: f32) -> Result<()>;
+    fn layer_norm(
+        &mut self,
+        x: View,
+        gamma: View,
+        beta: View,
+        y: View,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// The LayerNorm backward, statistics recomputed from `x`.
     #[allow(clippy::too_many_arguments)]
-    fn layer_norm_grad(&mut self, x: View, gamma: View, dy: View, dx: View, dgamma: View, dbeta: View, rows: usize, d: usize, eps: f32) -> Result<()>;
+    fn layer_norm_grad(
+        &mut self,
+        x: View,
+        gamma: View,
+        dy: View,
+        dx: View,
+        dgamma: View,
+        dbeta: View,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()>;
     /// Mean cross-entropy of `logits [rows, classes]` against `labels [rows]`.
-    fn softmax_cross_entropy(&mut self, logits: View, labels: View, loss: View, rows: usize, classes: usize) -> Result<()>;
+    fn softmax_cross_entropy(
+        &mut self,
+        logits: View,
+        labels: View,
+        loss: View,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()>;
     /// `dlogits = (softmax(logits) - onehot(labels)) * dloss / rows`.
     #[allow(clippy::too_many_arguments)]
-    fn softmax_cross_entropy_grad(&mut self, logits: View, labels: View, dloss: View, dlogits: View, rows: usize, classes: usize) -> Result<()>;
+    fn softmax_cross_entropy_grad(
+        &mut self,
+        logits: View,
+        labels: View,
+        dloss: View,
+        dlogits: View,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()>;
     /// Mean of squared differences into the one-element `loss`.
     fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()>;
 

@@ -13,10 +13,20 @@
 //! encoding a message is deterministic. Enum-typed fields are stored as `i32`
 //! in the prost structs; use e.g. [`v1::DataType::try_from`] to read them and
 //! `as i32` (or the generated `set_*` helpers) to write them.
+//!
+//! The gRPC services of `adjoint.v1` (`Coordinator`, `WorkerControl`) are
+//! generated only with the cargo feature `services`: then
+//! `v1::coordinator_client`, `v1::coordinator_server`,
+//! `v1::worker_control_client` and `v1::worker_control_server` exist
+//! (tonic). Without it the crate links no gRPC stack, which is how
+//! `adjoint-graph` uses it.
 
 /// Generated code for the protobuf package `adjoint.v1`.
 pub mod adjoint {
     /// Protobuf package `adjoint.v1`.
+    // Generated code: prost keeps oneof members inline (an `Assignment`
+    // carries a whole `JobSpec`), which clippy flags.
+    #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/adjoint.v1.rs"));
         include!(concat!(env!("OUT_DIR"), "/adjoint.v1.serde.rs"));
@@ -31,3 +41,30 @@ mod proto_json;
 /// this crate (with source info), e.g. for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::v1;
+
+    #[test]
+    fn non_finite_floats_of_the_job_messages_are_proto3_json_strings() {
+        let metrics = v1::StepMetrics {
+            loss: f64::NAN,
+            step_ms: f64::INFINITY,
+            eval_loss: Some(f64::NEG_INFINITY),
+            ..v1::StepMetrics::default()
+        };
+        let json = serde_json::to_value(metrics).unwrap();
+        assert_eq!(json["loss"], "NaN");
+        assert_eq!(json["stepMs"], "Infinity");
+        assert_eq!(json["evalLoss"], "-Infinity");
+        let back: v1::StepMetrics = serde_json::from_value(json).unwrap();
+        assert!(back.loss.is_nan() && back.step_ms == f64::INFINITY);
+
+        let job = v1::Job {
+            last_loss: f64::NAN,
+            ..v1::Job::default()
+        };
+        assert_eq!(serde_json::to_value(job).unwrap()["lastLoss"], "NaN");
+    }
+}

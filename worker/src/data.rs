@@ -41,7 +41,10 @@ impl HostTensor {
     /// The elements as f32 (only for f32 tensors).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         if self.dtype != DType::F32 {
-            return Err(Error::Data(format!("expected an f32 tensor, found {}", self.dtype)));
+            return Err(Error::Data(format!(
+                "expected an f32 tensor, found {}",
+                self.dtype
+            )));
         }
         Ok(self
             .bytes
@@ -72,7 +75,11 @@ fn from_safetensors_dtype(name: &str, d: Dtype) -> Result<DType> {
         Dtype::I32 => DType::I32,
         Dtype::I64 => DType::I64,
         Dtype::BOOL => DType::Bool,
-        other => return Err(Error::Data(format!("tensor '{name}': dtype {other:?} is not supported"))),
+        other => {
+            return Err(Error::Data(format!(
+                "tensor '{name}': dtype {other:?} is not supported"
+            )));
+        }
     })
 }
 
@@ -93,7 +100,8 @@ impl safetensors::View for &HostTensor {
 
 /// Decodes a safetensors file into named host tensors.
 pub fn read_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, HostTensor>> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Data(format!("safetensors: {e}")))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| Error::Data(format!("safetensors: {e}")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.iter() {
         let dtype = from_safetensors_dtype(name, view.dtype())?;
@@ -132,9 +140,11 @@ impl Dataset {
         let mut samples = None;
         for input in &graph.inputs {
             let name = graph.name_of(input.value);
-            let t = tensors
-                .remove(name)
-                .ok_or_else(|| Error::Data(format!("the data has no tensor '{name}' for graph input '{name}'")))?;
+            let t = tensors.remove(name).ok_or_else(|| {
+                Error::Data(format!(
+                    "the data has no tensor '{name}' for graph input '{name}'"
+                ))
+            })?;
             let want = graph.ty(input.value);
             if t.dtype != want.dtype {
                 return Err(Error::Data(format!(
@@ -168,7 +178,9 @@ impl Dataset {
             ordered.push((name.to_owned(), t));
         }
         if let Some(extra) = tensors.keys().next() {
-            return Err(Error::Data(format!("the data has a tensor '{extra}' that is not a graph input")));
+            return Err(Error::Data(format!(
+                "the data has a tensor '{extra}' that is not a graph input"
+            )));
         }
         Ok(Dataset {
             tensors: ordered,
@@ -201,7 +213,10 @@ impl Dataset {
 }
 
 /// Feeds host tensors named as parameters into an executor's values.
-pub fn params_by_name<'a>(graph: &Graph, tensors: &'a BTreeMap<String, HostTensor>) -> Result<Vec<(ValueId, &'a HostTensor)>> {
+pub fn params_by_name<'a>(
+    graph: &Graph,
+    tensors: &'a BTreeMap<String, HostTensor>,
+) -> Result<Vec<(ValueId, &'a HostTensor)>> {
     let mut out = Vec::new();
     for p in &graph.params {
         let name = graph.name_of(p.value);
@@ -219,7 +234,9 @@ pub fn params_by_name<'a>(graph: &Graph, tensors: &'a BTreeMap<String, HostTenso
     }
     for name in tensors.keys() {
         if !graph.params.iter().any(|p| graph.name_of(p.value) == name) {
-            return Err(Error::Data(format!("the file has a tensor '{name}' that is not a parameter of the graph")));
+            return Err(Error::Data(format!(
+                "the file has a tensor '{name}' that is not a parameter of the graph"
+            )));
         }
     }
     Ok(out)

@@ -12,11 +12,11 @@
 //! produces them), so an optimizer updates all of them in one pass over two
 //! flat views.
 
-use adjoint_graph::plan::{plan_memory, MemoryPlan, PlanOptions};
-use adjoint_graph::{init, DType, Graph, ValueId};
+use adjoint_graph::plan::{MemoryPlan, PlanOptions, plan_memory};
+use adjoint_graph::{DType, Graph, ValueId, init};
 use adjoint_kernels::{Backend, ElemType, View};
 
-use crate::program::{elem_type, Buffers, HostLayout, Instr, Program, StepKey, ValueViews};
+use crate::program::{Buffers, HostLayout, Instr, Program, StepKey, ValueViews, elem_type};
 use crate::{Error, Result};
 
 /// How an executor is built.
@@ -81,7 +81,12 @@ impl<B: Backend> Executor<B> {
     /// Plans, allocates and compiles `graph` (a bound graph, usually the joint
     /// graph of `autodiff::grad`); `grads` pairs each trainable parameter
     /// with its gradient value.
-    pub fn new(mut backend: B, graph: Graph, grads: &[(ValueId, ValueId)], opts: ExecOptions) -> Result<Self> {
+    pub fn new(
+        mut backend: B,
+        graph: Graph,
+        grads: &[(ValueId, ValueId)],
+        opts: ExecOptions,
+    ) -> Result<Self> {
         let plan = plan_memory(
             &graph,
             &PlanOptions {
@@ -203,7 +208,12 @@ impl<B: Backend> Executor<B> {
             .grad_layout
             .iter()
             .find(|s| s.param == param)
-            .ok_or_else(|| Error::Data(format!("'{}' has no gradient slot", self.graph.name_of(param))))?;
+            .ok_or_else(|| {
+                Error::Data(format!(
+                    "'{}' has no gradient slot",
+                    self.graph.name_of(param)
+                ))
+            })?;
         let view = View {
             buffer: self.buffers.grads,
             offset: slot.offset,
@@ -217,7 +227,10 @@ impl<B: Backend> Executor<B> {
 
     /// The loss after a step (reads four bytes; allocates nothing).
     pub fn loss(&self) -> Result<f32> {
-        let loss = self.graph.loss.ok_or_else(|| Error::Data("the graph has no loss".into()))?;
+        let loss = self
+            .graph
+            .loss
+            .ok_or_else(|| Error::Data("the graph has no loss".into()))?;
         let view = self.views.view(&self.graph, loss)?;
         if view.elem != ElemType::F32 || view.len != 1 {
             return Err(Error::Data("the loss is not an f32 scalar".into()));
@@ -229,7 +242,11 @@ impl<B: Backend> Executor<B> {
 
     /// Runs one step; `on_bucket` is called as each gradient bucket is
     /// complete.
-    pub fn run(&mut self, key: StepKey, on_bucket: &mut dyn FnMut(&mut B, &GradBucket)) -> Result<()> {
+    pub fn run(
+        &mut self,
+        key: StepKey,
+        on_bucket: &mut dyn FnMut(&mut B, &GradBucket),
+    ) -> Result<()> {
         let mut next_bucket = 0;
         for (i, instr) in self.program.instrs.iter().enumerate() {
             instr.run(&mut self.backend, key)?;
@@ -261,7 +278,12 @@ fn flat_f32(buffer: adjoint_kernels::BufferId, bytes: usize) -> View {
 }
 
 /// Copies of gradients that are not written in place by their producer.
-fn grad_copy_instrs(graph: &Graph, plan: &MemoryPlan, views: &ValueViews, buffers: &Buffers) -> Result<Vec<Instr>> {
+fn grad_copy_instrs(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    views: &ValueViews,
+    buffers: &Buffers,
+) -> Result<Vec<Instr>> {
     plan.grad_copies
         .iter()
         .map(|&i| {
@@ -280,13 +302,24 @@ fn grad_copy_instrs(graph: &Graph, plan: &MemoryPlan, views: &ValueViews, buffer
 
 /// Gradient buckets of about `bucket_bytes`, in layout order, each ready
 /// after the instruction that writes its last gradient.
-fn buckets(graph: &Graph, plan: &MemoryPlan, program: &Program, bucket_bytes: usize) -> Vec<GradBucket> {
+fn buckets(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    program: &Program,
+    bucket_bytes: usize,
+) -> Vec<GradBucket> {
     let producers = graph.producers();
     let ready_after = |value: ValueId| -> usize {
-        if plan.grad_copies.iter().any(|&c| plan.grad_layout[c].value == value) {
+        if plan
+            .grad_copies
+            .iter()
+            .any(|&c| plan.grad_layout[c].value == value)
+        {
             return usize::MAX;
         }
-        producers[value.index()].map_or(usize::MAX, |n| program.node_end[n.index()].saturating_sub(1))
+        producers[value.index()].map_or(usize::MAX, |n| {
+            program.node_end[n.index()].saturating_sub(1)
+        })
     };
     let mut out: Vec<GradBucket> = Vec::new();
     for slot in &plan.grad_layout {
@@ -312,10 +345,17 @@ fn buckets(graph: &Graph, plan: &MemoryPlan, program: &Program, bucket_bytes: us
 }
 
 /// For each instruction, the arena views that die after its node.
-fn poison_lists(graph: &Graph, plan: &MemoryPlan, views: &ValueViews, program: &Program) -> Result<Vec<Vec<View>>> {
+fn poison_lists(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    views: &ValueViews,
+    program: &Program,
+) -> Result<Vec<Vec<View>>> {
     let mut lists = vec![Vec::new(); program.instrs.len()];
     for (n, dying) in plan.frees_after.iter().enumerate() {
-        let Some(last) = program.node_end[n].checked_sub(1) else { continue };
+        let Some(last) = program.node_end[n].checked_sub(1) else {
+            continue;
+        };
         for &v in dying {
             let view = views.view(graph, v)?;
             if view.elem == ElemType::F32 {

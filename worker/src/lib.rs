@@ -6,12 +6,19 @@
 //! gradient buckets as they complete; [`optim`] holds SGD and AdamW as a
 //! separate stage over flat buffers; [`Trainer`] ties them into a training
 //! loop over in-memory batches; [`data`] reads safetensors.
+//! [`collective`]: all-reduce and friends over a TCP `ring` or a `local` group.
 //!
-//! Later: the collectives (`nccl` on GPUs, a TCP `ring` on CPUs, `local`
-//! for tests) and the agent that talks to the coordinator over the
-//! `WorkerControl` stream, with its binary `adjoint-worker`.
+//! [`dist`]: data-parallel training (gradient accumulation, bucketed
+//! all-reduce overlapped with backward, clipping, schedules, checkpoints).
+//! [`agent`]: the worker process behind the `adjoint-worker` binary, which
+//! talks to the coordinator over the `WorkerControl` stream.
+//!
+//! Later: `nccl` collectives on GPUs.
 
+pub mod agent;
+pub mod collective;
 pub mod data;
+pub mod dist;
 mod error;
 pub mod executor;
 pub mod optim;

@@ -55,30 +55,45 @@ impl OptimizerConfig {
         let mut cfg = match name {
             "sgd" => OptimizerConfig::sgd(0.01),
             "adamw" => OptimizerConfig::adamw(1e-3),
-            other => return Err(Error::Data(format!("unknown optimizer '{other}': use sgd or adamw"))),
+            other => {
+                return Err(Error::Data(format!(
+                    "unknown optimizer '{other}': use sgd or adamw"
+                )));
+            }
         };
         for kv in args.split(',').filter(|s| !s.is_empty()) {
             let (key, value) = kv
                 .split_once('=')
                 .ok_or_else(|| Error::Data(format!("optimizer option '{kv}' is not key=value")))?;
             let num = || {
-                value
-                    .parse::<f32>()
-                    .map_err(|_| Error::Data(format!("optimizer option '{key}': '{value}' is not a number")))
+                value.parse::<f32>().map_err(|_| {
+                    Error::Data(format!(
+                        "optimizer option '{key}': '{value}' is not a number"
+                    ))
+                })
             };
             match (&mut cfg, key) {
-                (OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::AdamW { lr, .. }, "lr") => *lr = num()?,
+                (OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::AdamW { lr, .. }, "lr") => {
+                    *lr = num()?
+                }
                 (
-                    OptimizerConfig::Sgd { weight_decay, .. } | OptimizerConfig::AdamW { weight_decay, .. },
+                    OptimizerConfig::Sgd { weight_decay, .. }
+                    | OptimizerConfig::AdamW { weight_decay, .. },
                     "wd" | "weight_decay",
                 ) => *weight_decay = num()?,
                 (OptimizerConfig::Sgd { momentum, .. }, "momentum") => *momentum = num()?,
                 (OptimizerConfig::Sgd { dampening, .. }, "dampening") => *dampening = num()?,
-                (OptimizerConfig::Sgd { nesterov, .. }, "nesterov") => *nesterov = value == "true" || value == "1",
+                (OptimizerConfig::Sgd { nesterov, .. }, "nesterov") => {
+                    *nesterov = value == "true" || value == "1"
+                }
                 (OptimizerConfig::AdamW { beta1, .. }, "beta1") => *beta1 = num()?,
                 (OptimizerConfig::AdamW { beta2, .. }, "beta2") => *beta2 = num()?,
                 (OptimizerConfig::AdamW { eps, .. }, "eps") => *eps = num()?,
-                (_, other) => return Err(Error::Data(format!("optimizer '{name}' has no option '{other}'"))),
+                (_, other) => {
+                    return Err(Error::Data(format!(
+                        "optimizer '{name}' has no option '{other}'"
+                    )));
+                }
             }
         }
         Ok(cfg)
@@ -104,7 +119,11 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// Allocates state for `elements` f32 parameters.
-    pub fn new<B: Backend>(backend: &mut B, config: OptimizerConfig, elements: usize) -> Result<Optimizer> {
+    pub fn new<B: Backend>(
+        backend: &mut B,
+        config: OptimizerConfig,
+        elements: usize,
+    ) -> Result<Optimizer> {
         let state = (0..config.state_per_element())
             .map(|_| backend.alloc(elements * 4))
             .collect::<adjoint_kernels::Result<Vec<_>>>()?;
@@ -124,6 +143,41 @@ impl Optimizer {
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// The learning rate the next step uses.
+    pub fn lr(&self) -> f32 {
+        match self.config {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::AdamW { lr, .. } => lr,
+        }
+    }
+
+    /// Sets the learning rate of the following steps (for schedules).
+    pub fn set_lr(&mut self, new: f32) {
+        match &mut self.config {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::AdamW { lr, .. } => *lr = new,
+        }
+    }
+
+    /// Sets the count of steps taken (when resuming from a checkpoint: it
+    /// drives SGD's first-step momentum and AdamW's bias correction).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
+    /// Names of the state buffers, PyTorch's: `momentum_buffer` for SGD
+    /// with momentum, `exp_avg` and `exp_avg_sq` for AdamW.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self.config {
+            OptimizerConfig::Sgd { .. } => &["momentum_buffer"][..self.state.len()],
+            OptimizerConfig::AdamW { .. } => &["exp_avg", "exp_avg_sq"],
+        }
+    }
+
+    /// The state buffers as flat f32 views over the gradient layout, in the
+    /// order of [`Optimizer::state_names`].
+    pub fn state_views(&self) -> Vec<View> {
+        (0..self.state.len()).map(|i| self.state_view(i)).collect()
     }
 
     fn state_view(&self, i: usize) -> View {
@@ -154,7 +208,11 @@ impl Optimizer {
                     nesterov,
                     first_step: self.step == 1,
                 };
-                let buf = if momentum != 0.0 { self.state_view(0) } else { View { len: 0, ..params } };
+                let buf = if momentum != 0.0 {
+                    self.state_view(0)
+                } else {
+                    View { len: 0, ..params }
+                };
                 backend.sgd(params, grads, buf, &p)?;
             }
             OptimizerConfig::AdamW {

@@ -1,7 +1,7 @@
 //! The training loop: forward and backward as one program, then the
 //! optimizer, over in-memory batches.
 
-use adjoint_graph::{autodiff, Graph, ValueId};
+use adjoint_graph::{Graph, ValueId, autodiff};
 use adjoint_kernels::Backend;
 
 use crate::data::Dataset;
@@ -31,7 +31,13 @@ impl<B: Backend> Trainer<B> {
     /// Differentiates `graph` (bound, with a loss) with respect to its
     /// trainable parameters, compiles the joint graph and initialises the
     /// parameters from their initializers with `seed`.
-    pub fn new(backend: B, graph: &Graph, optimizer: OptimizerConfig, opts: ExecOptions, seed: u64) -> Result<Self> {
+    pub fn new(
+        backend: B,
+        graph: &Graph,
+        optimizer: OptimizerConfig,
+        opts: ExecOptions,
+        seed: u64,
+    ) -> Result<Self> {
         let loss = graph
             .loss
             .ok_or_else(|| Error::Data(format!("graph '{}' has no loss to train", graph.name)))?;
@@ -41,10 +47,12 @@ impl<B: Backend> Trainer<B> {
             .inputs
             .iter()
             .map(|i| {
-                joint
-                    .graph
-                    .find(graph.name_of(i.value))
-                    .ok_or_else(|| Error::Data(format!("input '{}' is not used by the loss", graph.name_of(i.value))))
+                joint.graph.find(graph.name_of(i.value)).ok_or_else(|| {
+                    Error::Data(format!(
+                        "input '{}' is not used by the loss",
+                        graph.name_of(i.value)
+                    ))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let mut exec = Executor::new(backend, joint.graph, &joint.grads, opts)?;
@@ -108,14 +116,26 @@ impl<B: Backend> Trainer<B> {
     /// `steps` steps over consecutive batches of `batch` samples, wrapping
     /// around the dataset (a trailing partial batch is skipped), run in the
     /// backend's execution context ([`Backend::in_context`]).
-    pub fn train(&mut self, data: &Dataset, batch: usize, steps: u64, on_step: &mut (dyn FnMut(&StepReport) + Send)) -> Result<()>
+    pub fn train(
+        &mut self,
+        data: &Dataset,
+        batch: usize,
+        steps: u64,
+        on_step: &mut (dyn FnMut(&StepReport) + Send),
+    ) -> Result<()>
     where
         B: Send,
     {
         B::in_context(|| self.train_here(data, batch, steps, on_step))
     }
 
-    fn train_here(&mut self, data: &Dataset, batch: usize, steps: u64, on_step: &mut (dyn FnMut(&StepReport) + Send)) -> Result<()> {
+    fn train_here(
+        &mut self,
+        data: &Dataset,
+        batch: usize,
+        steps: u64,
+        on_step: &mut (dyn FnMut(&StepReport) + Send),
+    ) -> Result<()> {
         let per_epoch = data.samples() / batch.max(1);
         if per_epoch == 0 {
             return Err(Error::Data(format!(
@@ -126,7 +146,10 @@ impl<B: Backend> Trainer<B> {
         let mut rows: [&[u8]; 16] = [&[]; 16];
         let n = self.inputs.len();
         if n > rows.len() {
-            return Err(Error::Data(format!("{n} inputs: at most {} are supported", rows.len())));
+            return Err(Error::Data(format!(
+                "{n} inputs: at most {} are supported",
+                rows.len()
+            )));
         }
         for s in 0..steps {
             let start = (s as usize % per_epoch) * batch;

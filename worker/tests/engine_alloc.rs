@@ -6,9 +6,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use adjoint_graph::zoo::{self, MlpConfig, TransformerConfig};
 use adjoint_graph::Graph;
-use adjoint_kernels::{alloc_audit, CpuBackend};
+use adjoint_graph::zoo::{self, MlpConfig, TransformerConfig};
+use adjoint_kernels::{CpuBackend, alloc_audit};
 use adjoint_worker::data::{Dataset, HostTensor};
 use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
 
@@ -54,7 +54,10 @@ fn dataset(g: &Graph) -> Dataset {
             let t = if g.ty(i.value).dtype.is_int() {
                 HostTensor::from_i64(shape, &(0..n as i64).map(|j| j % 5).collect::<Vec<_>>())
             } else {
-                HostTensor::from_f32(shape, &(0..n).map(|j| ((j as f32) * 0.1).sin()).collect::<Vec<_>>())
+                HostTensor::from_f32(
+                    shape,
+                    &(0..n).map(|j| ((j as f32) * 0.1).sin()).collect::<Vec<_>>(),
+                )
             };
             (g.name_of(i.value).to_owned(), t)
         })
@@ -73,14 +76,36 @@ fn steps_allocate_nothing(g: &Graph, opt: OptimizerConfig) {
     t.train(&data, batch, 5, &mut |_| {}).unwrap();
     WATCHING.store(false, Ordering::SeqCst);
     let (engine, gemm) = (ENGINE.load(Ordering::SeqCst), GEMM.load(Ordering::SeqCst));
-    println!("{}: 5 steps: {engine} engine allocations, {gemm} inside the GEMM crate", g.name);
-    assert_eq!(engine, 0, "{}: the engine allocated {engine} times in 5 steps", g.name);
+    println!(
+        "{}: 5 steps: {engine} engine allocations, {gemm} inside the GEMM crate",
+        g.name
+    );
+    assert_eq!(
+        engine, 0,
+        "{}: the engine allocated {engine} times in 5 steps",
+        g.name
+    );
 }
 
 #[test]
 fn training_steps_do_not_allocate() {
-    let mlp = zoo::mlp(&MlpConfig { batch: Some(256), ..MlpConfig::default() }).unwrap();
-    steps_allocate_nothing(&mlp, OptimizerConfig::parse("sgd:lr=0.01,momentum=0.9").unwrap());
-    let tf = zoo::transformer(&TransformerConfig { vocab: 5, d_model: 32, layers: 2, heads: 4, seq: 16, batch: Some(2) }).unwrap();
+    let mlp = zoo::mlp(&MlpConfig {
+        batch: Some(256),
+        ..MlpConfig::default()
+    })
+    .unwrap();
+    steps_allocate_nothing(
+        &mlp,
+        OptimizerConfig::parse("sgd:lr=0.01,momentum=0.9").unwrap(),
+    );
+    let tf = zoo::transformer(&TransformerConfig {
+        vocab: 5,
+        d_model: 32,
+        layers: 2,
+        heads: 4,
+        seq: 16,
+        batch: Some(2),
+    })
+    .unwrap();
     steps_allocate_nothing(&tf, OptimizerConfig::adamw(1e-3));
 }

@@ -4,19 +4,33 @@
 
 mod common;
 
+use adjoint_graph::Graph;
 use adjoint_graph::interp::Tensor;
 use adjoint_graph::zoo::{self, ChainConfig, MlpConfig, TransformerConfig};
-use adjoint_graph::Graph;
 use adjoint_kernels::CpuBackend;
 use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
 use common::*;
 
 fn small_mlp() -> Graph {
-    zoo::mlp(&MlpConfig { input: 20, hidden: vec![16, 12], classes: 5, batch: Some(8) }).unwrap()
+    zoo::mlp(&MlpConfig {
+        input: 20,
+        hidden: vec![16, 12],
+        classes: 5,
+        batch: Some(8),
+    })
+    .unwrap()
 }
 
 fn small_transformer() -> Graph {
-    zoo::transformer(&TransformerConfig { vocab: 17, d_model: 16, layers: 2, heads: 4, seq: 8, batch: Some(3) }).unwrap()
+    zoo::transformer(&TransformerConfig {
+        vocab: 17,
+        d_model: 16,
+        layers: 2,
+        heads: 4,
+        seq: 8,
+        batch: Some(3),
+    })
+    .unwrap()
 }
 
 /// Inputs: ints below `classes` by a fixed pattern, floats from a sine.
@@ -51,8 +65,19 @@ fn compare(g: &Graph, classes: usize, rtol: f64, atol: f64) {
     let want = run_reference(&j, &feeds);
     let got = run_engine(&j, &feeds, ExecOptions::default());
     assert_close(&g.name, &got, &want, rtol, atol);
-    let poisoned = run_engine(&j, &feeds, ExecOptions { poison_freed: true, ..ExecOptions::default() });
-    assert_eq!(got, poisoned, "{}: poisoning freed buffers changed the results", g.name);
+    let poisoned = run_engine(
+        &j,
+        &feeds,
+        ExecOptions {
+            poison_freed: true,
+            ..ExecOptions::default()
+        },
+    );
+    assert_eq!(
+        got, poisoned,
+        "{}: poisoning freed buffers changed the results",
+        g.name
+    );
 }
 
 #[test]
@@ -67,7 +92,12 @@ fn transformer_loss_and_gradients_match_the_reference() {
 
 #[test]
 fn chain_loss_and_gradients_match_the_reference() {
-    let g = zoo::chain(&ChainConfig { layers: 4, width: 24, batch: Some(5) }).unwrap();
+    let g = zoo::chain(&ChainConfig {
+        layers: 4,
+        width: 24,
+        batch: Some(5),
+    })
+    .unwrap();
     compare(&g, 1, 1e-4, 1e-5);
 }
 
@@ -76,7 +106,12 @@ fn train_losses(g: &Graph, classes: usize, opt: OptimizerConfig, steps: usize) -
     let data: Vec<Vec<u8>> = inputs(g, classes)
         .into_iter()
         .zip(&g.inputs)
-        .map(|((_, t), i)| adjoint_worker::executor::encode(adjoint_worker::program::elem_type(g.ty(i.value).dtype).unwrap(), &t.data))
+        .map(|((_, t), i)| {
+            adjoint_worker::executor::encode(
+                adjoint_worker::program::elem_type(g.ty(i.value).dtype).unwrap(),
+                &t.data,
+            )
+        })
         .collect();
     let feed: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     (0..steps).map(|_| t.step(&feed).unwrap().loss).collect()
@@ -88,7 +123,10 @@ fn training_lowers_the_loss() {
     let losses = train_losses(&small_mlp(), 5, sgd, 30);
     assert!(losses[29] < 0.5 * losses[0], "mlp losses {losses:?}");
     let losses = train_losses(&small_transformer(), 17, OptimizerConfig::adamw(3e-3), 30);
-    assert!(losses[29] < 0.8 * losses[0], "transformer losses {losses:?}");
+    assert!(
+        losses[29] < 0.8 * losses[0],
+        "transformer losses {losses:?}"
+    );
 }
 
 #[test]

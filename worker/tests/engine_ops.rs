@@ -5,14 +5,20 @@
 
 mod common;
 
+use adjoint_graph::interp::Tensor;
 use adjoint_graph::ops::GeluApprox;
 use adjoint_graph::{Builder, DType, Graph, Init, InputRole, Shape, ValueId};
-use adjoint_graph::interp::Tensor;
 use adjoint_worker::ExecOptions;
 use common::*;
 
-const NORMAL: Init = Init::Normal { mean: 0.0, std: 1.0 };
-const POSITIVE: Init = Init::Uniform { low: 0.5, high: 2.0 };
+const NORMAL: Init = Init::Normal {
+    mean: 0.0,
+    std: 1.0,
+};
+const POSITIVE: Init = Init::Uniform {
+    low: 0.5,
+    high: 2.0,
+};
 
 /// Builds `loss = Σ_k sum(out_k · w_k)` around the outputs `build` returns.
 fn model(name: &str, build: impl FnOnce(&mut Builder) -> Vec<ValueId>) -> Graph {
@@ -21,7 +27,9 @@ fn model(name: &str, build: impl FnOnce(&mut Builder) -> Vec<ValueId>) -> Graph 
     let mut total = None;
     for (k, o) in outs.into_iter().enumerate() {
         let shape = b.graph().static_shape(o);
-        let w = b.frozen_param(&format!("w{k}"), DType::F32, &shape, NORMAL).unwrap();
+        let w = b
+            .frozen_param(&format!("w{k}"), DType::F32, &shape, NORMAL)
+            .unwrap();
         let prod = b.mul(o, w).unwrap();
         let s = b.sum_all(prod).unwrap();
         total = Some(match total {
@@ -50,18 +58,32 @@ fn check(graph: Graph, ints: &[(&str, Vec<f64>)]) {
     let want = run_reference(&j, &feeds);
     let got = run_engine(&j, &feeds, ExecOptions::default());
     assert_close(&graph.name, &got, &want, 2e-4, 2e-5);
-    let poisoned = run_engine(&j, &feeds, ExecOptions { poison_freed: true, ..ExecOptions::default() });
-    assert_eq!(got, poisoned, "{}: results changed when freed buffers were poisoned", graph.name);
+    let poisoned = run_engine(
+        &j,
+        &feeds,
+        ExecOptions {
+            poison_freed: true,
+            ..ExecOptions::default()
+        },
+    );
+    assert_eq!(
+        got, poisoned,
+        "{}: results changed when freed buffers were poisoned",
+        graph.name
+    );
 }
 
 macro_rules! unary_case {
     ($test:ident, $method:ident, $init:expr) => {
         #[test]
         fn $test() {
-            check(model(stringify!($method), |b| {
-                let x = p(b, "x", &[3, 70], $init);
-                vec![b.$method(x).unwrap()]
-            }), &[]);
+            check(
+                model(stringify!($method), |b| {
+                    let x = p(b, "x", &[3, 70], $init);
+                    vec![b.$method(x).unwrap()]
+                }),
+                &[],
+            );
         }
     };
 }
@@ -79,155 +101,212 @@ unary_case!(erf, erf, NORMAL);
 #[test]
 fn gelu_both_forms() {
     for approx in [GeluApprox::Tanh, GeluApprox::Erf] {
-        check(model("gelu", |b| {
-            let x = p(b, "x", &[4, 33], NORMAL);
-            vec![b.gelu(x, approx).unwrap()]
-        }), &[]);
+        check(
+            model("gelu", |b| {
+                let x = p(b, "x", &[4, 33], NORMAL);
+                vec![b.gelu(x, approx).unwrap()]
+            }),
+            &[],
+        );
     }
 }
 
 #[test]
 fn binary_ops_with_broadcasting() {
-    let shapes: [(&[usize], &[usize]); 4] = [(&[3, 4], &[3, 4]), (&[3, 1, 4], &[2, 1]), (&[5, 6], &[6]), (&[2, 3], &[])];
+    let shapes: [(&[usize], &[usize]); 4] = [
+        (&[3, 4], &[3, 4]),
+        (&[3, 1, 4], &[2, 1]),
+        (&[5, 6], &[6]),
+        (&[2, 3], &[]),
+    ];
     for (sa, sb) in shapes {
-        check(model("add_sub_mul", |b| {
-            let x = p(b, "x", sa, NORMAL);
-            let y = p(b, "y", sb, NORMAL);
-            vec![b.add(x, y).unwrap(), b.sub(x, y).unwrap(), b.mul(x, y).unwrap()]
-        }), &[]);
-        check(model("div_pow", |b| {
-            let x = p(b, "x", sa, POSITIVE);
-            let y = p(b, "y", sb, POSITIVE);
-            vec![b.div(x, y).unwrap(), b.pow(x, y).unwrap()]
-        }), &[]);
+        check(
+            model("add_sub_mul", |b| {
+                let x = p(b, "x", sa, NORMAL);
+                let y = p(b, "y", sb, NORMAL);
+                vec![
+                    b.add(x, y).unwrap(),
+                    b.sub(x, y).unwrap(),
+                    b.mul(x, y).unwrap(),
+                ]
+            }),
+            &[],
+        );
+        check(
+            model("div_pow", |b| {
+                let x = p(b, "x", sa, POSITIVE);
+                let y = p(b, "y", sb, POSITIVE);
+                vec![b.div(x, y).unwrap(), b.pow(x, y).unwrap()]
+            }),
+            &[],
+        );
     }
 }
 
 #[test]
 fn comparisons_and_select() {
-    check(model("where", |b| {
-        let x = p(b, "x", &[4, 5], NORMAL);
-        let y = p(b, "y", &[5], NORMAL);
-        let c = b.greater(x, y).unwrap();
-        let e = b.equal(x, x).unwrap();
-        let s = b.select(c, x, y).unwrap();
-        let t = b.select(e, s, x).unwrap();
-        vec![t]
-    }), &[]);
+    check(
+        model("where", |b| {
+            let x = p(b, "x", &[4, 5], NORMAL);
+            let y = p(b, "y", &[5], NORMAL);
+            let c = b.greater(x, y).unwrap();
+            let e = b.equal(x, x).unwrap();
+            let s = b.select(c, x, y).unwrap();
+            let t = b.select(e, s, x).unwrap();
+            vec![t]
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn matmul_all_flag_combinations_and_broadcast_batches() {
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-        check(model("matmul", |b| {
-            let a_shape: &[usize] = if ta { &[2, 1, 5, 3] } else { &[2, 1, 3, 5] };
-            let b_shape: &[usize] = if tb { &[3, 4, 5] } else { &[3, 5, 4] };
-            let x = p(b, "a", a_shape, NORMAL);
-            let y = p(b, "b", b_shape, NORMAL);
-            vec![b.matmul_t(x, y, ta, tb).unwrap()]
-        }), &[]);
+        check(
+            model("matmul", |b| {
+                let a_shape: &[usize] = if ta { &[2, 1, 5, 3] } else { &[2, 1, 3, 5] };
+                let b_shape: &[usize] = if tb { &[3, 4, 5] } else { &[3, 5, 4] };
+                let x = p(b, "a", a_shape, NORMAL);
+                let y = p(b, "b", b_shape, NORMAL);
+                vec![b.matmul_t(x, y, ta, tb).unwrap()]
+            }),
+            &[],
+        );
     }
-    check(model("linear", |b| {
-        let x = p(b, "x", &[2, 7, 6], NORMAL);
-        let w = p(b, "w", &[6, 9], NORMAL);
-        vec![b.matmul(x, w).unwrap()]
-    }), &[]);
+    check(
+        model("linear", |b| {
+            let x = p(b, "x", &[2, 7, 6], NORMAL);
+            let w = p(b, "w", &[6, 9], NORMAL);
+            vec![b.matmul(x, w).unwrap()]
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn reductions() {
     for axes in [&[0i64][..], &[1], &[-1], &[0, 2], &[0, 1, 2]] {
         for keep in [false, true] {
-            check(model("reduce", |b| {
-                let x = p(b, "x", &[3, 4, 5], NORMAL);
-                vec![
-                    b.sum(x, axes, keep).unwrap(),
-                    b.mean(x, axes, keep).unwrap(),
-                    b.max(x, axes, keep).unwrap(),
-                ]
-            }), &[]);
+            check(
+                model("reduce", |b| {
+                    let x = p(b, "x", &[3, 4, 5], NORMAL);
+                    vec![
+                        b.sum(x, axes, keep).unwrap(),
+                        b.mean(x, axes, keep).unwrap(),
+                        b.max(x, axes, keep).unwrap(),
+                    ]
+                }),
+                &[],
+            );
         }
     }
 }
 
 #[test]
 fn movement_ops() {
-    check(model("movement", |b| {
-        let x = p(b, "x", &[2, 3, 4], NORMAL);
-        let y = p(b, "y", &[2, 5, 4], NORMAL);
-        let r = b.reshape(x, Shape::of(&[6, 4])).unwrap();
-        let t = b.transpose(x, &[2, 0, 1]).unwrap();
-        let br = b.broadcast(x, Shape::of(&[3, 2, 3, 4])).unwrap();
-        let c = b.concat(&[x, y], 1).unwrap();
-        let s = b.slice(y, 1, 1, 4).unwrap();
-        let pd = b.pad(x, -1, 2, 1).unwrap();
-        vec![r, t, br, c, s, pd]
-    }), &[]);
+    check(
+        model("movement", |b| {
+            let x = p(b, "x", &[2, 3, 4], NORMAL);
+            let y = p(b, "y", &[2, 5, 4], NORMAL);
+            let r = b.reshape(x, Shape::of(&[6, 4])).unwrap();
+            let t = b.transpose(x, &[2, 0, 1]).unwrap();
+            let br = b.broadcast(x, Shape::of(&[3, 2, 3, 4])).unwrap();
+            let c = b.concat(&[x, y], 1).unwrap();
+            let s = b.slice(y, 1, 1, 4).unwrap();
+            let pd = b.pad(x, -1, 2, 1).unwrap();
+            vec![r, t, br, c, s, pd]
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn gather_scatter_with_repeated_indices_and_one_hot() {
     let mut bld = Builder::new("embedding");
     let table = p(&mut bld, "table", &[5, 3], NORMAL);
-    let ids = bld.input("ids", DType::I64, Shape::of(&[2, 4]), InputRole::Data).unwrap();
+    let ids = bld
+        .input("ids", DType::I64, Shape::of(&[2, 4]), InputRole::Data)
+        .unwrap();
     let rows = bld.gather(table, ids, 0).unwrap();
     let hot = bld.one_hot(ids, 5, DType::F32).unwrap();
     let mixed = bld.matmul(hot, table).unwrap();
     let both = bld.add(rows, mixed).unwrap();
-    let w = bld.frozen_param("w", DType::F32, &[2, 4, 3], NORMAL).unwrap();
+    let w = bld
+        .frozen_param("w", DType::F32, &[2, 4, 3], NORMAL)
+        .unwrap();
     let prod = bld.mul(both, w).unwrap();
     let loss = bld.sum_all(prod).unwrap();
     bld.loss(loss);
-    check(bld.finish().unwrap(), &[("ids", vec![1.0, 3.0, 1.0, 1.0, 0.0, 4.0, 3.0, 1.0])]);
+    check(
+        bld.finish().unwrap(),
+        &[("ids", vec![1.0, 3.0, 1.0, 1.0, 0.0, 4.0, 3.0, 1.0])],
+    );
 }
 
 #[test]
 fn softmax_log_softmax_on_every_axis() {
     for axis in [0i64, 1, -1] {
-        check(model("softmax", |b| {
-            let x = p(b, "x", &[3, 4, 5], NORMAL);
-            vec![b.softmax(x, axis).unwrap(), b.log_softmax(x, axis).unwrap()]
-        }), &[]);
+        check(
+            model("softmax", |b| {
+                let x = p(b, "x", &[3, 4, 5], NORMAL);
+                vec![b.softmax(x, axis).unwrap(), b.log_softmax(x, axis).unwrap()]
+            }),
+            &[],
+        );
     }
 }
 
 #[test]
 fn layer_norm_and_its_gradients() {
-    check(model("layer_norm", |b| {
-        let x = p(b, "x", &[2, 3, 16], NORMAL);
-        let g = p(b, "gamma", &[16], POSITIVE);
-        let be = p(b, "beta", &[16], NORMAL);
-        vec![b.layer_norm(x, g, be, 1e-5).unwrap()]
-    }), &[]);
+    check(
+        model("layer_norm", |b| {
+            let x = p(b, "x", &[2, 3, 16], NORMAL);
+            let g = p(b, "gamma", &[16], POSITIVE);
+            let be = p(b, "beta", &[16], NORMAL);
+            vec![b.layer_norm(x, g, be, 1e-5).unwrap()]
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn dropout_replays_the_reference_mask() {
-    check(model("dropout", |b| {
-        let x = p(b, "x", &[8, 40], NORMAL);
-        vec![b.dropout(x, 0.3, 1234).unwrap()]
-    }), &[]);
+    check(
+        model("dropout", |b| {
+            let x = p(b, "x", &[8, 40], NORMAL);
+            vec![b.dropout(x, 0.3, 1234).unwrap()]
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn causal_attention_scores() {
-    check(model("attention", |b| {
-        let q = p(b, "q", &[2, 6, 4], NORMAL);
-        let k = p(b, "k", &[2, 6, 4], NORMAL);
-        let s = b.matmul_t(q, k, false, true).unwrap();
-        let m = b.causal_mask(s, f64::NEG_INFINITY).unwrap();
-        vec![b.softmax(m, -1).unwrap()]
-    }), &[]);
+    check(
+        model("attention", |b| {
+            let q = p(b, "q", &[2, 6, 4], NORMAL);
+            let k = p(b, "k", &[2, 6, 4], NORMAL);
+            let s = b.matmul_t(q, k, false, true).unwrap();
+            let m = b.causal_mask(s, f64::NEG_INFINITY).unwrap();
+            vec![b.softmax(m, -1).unwrap()]
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn losses() {
     let mut bld = Builder::new("cross_entropy");
     let logits = p(&mut bld, "logits", &[2, 3, 7], NORMAL);
-    let labels = bld.input("labels", DType::I64, Shape::of(&[2, 3]), InputRole::Label).unwrap();
+    let labels = bld
+        .input("labels", DType::I64, Shape::of(&[2, 3]), InputRole::Label)
+        .unwrap();
     let loss = bld.softmax_cross_entropy(logits, labels).unwrap();
     bld.loss(loss);
-    check(bld.finish().unwrap(), &[("labels", vec![0.0, 6.0, 3.0, 3.0, 1.0, 5.0])]);
+    check(
+        bld.finish().unwrap(),
+        &[("labels", vec![0.0, 6.0, 3.0, 3.0, 1.0, 5.0])],
+    );
 
     let mut bld = Builder::new("mse");
     let pred = p(&mut bld, "pred", &[4, 5], NORMAL);

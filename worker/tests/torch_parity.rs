@@ -6,33 +6,44 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use adjoint_graph::zoo::{self, MlpConfig, TransformerConfig};
 use adjoint_graph::Graph;
+use adjoint_graph::zoo::{self, MlpConfig, TransformerConfig};
 use adjoint_kernels::CpuBackend;
-use adjoint_worker::data::{params_by_name, read_safetensors, HostTensor};
+use adjoint_worker::data::{HostTensor, params_by_name, read_safetensors};
 use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
 use serde_json::Value;
 
 fn fixture(model: &str, file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(model).join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(model)
+        .join(file)
 }
 
 fn tensors(model: &str, file: &str) -> BTreeMap<String, HostTensor> {
     let path = fixture(model, file);
-    read_safetensors(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    read_safetensors(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap()
 }
 
 fn reference(model: &str) -> Value {
     let path = fixture(model, "reference.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 fn usize_of(v: &Value, key: &str) -> usize {
-    v[key].as_u64().unwrap_or_else(|| panic!("reference.json: config.{key}")) as usize
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("reference.json: config.{key}")) as usize
 }
 
 fn f32_of(v: &Value, key: &str) -> f32 {
-    v[key].as_f64().unwrap_or_else(|| panic!("reference.json: optimizer.{key}")) as f32
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("reference.json: optimizer.{key}")) as f32
 }
 
 fn model_of(name: &str, r: &Value) -> Graph {
@@ -41,7 +52,12 @@ fn model_of(name: &str, r: &Value) -> Graph {
     match name {
         "mlp" => zoo::mlp(&MlpConfig {
             input: usize_of(c, "input"),
-            hidden: c["hidden"].as_array().unwrap().iter().map(|h| h.as_u64().unwrap() as usize).collect(),
+            hidden: c["hidden"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h.as_u64().unwrap() as usize)
+                .collect(),
             classes: usize_of(c, "classes"),
             batch,
         }),
@@ -81,11 +97,22 @@ fn optimizer_of(r: &Value) -> OptimizerConfig {
 fn trainer(model: &str) -> (Trainer<CpuBackend>, Graph, Value) {
     let r = reference(model);
     let g = model_of(model, &r);
-    let mut t = Trainer::new(CpuBackend::new(), &g, optimizer_of(&r), ExecOptions::default(), 0).unwrap();
+    let mut t = Trainer::new(
+        CpuBackend::new(),
+        &g,
+        optimizer_of(&r),
+        ExecOptions::default(),
+        0,
+    )
+    .unwrap();
     let params = tensors(model, "params.safetensors");
     let exec = t.executor_mut();
     let fed = params_by_name(exec.graph(), &params).unwrap();
-    assert_eq!(fed.len(), exec.graph().params.len(), "{model}: the fixture must give every parameter");
+    assert_eq!(
+        fed.len(),
+        exec.graph().params.len(),
+        "{model}: the fixture must give every parameter"
+    );
     for (v, tensor) in fed {
         exec.write_bytes(v, &tensor.bytes).unwrap();
     }
@@ -94,7 +121,10 @@ fn trainer(model: &str) -> (Trainer<CpuBackend>, Graph, Value) {
 
 fn batch(model: &str, g: &Graph) -> Vec<Vec<u8>> {
     let b = tensors(model, "batch.safetensors");
-    g.inputs.iter().map(|i| b[g.name_of(i.value)].bytes.clone()).collect()
+    g.inputs
+        .iter()
+        .map(|i| b[g.name_of(i.value)].bytes.clone())
+        .collect()
 }
 
 fn check_gradients(model: &str) {
@@ -122,9 +152,16 @@ fn check_losses(model: &str) {
     let (mut t, g, r) = trainer(model);
     let data = batch(model, &g);
     let feed: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-    let want: Vec<f64> = r["losses"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<f64> = r["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(want.len(), 20);
-    let got: Vec<f64> = (0..want.len()).map(|_| f64::from(t.step(&feed).unwrap().loss)).collect();
+    let got: Vec<f64> = (0..want.len())
+        .map(|_| f64::from(t.step(&feed).unwrap().loss))
+        .collect();
     for (step, (a, b)) in got.iter().zip(&want).enumerate() {
         assert!(
             (a - b).abs() <= 1e-4 * b.abs(),

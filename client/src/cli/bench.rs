@@ -4,18 +4,18 @@
 use std::time::Instant;
 
 use adjoint_graph::rng::Stream;
-use adjoint_graph::{zoo, Graph};
+use adjoint_graph::{Graph, zoo};
 use adjoint_kernels::{Backend, CpuBackend};
 use adjoint_worker::executor::encode;
 use adjoint_worker::{ExecOptions, Executor, OptimizerConfig, StepKey, Trainer};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 /// Time a reference workload: forward, forward+backward, and a full step
 /// with the optimizer; print one JSON line.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// mlp, transformer or chain.
+    /// mlp, transformer, chain or allreduce.
     workload: String,
     /// Threads (default: all cores).
     #[arg(long)]
@@ -26,6 +26,18 @@ pub struct BenchArgs {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// allreduce: MiB per worker.
+    #[arg(long, default_value_t = 64)]
+    mb: usize,
+    /// allreduce: worker processes.
+    #[arg(long, default_value_t = 2)]
+    world: usize,
+    /// allreduce worker processes only: this worker's rank.
+    #[arg(long, hide = true)]
+    rank: Option<usize>,
+    /// allreduce worker processes only: every rank's address.
+    #[arg(long, hide = true)]
+    peers: Option<String>,
 }
 
 fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
@@ -60,12 +72,20 @@ fn batch_bytes(g: &Graph, classes: usize) -> Vec<Vec<u8>> {
         .enumerate()
         .map(|(k, i)| {
             let n: usize = g.static_shape(i.value).iter().product();
-            let s = Stream { seed: 42, step: 0, rank: 0, site: k as u64 };
-            let elem = adjoint_worker::program::elem_type(g.ty(i.value).dtype).expect("zoo inputs are f32 or i64");
+            let s = Stream {
+                seed: 42,
+                step: 0,
+                rank: 0,
+                site: k as u64,
+            };
+            let elem = adjoint_worker::program::elem_type(g.ty(i.value).dtype)
+                .expect("zoo inputs are f32 or i64");
             let data: Vec<f64> = if g.ty(i.value).dtype.is_float() {
                 (0..n as u64).map(|e| s.normal(e)).collect()
             } else {
-                (0..n as u64).map(|e| (s.uniform(e) * classes as f64).floor()).collect()
+                (0..n as u64)
+                    .map(|e| (s.uniform(e) * classes as f64).floor())
+                    .collect()
             };
             encode(elem, &data)
         })
@@ -73,6 +93,17 @@ fn batch_bytes(g: &Graph, classes: usize) -> Vec<Vec<u8>> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.workload == "allreduce" {
+        let (mb, world, iters, rank, peers) =
+            (args.mb, args.world, args.steps, args.rank, args.peers);
+        return super::bench_allreduce::run(super::bench_allreduce::Config {
+            mb,
+            world,
+            iters,
+            rank,
+            peers,
+        });
+    }
     if let Some(t) = args.threads {
         CpuBackend::set_threads(t);
     }
@@ -82,9 +113,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Builds the workload and times it, on a thread of the kernels' pool.
 fn measure(args: &BenchArgs) -> Result<()> {
     let Some(batch) = zoo::workload_batch(&args.workload) else {
-        bail!("unknown workload '{}': choose one of {}", args.workload, zoo::MODELS.join(", "));
+        bail!(
+            "unknown workload '{}': choose one of {}",
+            args.workload,
+            zoo::MODELS.join(", ")
+        );
     };
-    let graph = zoo::by_name(&args.workload).context("zoo")??.bind_batch(batch);
+    let graph = zoo::by_name(&args.workload)
+        .context("zoo")??
+        .bind_batch(batch);
     let (classes, optimizer) = match args.workload.as_str() {
         "mlp" => (10, Some(OptimizerConfig::sgd(0.01))),
         "transformer" => (256, Some(OptimizerConfig::adamw(1e-3))),
@@ -94,19 +131,36 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let feed: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let key = StepKey::default();
 
-    let mut fwd = Executor::new(CpuBackend::new(), graph.clone(), &[], ExecOptions::default())?;
+    let mut fwd = Executor::new(
+        CpuBackend::new(),
+        graph.clone(),
+        &[],
+        ExecOptions::default(),
+    )?;
     fwd.init_params(0)?;
     for (input, bytes) in graph.inputs.iter().zip(&feed) {
         fwd.write_bytes(input.value, bytes)?;
     }
-    let fwd_ms = median_ms(|| Ok(fwd.run(key, &mut |_, _| {})?), args.warmup, args.steps)?;
+    let fwd_ms = median_ms(
+        || Ok(fwd.run(key, &mut |_, _| {})?),
+        args.warmup,
+        args.steps,
+    )?;
 
     let opt = optimizer.unwrap_or(OptimizerConfig::sgd(0.0));
     let mut trainer = Trainer::new(CpuBackend::new(), &graph, opt, ExecOptions::default(), 0)?;
     trainer.step(&feed)?;
-    let fwdbwd_ms = median_ms(|| Ok(trainer.executor_mut().run(key, &mut |_, _| {})?), args.warmup, args.steps)?;
+    let fwdbwd_ms = median_ms(
+        || Ok(trainer.executor_mut().run(key, &mut |_, _| {})?),
+        args.warmup,
+        args.steps,
+    )?;
     let step_ms = match optimizer {
-        Some(_) => median_ms(|| trainer.step(&feed).map(|_| ()).map_err(Into::into), args.warmup, args.steps)?,
+        Some(_) => median_ms(
+            || trainer.step(&feed).map(|_| ()).map_err(Into::into),
+            args.warmup,
+            args.steps,
+        )?,
         None => fwdbwd_ms,
     };
     let exec = trainer.executor();

@@ -20,8 +20,8 @@ use adjoint_kernels::{Backend, CpuBackend};
 use adjoint_worker::data::{Dataset, HostTensor};
 use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Run the demo on the embedded defaults.
 #[derive(Debug, Args)]
@@ -57,7 +57,12 @@ fn train_transformer(seed: u64) -> Result<()> {
     let graph = zoo::transformer(&cfg)?;
     let mut tokens = Vec::with_capacity(samples * cfg.seq);
     let mut targets = Vec::with_capacity(samples * cfg.seq);
-    let start = Stream { seed, step: 0, rank: 0, site: 99 };
+    let start = Stream {
+        seed,
+        step: 0,
+        rank: 0,
+        site: 99,
+    };
     for s in 0..samples {
         let mut t = (start.uniform(s as u64) * cfg.vocab as f64) as i64;
         for _ in 0..cfg.seq {
@@ -69,7 +74,10 @@ fn train_transformer(seed: u64) -> Result<()> {
     }
     let shape = vec![samples, cfg.seq];
     let data = BTreeMap::from([
-        ("tokens".to_owned(), HostTensor::from_i64(shape.clone(), &tokens)),
+        (
+            "tokens".to_owned(),
+            HostTensor::from_i64(shape.clone(), &tokens),
+        ),
         ("targets".to_owned(), HostTensor::from_i64(shape, &targets)),
     ]);
     let dataset = Dataset::new(&graph, data)?;
@@ -82,7 +90,13 @@ fn train_transformer(seed: u64) -> Result<()> {
         16,
         CpuBackend::new().name()
     );
-    let mut trainer = Trainer::new(CpuBackend::new(), &graph, OptimizerConfig::adamw(3e-3), ExecOptions::default(), seed)?;
+    let mut trainer = Trainer::new(
+        CpuBackend::new(),
+        &graph,
+        OptimizerConfig::adamw(3e-3),
+        ExecOptions::default(),
+        seed,
+    )?;
     let plan = trainer.executor().plan();
     println!(
         "  memory plan: arena {:.1} MiB (live lower bound {:.1} MiB), parameters {:.1} MiB, gradients {:.1} MiB",
@@ -92,7 +106,10 @@ fn train_transformer(seed: u64) -> Result<()> {
         mib(plan.grad_bytes)
     );
     let bar = ProgressBar::new(steps);
-    bar.set_style(ProgressStyle::with_template("  {bar:30} {pos}/{len}  {msg}").context("progress bar template")?);
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:30} {pos}/{len}  {msg}")
+            .context("progress bar template")?,
+    );
     let started = Instant::now();
     let (mut first, mut last) = (f32::NAN, f32::NAN);
     trainer.train(&dataset, 16, steps, &mut |r| {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use adjoint_graph::{Dim, Graph};
-use adjoint_worker::data::{read_safetensors, HostTensor};
-use anyhow::{bail, Context, Result};
+use adjoint_worker::data::{HostTensor, read_safetensors};
+use anyhow::{Context, Result, bail};
 
 /// Reads a safetensors file.
 pub fn load_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
@@ -26,7 +26,11 @@ pub fn bind_to_data(graph: &Graph, data: &BTreeMap<String, HostTensor>) -> Resul
         let shape = &graph.ty(input.value).shape;
         if let Some(axis) = shape.dims().iter().position(|d| *d == Dim::Batch) {
             let Some(&n) = t.shape.get(axis) else {
-                bail!("tensor '{name}' has shape {:?}, the input {}", t.shape, shape);
+                bail!(
+                    "tensor '{name}' has shape {:?}, the input {}",
+                    t.shape,
+                    shape
+                );
             };
             match batch {
                 None => batch = Some(n),
@@ -50,7 +54,11 @@ pub fn bind_to_data(graph: &Graph, data: &BTreeMap<String, HostTensor>) -> Resul
             );
         }
     }
-    if let Some(extra) = data.keys().find(|k| bound.find(k).is_none_or(|v| !bound.inputs.iter().any(|i| i.value == v))) {
+    if let Some(extra) = data.keys().find(|k| {
+        bound
+            .find(k)
+            .is_none_or(|v| !bound.inputs.iter().any(|i| i.value == v))
+    }) {
         bail!("the data has a tensor '{extra}' that is not a graph input");
     }
     Ok(bound)

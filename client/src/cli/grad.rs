@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use adjoint_client::graph_file;
 use adjoint_graph::autodiff;
 use adjoint_kernels::CpuBackend;
-use adjoint_worker::data::{params_by_name, read_safetensors, write_safetensors, HostTensor};
+use adjoint_worker::data::{HostTensor, params_by_name, read_safetensors, write_safetensors};
 use adjoint_worker::{ExecOptions, Executor, StepKey};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::engine::{bind_to_data, load_tensors};
@@ -41,13 +41,23 @@ pub fn run(args: GradArgs) -> Result<()> {
     let Some(loss) = graph.loss else {
         bail!("graph '{}' has no loss to differentiate", graph.name);
     };
-    let joint = autodiff::grad(&graph, loss, &graph.trainable_params()).context("differentiating the graph")?;
-    let mut exec = Executor::new(CpuBackend::new(), joint.graph.clone(), &joint.grads, ExecOptions::default())?;
+    let joint = autodiff::grad(&graph, loss, &graph.trainable_params())
+        .context("differentiating the graph")?;
+    let mut exec = Executor::new(
+        CpuBackend::new(),
+        joint.graph.clone(),
+        &joint.grads,
+        ExecOptions::default(),
+    )?;
     exec.init_params(args.seed)?;
     if let Some(path) = &args.params {
-        let tensors = read_safetensors(&std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
-            .with_context(|| format!("reading {}", path.display()))?;
-        for (v, t) in params_by_name(exec.graph(), &tensors).with_context(|| format!("in {}", path.display()))? {
+        let tensors = read_safetensors(
+            &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+        for (v, t) in params_by_name(exec.graph(), &tensors)
+            .with_context(|| format!("in {}", path.display()))?
+        {
             exec.write_bytes(v, &t.bytes)?;
         }
     }
@@ -55,12 +65,23 @@ pub fn run(args: GradArgs) -> Result<()> {
         let name = graph.name_of(input.value);
         let t = &batch[name];
         let v = joint.graph.find(name).context("inputs keep their names")?;
-        exec.write_bytes(v, &t.bytes).with_context(|| format!("feeding '{name}'"))?;
+        exec.write_bytes(v, &t.bytes)
+            .with_context(|| format!("feeding '{name}'"))?;
     }
-    exec.run(StepKey { seed: args.seed, step: 0, rank: 0 }, &mut |_, _| {})?;
+    exec.run(
+        StepKey {
+            seed: args.seed,
+            step: 0,
+            rank: 0,
+        },
+        &mut |_, _| {},
+    )?;
     let mut out = BTreeMap::new();
     let loss_value = exec.loss()?;
-    out.insert("loss".to_owned(), HostTensor::from_f32(Vec::new(), &[loss_value]));
+    out.insert(
+        "loss".to_owned(),
+        HostTensor::from_f32(Vec::new(), &[loss_value]),
+    );
     for &(param, _) in &joint.grads {
         let name = joint.graph.name_of(param).to_owned();
         let shape = joint.graph.static_shape(param);

@@ -1,12 +1,18 @@
 //! The subcommands of `adjoint`, one file each.
 
 mod bench;
+mod bench_allreduce;
 mod check;
 mod demo;
 mod engine;
 mod grad;
+mod jobs;
 mod model;
+mod service;
+mod submit;
 mod train;
+mod up;
+mod watch;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +32,15 @@ enum Command {
     Demo(demo::DemoArgs),
     Grad(grad::GradArgs),
     Train(train::TrainArgs),
+    Submit(submit::SubmitArgs),
+    Estimate(submit::EstimateArgs),
+    Jobs(jobs::JobsArgs),
+    Status(jobs::StatusArgs),
+    Watch(watch::WatchArgs),
+    Cancel(jobs::CancelArgs),
+    Pull(jobs::PullArgs),
+    Workers(jobs::WorkersArgs),
+    Up(up::UpArgs),
     Model(model::ModelArgs),
     Check(check::CheckArgs),
 }
@@ -36,6 +51,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Grad(args) => grad::run(args),
         Command::Train(args) => train::run(args),
+        Command::Submit(args) => submit::submit(args),
+        Command::Estimate(args) => submit::estimate(args),
+        Command::Jobs(args) => jobs::jobs(args),
+        Command::Status(args) => jobs::status(args),
+        Command::Watch(args) => watch::run(args),
+        Command::Cancel(args) => jobs::cancel(args),
+        Command::Pull(args) => jobs::pull(args),
+        Command::Workers(args) => jobs::workers(args),
+        Command::Up(args) => up::run(args),
         Command::Model(args) => model::run(args),
         Command::Check(args) => check::run(args),
     }

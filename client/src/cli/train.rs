@@ -7,9 +7,11 @@ use std::time::Instant;
 use adjoint_client::graph_file;
 use adjoint_graph::Dim;
 use adjoint_kernels::CpuBackend;
-use adjoint_worker::data::{params_by_name, read_safetensors, write_safetensors, Dataset, HostTensor};
+use adjoint_worker::data::{
+    Dataset, HostTensor, params_by_name, read_safetensors, write_safetensors,
+};
 use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -53,18 +55,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .and_then(|i| graph.ty(i.value).shape.dims().first().copied())
         .and_then(Dim::fixed);
     let batch = match (args.batch_size, fixed) {
-        (Some(b), Some(f)) if b != f => bail!("--batch-size {b}, but the graph fixes its batch at {f}"),
+        (Some(b), Some(f)) if b != f => {
+            bail!("--batch-size {b}, but the graph fixes its batch at {f}")
+        }
         (Some(b), _) | (None, Some(b)) => b,
         (None, None) => 32,
     };
     if batch == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let dataset = Dataset::new(&graph, load_tensors(&args.data)?).with_context(|| format!("in {}", args.data.display()))?;
+    let dataset = Dataset::new(&graph, load_tensors(&args.data)?)
+        .with_context(|| format!("in {}", args.data.display()))?;
     let bound = graph.bind_batch(batch);
-    let mut trainer = Trainer::new(CpuBackend::new(), &bound, optimizer, ExecOptions::default(), args.seed)?;
+    let mut trainer = Trainer::new(
+        CpuBackend::new(),
+        &bound,
+        optimizer,
+        ExecOptions::default(),
+        args.seed,
+    )?;
     if let Some(path) = &args.params {
-        let tensors = read_safetensors(&std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)?;
+        let tensors = read_safetensors(
+            &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        )?;
         let exec = trainer.executor_mut();
         for (v, t) in params_by_name(exec.graph(), &tensors)? {
             exec.write_bytes(v, &t.bytes)?;
@@ -72,8 +85,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let bar = ProgressBar::new(args.steps);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .context("progress bar template")?,
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .context("progress bar template")?,
     );
     let started = Instant::now();
     let mut last_loss = f32::NAN;
@@ -98,7 +113,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let shape = exec.graph().static_shape(p.value);
             out.insert(name, HostTensor::from_f32(shape, &exec.read_f32(p.value)?));
         }
-        std::fs::write(path, write_safetensors(&out)?).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, write_safetensors(&out)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {} parameters to {}", out.len(), path.display());
     }
     Ok(())

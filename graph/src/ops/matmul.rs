@@ -63,10 +63,17 @@ fn split_matrix(t: &TensorType, i: usize) -> std::result::Result<(Shape, Dim, Di
 /// sum. Applies when both operands carry the same full batch and contract
 /// over their second-to-last axis (`trans_a` and not `trans_b`), so the
 /// reshape is free.
-fn folded_batch_product(b: &mut Builder, x: ValueId, y: ValueId, op: MatMul, target: &Shape) -> Result<Option<ValueId>> {
+fn folded_batch_product(
+    b: &mut Builder,
+    x: ValueId,
+    y: ValueId,
+    op: MatMul,
+    target: &Shape,
+) -> Result<Option<ValueId>> {
     let (sx, sy) = (b.shape(x).clone(), b.shape(y).clone());
     let batch_rank = sx.rank().saturating_sub(2);
-    if target.rank() != 2 || batch_rank == 0 || !op.trans_a || op.trans_b || sx.rank() != sy.rank() {
+    if target.rank() != 2 || batch_rank == 0 || !op.trans_a || op.trans_b || sx.rank() != sy.rank()
+    {
         return Ok(None);
     }
     if sx.dims()[..batch_rank] != sy.dims()[..batch_rank] || !sx.is_static() || !sy.is_static() {

@@ -28,7 +28,10 @@
 pub mod assign;
 mod check;
 mod grads;
+mod hash;
 mod liveness;
+
+pub use hash::plan_hash;
 
 use crate::autodiff::require_static;
 use crate::{Error, Graph, Result, ValueId, validate};

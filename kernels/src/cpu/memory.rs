@@ -1,7 +1,7 @@
 //! CPU buffers: 64-byte aligned, zero-initialised heap blocks, and typed
 //! slices of them.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
 
 use crate::backend::{Error, Result, View};
 
@@ -48,7 +48,12 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         if self.bytes > 0 {
             // SAFETY: allocated in `new` with this size and alignment.
-            unsafe { dealloc(self.ptr, Layout::from_size_align_unchecked(self.bytes, ALIGN)) };
+            unsafe {
+                dealloc(
+                    self.ptr,
+                    Layout::from_size_align_unchecked(self.bytes, ALIGN),
+                )
+            };
         }
     }
 }

@@ -16,7 +16,7 @@ mod nn;
 mod optim;
 mod reduce;
 
-use memory::{check, slice, slice_mut, Buffer, Elem};
+use memory::{Buffer, Elem, check, slice, slice_mut};
 
 use crate::backend::*;
 
@@ -49,13 +49,15 @@ impl CpuBackend {
     }
 
     fn buf(&self, what: &'static str, v: View) -> Result<&Buffer> {
-        self.buffers.get(v.buffer.0 as usize).ok_or(Error::OutOfBounds {
-            what,
-            buffer: v.buffer.0,
-            offset: v.offset,
-            len: v.bytes(),
-            buffer_len: 0,
-        })
+        self.buffers
+            .get(v.buffer.0 as usize)
+            .ok_or(Error::OutOfBounds {
+                what,
+                buffer: v.buffer.0,
+                offset: v.offset,
+                len: v.bytes(),
+                buffer_len: 0,
+            })
     }
 
     /// A checked input slice.
@@ -81,7 +83,11 @@ impl CpuBackend {
 /// Every output disjoint from every input and from the other outputs.
 fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
     for (i, o) in outputs.iter().enumerate() {
-        if inputs.iter().chain(&outputs[i + 1..]).any(|v| v.overlaps(o)) {
+        if inputs
+            .iter()
+            .chain(&outputs[i + 1..])
+            .any(|v| v.overlaps(o))
+        {
             return Err(Error::Overlap { what });
         }
     }
@@ -134,7 +140,9 @@ impl Backend for CpuBackend {
             },
         )?;
         // SAFETY: bounds checked; `data` is host memory, not in any buffer.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr().add(dst.offset), data.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), buf.ptr().add(dst.offset), data.len())
+        };
         Ok(())
     }
 
@@ -191,38 +199,115 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn binary(&mut self, op: BinaryOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()> {
+    fn binary(
+        &mut self,
+        op: BinaryOp,
+        a: View,
+        a_strides: &[usize],
+        b: View,
+        b_strides: &[usize],
+        out: View,
+        shape: &[usize],
+    ) -> Result<()> {
         disjoint("binary", &[out], &[a, b])?;
-        let (a, b, out) = (self.r("binary a", a)?, self.r("binary b", b)?, self.w("binary out", out)?);
+        let (a, b, out) = (
+            self.r("binary a", a)?,
+            self.r("binary b", b)?,
+            self.w("binary out", out)?,
+        );
         elementwise::binary(op, a, a_strides, b, b_strides, out, shape)
     }
 
-    fn compare(&mut self, op: CompareOp, a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()> {
+    fn compare(
+        &mut self,
+        op: CompareOp,
+        a: View,
+        a_strides: &[usize],
+        b: View,
+        b_strides: &[usize],
+        out: View,
+        shape: &[usize],
+    ) -> Result<()> {
         disjoint("compare", &[out], &[a, b])?;
         match a.elem {
             ElemType::F32 => {
-                let (a, b) = (self.r::<f32>("compare a", a)?, self.r::<f32>("compare b", b)?);
-                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+                let (a, b) = (
+                    self.r::<f32>("compare a", a)?,
+                    self.r::<f32>("compare b", b)?,
+                );
+                elementwise::compare(
+                    op,
+                    a,
+                    a_strides,
+                    b,
+                    b_strides,
+                    self.w("compare out", out)?,
+                    shape,
+                )
             }
             ElemType::I64 => {
-                let (a, b) = (self.r::<i64>("compare a", a)?, self.r::<i64>("compare b", b)?);
-                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+                let (a, b) = (
+                    self.r::<i64>("compare a", a)?,
+                    self.r::<i64>("compare b", b)?,
+                );
+                elementwise::compare(
+                    op,
+                    a,
+                    a_strides,
+                    b,
+                    b_strides,
+                    self.w("compare out", out)?,
+                    shape,
+                )
             }
             ElemType::I32 => {
-                let (a, b) = (self.r::<i32>("compare a", a)?, self.r::<i32>("compare b", b)?);
-                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+                let (a, b) = (
+                    self.r::<i32>("compare a", a)?,
+                    self.r::<i32>("compare b", b)?,
+                );
+                elementwise::compare(
+                    op,
+                    a,
+                    a_strides,
+                    b,
+                    b_strides,
+                    self.w("compare out", out)?,
+                    shape,
+                )
             }
             ElemType::U8 => {
                 let (a, b) = (self.r::<u8>("compare a", a)?, self.r::<u8>("compare b", b)?);
-                elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+                elementwise::compare(
+                    op,
+                    a,
+                    a_strides,
+                    b,
+                    b_strides,
+                    self.w("compare out", out)?,
+                    shape,
+                )
             }
         }
     }
 
-    fn select(&mut self, cond: View, cond_strides: &[usize], a: View, a_strides: &[usize], b: View, b_strides: &[usize], out: View, shape: &[usize]) -> Result<()> {
+    fn select(
+        &mut self,
+        cond: View,
+        cond_strides: &[usize],
+        a: View,
+        a_strides: &[usize],
+        b: View,
+        b_strides: &[usize],
+        out: View,
+        shape: &[usize],
+    ) -> Result<()> {
         disjoint("select", &[out], &[cond, a, b])?;
         let cond = self.r::<u8>("select cond", cond)?;
-        let (a, b, out) = (self.r("select a", a)?, self.r("select b", b)?, self.w("select out", out)?);
+        let (a, b, out) = (
+            self.r("select a", a)?,
+            self.r("select b", b)?,
+            self.w("select out", out)?,
+        );
         elementwise::select(cond, cond_strides, a, a_strides, b, b_strides, out, shape)
     }
 
@@ -253,7 +338,12 @@ impl Backend for CpuBackend {
         same_len("gelu_grad", x.len, dx.len)?;
         same_len("gelu_grad", dy.len, dx.len)?;
         disjoint("gelu_grad", &[dx], &[x, dy])?;
-        elementwise::gelu_grad(tanh, self.r("gelu_grad x", x)?, self.r("gelu_grad dy", dy)?, self.w("gelu_grad dx", dx)?);
+        elementwise::gelu_grad(
+            tanh,
+            self.r("gelu_grad x", x)?,
+            self.r("gelu_grad dy", dy)?,
+            self.w("gelu_grad dx", dx)?,
+        );
         Ok(())
     }
 
@@ -268,25 +358,53 @@ impl Backend for CpuBackend {
         same_len("causal_mask", batch * t * t, x.len)?;
         same_len("causal_mask", x.len, y.len)?;
         disjoint("causal_mask", &[y], &[x])?;
-        elementwise::causal_mask(self.r("causal_mask x", x)?, self.w("causal_mask y", y)?, t, fill);
+        elementwise::causal_mask(
+            self.r("causal_mask x", x)?,
+            self.w("causal_mask y", y)?,
+            t,
+            fill,
+        );
         Ok(())
     }
 
-    fn copy_strided(&mut self, src: View, src_strides: &[usize], dst: View, dst_strides: &[usize], shape: &[usize]) -> Result<()> {
+    fn copy_strided(
+        &mut self,
+        src: View,
+        src_strides: &[usize],
+        dst: View,
+        dst_strides: &[usize],
+        shape: &[usize],
+    ) -> Result<()> {
         disjoint("copy_strided", &[dst], &[src])?;
         match (src.elem, dst.elem) {
-            (ElemType::F32, ElemType::F32) => {
-                layout::copy_strided(self.r::<f32>("copy_strided src", src)?, src_strides, self.w::<f32>("copy_strided dst", dst)?, dst_strides, shape)
-            }
-            (ElemType::I64, ElemType::I64) => {
-                layout::copy_strided(self.r::<i64>("copy_strided src", src)?, src_strides, self.w::<i64>("copy_strided dst", dst)?, dst_strides, shape)
-            }
-            (ElemType::I32, ElemType::I32) => {
-                layout::copy_strided(self.r::<i32>("copy_strided src", src)?, src_strides, self.w::<i32>("copy_strided dst", dst)?, dst_strides, shape)
-            }
-            (ElemType::U8, ElemType::U8) => {
-                layout::copy_strided(self.r::<u8>("copy_strided src", src)?, src_strides, self.w::<u8>("copy_strided dst", dst)?, dst_strides, shape)
-            }
+            (ElemType::F32, ElemType::F32) => layout::copy_strided(
+                self.r::<f32>("copy_strided src", src)?,
+                src_strides,
+                self.w::<f32>("copy_strided dst", dst)?,
+                dst_strides,
+                shape,
+            ),
+            (ElemType::I64, ElemType::I64) => layout::copy_strided(
+                self.r::<i64>("copy_strided src", src)?,
+                src_strides,
+                self.w::<i64>("copy_strided dst", dst)?,
+                dst_strides,
+                shape,
+            ),
+            (ElemType::I32, ElemType::I32) => layout::copy_strided(
+                self.r::<i32>("copy_strided src", src)?,
+                src_strides,
+                self.w::<i32>("copy_strided dst", dst)?,
+                dst_strides,
+                shape,
+            ),
+            (ElemType::U8, ElemType::U8) => layout::copy_strided(
+                self.r::<u8>("copy_strided src", src)?,
+                src_strides,
+                self.w::<u8>("copy_strided dst", dst)?,
+                dst_strides,
+                shape,
+            ),
             (s, d) => Err(Error::ElemType {
                 what: "copy_strided dst",
                 expected: s,
@@ -295,31 +413,99 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn reduce(&mut self, op: ReduceOp, x: View, shape: &[usize], axes: &[bool], y: View) -> Result<()> {
+    fn reduce(
+        &mut self,
+        op: ReduceOp,
+        x: View,
+        shape: &[usize],
+        axes: &[bool],
+        y: View,
+    ) -> Result<()> {
         disjoint("reduce", &[y], &[x])?;
-        reduce::reduce(op, self.r("reduce x", x)?, shape, axes, self.w("reduce y", y)?)
+        reduce::reduce(
+            op,
+            self.r("reduce x", x)?,
+            shape,
+            axes,
+            self.w("reduce y", y)?,
+        )
     }
 
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
         disjoint("matmul", &[c], &[a, b])?;
-        matmul::matmul(self.r("matmul a", a)?, self.r("matmul b", b)?, self.w("matmul c", c)?, dims)
+        matmul::matmul(
+            self.r("matmul a", a)?,
+            self.r("matmul b", b)?,
+            self.w("matmul c", c)?,
+            dims,
+        )
     }
 
-    fn gather(&mut self, data: View, indices: View, out: View, outer: usize, axis: usize, inner: usize) -> Result<()> {
+    fn gather(
+        &mut self,
+        data: View,
+        indices: View,
+        out: View,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    ) -> Result<()> {
         disjoint("gather", &[out], &[data, indices])?;
-        let (data, out) = (self.r::<f32>("gather data", data)?, self.w::<f32>("gather out", out)?);
+        let (data, out) = (
+            self.r::<f32>("gather data", data)?,
+            self.w::<f32>("gather out", out)?,
+        );
         match indices.elem {
-            ElemType::I32 => index::gather(data, self.r::<i32>("gather indices", indices)?, out, outer, axis, inner),
-            _ => index::gather(data, self.r::<i64>("gather indices", indices)?, out, outer, axis, inner),
+            ElemType::I32 => index::gather(
+                data,
+                self.r::<i32>("gather indices", indices)?,
+                out,
+                outer,
+                axis,
+                inner,
+            ),
+            _ => index::gather(
+                data,
+                self.r::<i64>("gather indices", indices)?,
+                out,
+                outer,
+                axis,
+                inner,
+            ),
         }
     }
 
-    fn scatter_add(&mut self, updates: View, indices: View, out: View, outer: usize, size: usize, inner: usize) -> Result<()> {
+    fn scatter_add(
+        &mut self,
+        updates: View,
+        indices: View,
+        out: View,
+        outer: usize,
+        size: usize,
+        inner: usize,
+    ) -> Result<()> {
         disjoint("scatter_add", &[out], &[updates, indices])?;
-        let (updates, out) = (self.r::<f32>("scatter_add updates", updates)?, self.w::<f32>("scatter_add out", out)?);
+        let (updates, out) = (
+            self.r::<f32>("scatter_add updates", updates)?,
+            self.w::<f32>("scatter_add out", out)?,
+        );
         match indices.elem {
-            ElemType::I32 => index::scatter_add(updates, self.r::<i32>("scatter_add indices", indices)?, out, outer, size, inner),
-            _ => index::scatter_add(updates, self.r::<i64>("scatter_add indices", indices)?, out, outer, size, inner),
+            ElemType::I32 => index::scatter_add(
+                updates,
+                self.r::<i32>("scatter_add indices", indices)?,
+                out,
+                outer,
+                size,
+                inner,
+            ),
+            _ => index::scatter_add(
+                updates,
+                self.r::<i64>("scatter_add indices", indices)?,
+                out,
+                outer,
+                size,
+                inner,
+            ),
         }
     }
 
@@ -332,26 +518,65 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn softmax(&mut self, x: View, y: View, outer: usize, n: usize, inner: usize, log: bool) -> Result<()> {
+    fn softmax(
+        &mut self,
+        x: View,
+        y: View,
+        outer: usize,
+        n: usize,
+        inner: usize,
+        log: bool,
+    ) -> Result<()> {
         same_len("softmax", outer * n * inner, x.len)?;
         same_len("softmax", x.len, y.len)?;
         disjoint("softmax", &[y], &[x])?;
-        nn::softmax(self.r("softmax x", x)?, self.w("softmax y", y)?, outer, n, inner, log);
+        nn::softmax(
+            self.r("softmax x", x)?,
+            self.w("softmax y", y)?,
+            outer,
+            n,
+            inner,
+            log,
+        );
         Ok(())
     }
 
-    fn layer_norm(&mut self, x: View, gamma: View, beta: View, y: View, rows: usize, d: usize, eps: f32) -> Result<()> {
+    fn layer_norm(
+        &mut self,
+        x: View,
+        gamma: View,
+        beta: View,
+        y: View,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
         same_len("layer_norm x", rows * d, x.len)?;
         same_len("layer_norm y", rows * d, y.len)?;
         same_len("layer_norm gamma", d, gamma.len)?;
         same_len("layer_norm beta", d, beta.len)?;
         disjoint("layer_norm", &[y], &[x, gamma, beta])?;
-        let (xs, g, b) = (self.r("layer_norm x", x)?, self.r("layer_norm gamma", gamma)?, self.r("layer_norm beta", beta)?);
+        let (xs, g, b) = (
+            self.r("layer_norm x", x)?,
+            self.r("layer_norm gamma", gamma)?,
+            self.r("layer_norm beta", beta)?,
+        );
         nn::layer_norm(xs, g, b, self.w("layer_norm y", y)?, rows, d, eps);
         Ok(())
     }
 
-    fn layer_norm_grad(&mut self, x: View, gamma: View, dy: View, dx: View, dgamma: View, dbeta: View, rows: usize, d: usize, eps: f32) -> Result<()> {
+    fn layer_norm_grad(
+        &mut self,
+        x: View,
+        gamma: View,
+        dy: View,
+        dx: View,
+        dgamma: View,
+        dbeta: View,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
         same_len("layer_norm_grad x", rows * d, x.len)?;
         same_len("layer_norm_grad dy", rows * d, dy.len)?;
         same_len("layer_norm_grad dx", rows * d, dx.len)?;
@@ -359,36 +584,100 @@ impl Backend for CpuBackend {
         same_len("layer_norm_grad dgamma", d, dgamma.len)?;
         same_len("layer_norm_grad dbeta", d, dbeta.len)?;
         disjoint("layer_norm_grad", &[dx, dgamma, dbeta], &[x, gamma, dy])?;
-        let (xs, g, dys) = (self.r("layer_norm_grad x", x)?, self.r("layer_norm_grad gamma", gamma)?, self.r("layer_norm_grad dy", dy)?);
-        let (dxs, dg, db) = (self.w("layer_norm_grad dx", dx)?, self.w("layer_norm_grad dgamma", dgamma)?, self.w("layer_norm_grad dbeta", dbeta)?);
+        let (xs, g, dys) = (
+            self.r("layer_norm_grad x", x)?,
+            self.r("layer_norm_grad gamma", gamma)?,
+            self.r("layer_norm_grad dy", dy)?,
+        );
+        let (dxs, dg, db) = (
+            self.w("layer_norm_grad dx", dx)?,
+            self.w("layer_norm_grad dgamma", dgamma)?,
+            self.w("layer_norm_grad dbeta", dbeta)?,
+        );
         nn::layer_norm_grad(xs, g, dys, dxs, dg, db, rows, d, eps);
         Ok(())
     }
 
-    fn softmax_cross_entropy(&mut self, logits: View, labels: View, loss: View, rows: usize, classes: usize) -> Result<()> {
+    fn softmax_cross_entropy(
+        &mut self,
+        logits: View,
+        labels: View,
+        loss: View,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()> {
         same_len("softmax_cross_entropy logits", rows * classes, logits.len)?;
         same_len("softmax_cross_entropy labels", rows, labels.len)?;
         same_len("softmax_cross_entropy loss", 1, loss.len)?;
         disjoint("softmax_cross_entropy", &[loss], &[logits, labels])?;
-        let (lg, out) = (self.r::<f32>("softmax_cross_entropy logits", logits)?, self.w::<f32>("softmax_cross_entropy loss", loss)?);
+        let (lg, out) = (
+            self.r::<f32>("softmax_cross_entropy logits", logits)?,
+            self.w::<f32>("softmax_cross_entropy loss", loss)?,
+        );
         match labels.elem {
-            ElemType::I32 => loss::softmax_cross_entropy(lg, self.r::<i32>("softmax_cross_entropy labels", labels)?, out, rows, classes),
-            _ => loss::softmax_cross_entropy(lg, self.r::<i64>("softmax_cross_entropy labels", labels)?, out, rows, classes),
+            ElemType::I32 => loss::softmax_cross_entropy(
+                lg,
+                self.r::<i32>("softmax_cross_entropy labels", labels)?,
+                out,
+                rows,
+                classes,
+            ),
+            _ => loss::softmax_cross_entropy(
+                lg,
+                self.r::<i64>("softmax_cross_entropy labels", labels)?,
+                out,
+                rows,
+                classes,
+            ),
         }
     }
 
-    fn softmax_cross_entropy_grad(&mut self, logits: View, labels: View, dloss: View, dlogits: View, rows: usize, classes: usize) -> Result<()> {
-        same_len("softmax_cross_entropy_grad logits", rows * classes, logits.len)?;
-        same_len("softmax_cross_entropy_grad dlogits", rows * classes, dlogits.len)?;
+    fn softmax_cross_entropy_grad(
+        &mut self,
+        logits: View,
+        labels: View,
+        dloss: View,
+        dlogits: View,
+        rows: usize,
+        classes: usize,
+    ) -> Result<()> {
+        same_len(
+            "softmax_cross_entropy_grad logits",
+            rows * classes,
+            logits.len,
+        )?;
+        same_len(
+            "softmax_cross_entropy_grad dlogits",
+            rows * classes,
+            dlogits.len,
+        )?;
         same_len("softmax_cross_entropy_grad labels", rows, labels.len)?;
         same_len("softmax_cross_entropy_grad dloss", 1, dloss.len)?;
-        disjoint("softmax_cross_entropy_grad", &[dlogits], &[logits, labels, dloss])?;
+        disjoint(
+            "softmax_cross_entropy_grad",
+            &[dlogits],
+            &[logits, labels, dloss],
+        )?;
         let lg = self.r::<f32>("softmax_cross_entropy_grad logits", logits)?;
         let dl = self.r::<f32>("softmax_cross_entropy_grad dloss", dloss)?[0];
         let out = self.w::<f32>("softmax_cross_entropy_grad dlogits", dlogits)?;
         match labels.elem {
-            ElemType::I32 => loss::softmax_cross_entropy_grad(lg, self.r::<i32>("labels", labels)?, dl, out, rows, classes),
-            _ => loss::softmax_cross_entropy_grad(lg, self.r::<i64>("labels", labels)?, dl, out, rows, classes),
+            ElemType::I32 => loss::softmax_cross_entropy_grad(
+                lg,
+                self.r::<i32>("labels", labels)?,
+                dl,
+                out,
+                rows,
+                classes,
+            ),
+            _ => loss::softmax_cross_entropy_grad(
+                lg,
+                self.r::<i64>("labels", labels)?,
+                dl,
+                out,
+                rows,
+                classes,
+            ),
         }
     }
 
@@ -408,7 +697,11 @@ impl Backend for CpuBackend {
         }
         disjoint("sgd", &[param, momentum], &[grad])?;
         let (w, g) = (self.w("sgd param", param)?, self.r("sgd grad", grad)?);
-        let buf = if p.momentum != 0.0 { self.w("sgd momentum", momentum)? } else { &mut [][..] };
+        let buf = if p.momentum != 0.0 {
+            self.w("sgd momentum", momentum)?
+        } else {
+            &mut [][..]
+        };
         optim::sgd(w, g, buf, p);
         Ok(())
     }

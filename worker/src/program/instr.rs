@@ -1,35 +1,159 @@
 //! One backend call with its arguments resolved.
 
-use adjoint_kernels::{
-    Backend, BinaryOp, CompareOp, MatMulDims, ReduceOp, RngKey, UnaryOp, View,
-};
+use adjoint_kernels::{Backend, BinaryOp, CompareOp, MatMulDims, ReduceOp, RngKey, UnaryOp, View};
 
 /// A backend call. Shapes and strides are owned here, computed once at
 /// compile time, and lent to the backend at run time.
 #[derive(Debug, Clone)]
 pub enum Instr {
-    Fill { dst: View, value: f64 },
-    Copy { src: View, dst: View },
-    CopyStrided { src: View, src_strides: Vec<usize>, dst: View, dst_strides: Vec<usize>, shape: Vec<usize> },
-    Unary { op: UnaryOp, x: View, y: View },
-    Binary { op: BinaryOp, a: View, a_strides: Vec<usize>, b: View, b_strides: Vec<usize>, out: View, shape: Vec<usize> },
-    Compare { op: CompareOp, a: View, a_strides: Vec<usize>, b: View, b_strides: Vec<usize>, out: View, shape: Vec<usize> },
-    Select { cond: View, cond_strides: Vec<usize>, a: View, a_strides: Vec<usize>, b: View, b_strides: Vec<usize>, out: View, shape: Vec<usize> },
-    Cast { x: View, y: View },
-    GeluGrad { tanh: bool, x: View, dy: View, dx: View },
-    Dropout { x: View, y: View, p: f32, site: u64 },
-    CausalMask { x: View, y: View, batch: usize, t: usize, fill: f32 },
-    Reduce { op: ReduceOp, x: View, shape: Vec<usize>, axes: Vec<bool>, y: View },
+    Fill {
+        dst: View,
+        value: f64,
+    },
+    Copy {
+        src: View,
+        dst: View,
+    },
+    CopyStrided {
+        src: View,
+        src_strides: Vec<usize>,
+        dst: View,
+        dst_strides: Vec<usize>,
+        shape: Vec<usize>,
+    },
+    Unary {
+        op: UnaryOp,
+        x: View,
+        y: View,
+    },
+    Binary {
+        op: BinaryOp,
+        a: View,
+        a_strides: Vec<usize>,
+        b: View,
+        b_strides: Vec<usize>,
+        out: View,
+        shape: Vec<usize>,
+    },
+    Compare {
+        op: CompareOp,
+        a: View,
+        a_strides: Vec<usize>,
+        b: View,
+        b_strides: Vec<usize>,
+        out: View,
+        shape: Vec<usize>,
+    },
+    Select {
+        cond: View,
+        cond_strides: Vec<usize>,
+        a: View,
+        a_strides: Vec<usize>,
+        b: View,
+        b_strides: Vec<usize>,
+        out: View,
+        shape: Vec<usize>,
+    },
+    Cast {
+        x: View,
+        y: View,
+    },
+    GeluGrad {
+        tanh: bool,
+        x: View,
+        dy: View,
+        dx: View,
+    },
+    Dropout {
+        x: View,
+        y: View,
+        p: f32,
+        site: u64,
+    },
+    CausalMask {
+        x: View,
+        y: View,
+        batch: usize,
+        t: usize,
+        fill: f32,
+    },
+    Reduce {
+        op: ReduceOp,
+        x: View,
+        shape: Vec<usize>,
+        axes: Vec<bool>,
+        y: View,
+    },
     MatMul(Box<MatMulInstr>),
-    Gather { data: View, indices: View, out: View, outer: usize, axis: usize, inner: usize },
-    ScatterAdd { updates: View, indices: View, out: View, outer: usize, size: usize, inner: usize },
-    OneHot { indices: View, out: View, depth: usize },
-    Softmax { x: View, y: View, outer: usize, n: usize, inner: usize, log: bool },
-    LayerNorm { x: View, gamma: View, beta: View, y: View, rows: usize, d: usize, eps: f32 },
-    LayerNormGrad { x: View, gamma: View, dy: View, dx: View, dgamma: View, dbeta: View, rows: usize, d: usize, eps: f32 },
-    SoftmaxCrossEntropy { logits: View, labels: View, loss: View, rows: usize, classes: usize },
-    SoftmaxCrossEntropyGrad { logits: View, labels: View, dloss: View, dlogits: View, rows: usize, classes: usize },
-    Mse { pred: View, target: View, loss: View },
+    Gather {
+        data: View,
+        indices: View,
+        out: View,
+        outer: usize,
+        axis: usize,
+        inner: usize,
+    },
+    ScatterAdd {
+        updates: View,
+        indices: View,
+        out: View,
+        outer: usize,
+        size: usize,
+        inner: usize,
+    },
+    OneHot {
+        indices: View,
+        out: View,
+        depth: usize,
+    },
+    Softmax {
+        x: View,
+        y: View,
+        outer: usize,
+        n: usize,
+        inner: usize,
+        log: bool,
+    },
+    LayerNorm {
+        x: View,
+        gamma: View,
+        beta: View,
+        y: View,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    },
+    LayerNormGrad {
+        x: View,
+        gamma: View,
+        dy: View,
+        dx: View,
+        dgamma: View,
+        dbeta: View,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    },
+    SoftmaxCrossEntropy {
+        logits: View,
+        labels: View,
+        loss: View,
+        rows: usize,
+        classes: usize,
+    },
+    SoftmaxCrossEntropyGrad {
+        logits: View,
+        labels: View,
+        dloss: View,
+        dlogits: View,
+        rows: usize,
+        classes: usize,
+    },
+    Mse {
+        pred: View,
+        target: View,
+        loss: View,
+    },
 }
 
 /// Operands and dimensions of a batched matmul.
@@ -63,19 +187,51 @@ impl Instr {
         match self {
             Instr::Fill { dst, value } => backend.fill(*dst, *value),
             Instr::Copy { src, dst } => backend.copy(*src, *dst),
-            Instr::CopyStrided { src, src_strides, dst, dst_strides, shape } => {
-                backend.copy_strided(*src, src_strides, *dst, dst_strides, shape)
-            }
+            Instr::CopyStrided {
+                src,
+                src_strides,
+                dst,
+                dst_strides,
+                shape,
+            } => backend.copy_strided(*src, src_strides, *dst, dst_strides, shape),
             Instr::Unary { op, x, y } => backend.unary(*op, *x, *y),
-            Instr::Binary { op, a, a_strides, b, b_strides, out, shape } => {
-                backend.binary(*op, *a, a_strides, *b, b_strides, *out, shape)
-            }
-            Instr::Compare { op, a, a_strides, b, b_strides, out, shape } => {
-                backend.compare(*op, *a, a_strides, *b, b_strides, *out, shape)
-            }
-            Instr::Select { cond, cond_strides, a, a_strides, b, b_strides, out, shape } => {
-                backend.select(*cond, cond_strides, *a, a_strides, *b, b_strides, *out, shape)
-            }
+            Instr::Binary {
+                op,
+                a,
+                a_strides,
+                b,
+                b_strides,
+                out,
+                shape,
+            } => backend.binary(*op, *a, a_strides, *b, b_strides, *out, shape),
+            Instr::Compare {
+                op,
+                a,
+                a_strides,
+                b,
+                b_strides,
+                out,
+                shape,
+            } => backend.compare(*op, *a, a_strides, *b, b_strides, *out, shape),
+            Instr::Select {
+                cond,
+                cond_strides,
+                a,
+                a_strides,
+                b,
+                b_strides,
+                out,
+                shape,
+            } => backend.select(
+                *cond,
+                cond_strides,
+                *a,
+                a_strides,
+                *b,
+                b_strides,
+                *out,
+                shape,
+            ),
             Instr::Cast { x, y } => backend.cast(*x, *y),
             Instr::GeluGrad { tanh, x, dy, dx } => backend.gelu_grad(*tanh, *x, *dy, *dx),
             Instr::Dropout { x, y, p, site } => {
@@ -87,8 +243,20 @@ impl Instr {
                 };
                 backend.dropout(*x, *y, *p, key)
             }
-            Instr::CausalMask { x, y, batch, t, fill } => backend.causal_mask(*x, *y, *batch, *t, *fill),
-            Instr::Reduce { op, x, shape, axes, y } => backend.reduce(*op, *x, shape, axes, *y),
+            Instr::CausalMask {
+                x,
+                y,
+                batch,
+                t,
+                fill,
+            } => backend.causal_mask(*x, *y, *batch, *t, *fill),
+            Instr::Reduce {
+                op,
+                x,
+                shape,
+                axes,
+                y,
+            } => backend.reduce(*op, *x, shape, axes, *y),
             Instr::MatMul(mm) => {
                 let dims = MatMulDims {
                     m: mm.m,
@@ -103,26 +271,71 @@ impl Instr {
                 };
                 backend.matmul(mm.a, mm.b, mm.c, &dims)
             }
-            Instr::Gather { data, indices, out, outer, axis, inner } => {
-                backend.gather(*data, *indices, *out, *outer, *axis, *inner)
-            }
-            Instr::ScatterAdd { updates, indices, out, outer, size, inner } => {
-                backend.scatter_add(*updates, *indices, *out, *outer, *size, *inner)
-            }
-            Instr::OneHot { indices, out, depth } => backend.one_hot(*indices, *out, *depth),
-            Instr::Softmax { x, y, outer, n, inner, log } => backend.softmax(*x, *y, *outer, *n, *inner, *log),
-            Instr::LayerNorm { x, gamma, beta, y, rows, d, eps } => {
-                backend.layer_norm(*x, *gamma, *beta, *y, *rows, *d, *eps)
-            }
-            Instr::LayerNormGrad { x, gamma, dy, dx, dgamma, dbeta, rows, d, eps } => {
-                backend.layer_norm_grad(*x, *gamma, *dy, *dx, *dgamma, *dbeta, *rows, *d, *eps)
-            }
-            Instr::SoftmaxCrossEntropy { logits, labels, loss, rows, classes } => {
-                backend.softmax_cross_entropy(*logits, *labels, *loss, *rows, *classes)
-            }
-            Instr::SoftmaxCrossEntropyGrad { logits, labels, dloss, dlogits, rows, classes } => {
-                backend.softmax_cross_entropy_grad(*logits, *labels, *dloss, *dlogits, *rows, *classes)
-            }
+            Instr::Gather {
+                data,
+                indices,
+                out,
+                outer,
+                axis,
+                inner,
+            } => backend.gather(*data, *indices, *out, *outer, *axis, *inner),
+            Instr::ScatterAdd {
+                updates,
+                indices,
+                out,
+                outer,
+                size,
+                inner,
+            } => backend.scatter_add(*updates, *indices, *out, *outer, *size, *inner),
+            Instr::OneHot {
+                indices,
+                out,
+                depth,
+            } => backend.one_hot(*indices, *out, *depth),
+            Instr::Softmax {
+                x,
+                y,
+                outer,
+                n,
+                inner,
+                log,
+            } => backend.softmax(*x, *y, *outer, *n, *inner, *log),
+            Instr::LayerNorm {
+                x,
+                gamma,
+                beta,
+                y,
+                rows,
+                d,
+                eps,
+            } => backend.layer_norm(*x, *gamma, *beta, *y, *rows, *d, *eps),
+            Instr::LayerNormGrad {
+                x,
+                gamma,
+                dy,
+                dx,
+                dgamma,
+                dbeta,
+                rows,
+                d,
+                eps,
+            } => backend.layer_norm_grad(*x, *gamma, *dy, *dx, *dgamma, *dbeta, *rows, *d, *eps),
+            Instr::SoftmaxCrossEntropy {
+                logits,
+                labels,
+                loss,
+                rows,
+                classes,
+            } => backend.softmax_cross_entropy(*logits, *labels, *loss, *rows, *classes),
+            Instr::SoftmaxCrossEntropyGrad {
+                logits,
+                labels,
+                dloss,
+                dlogits,
+                rows,
+                classes,
+            } => backend
+                .softmax_cross_entropy_grad(*logits, *labels, *dloss, *dlogits, *rows, *classes),
             Instr::Mse { pred, target, loss } => backend.mse(*pred, *target, *loss),
         }
     }
@@ -130,15 +343,25 @@ impl Instr {
     /// The views this call writes.
     pub fn outputs(&self) -> Vec<View> {
         match self {
-            Instr::Fill { dst, .. } | Instr::Copy { dst, .. } | Instr::CopyStrided { dst, .. } => vec![*dst],
+            Instr::Fill { dst, .. } | Instr::Copy { dst, .. } | Instr::CopyStrided { dst, .. } => {
+                vec![*dst]
+            }
             Instr::Unary { y, .. } | Instr::Cast { y, .. } | Instr::Dropout { y, .. } => vec![*y],
-            Instr::CausalMask { y, .. } | Instr::Reduce { y, .. } | Instr::Softmax { y, .. } => vec![*y],
+            Instr::CausalMask { y, .. } | Instr::Reduce { y, .. } | Instr::Softmax { y, .. } => {
+                vec![*y]
+            }
             Instr::LayerNorm { y, .. } => vec![*y],
-            Instr::Binary { out, .. } | Instr::Compare { out, .. } | Instr::Select { out, .. } => vec![*out],
+            Instr::Binary { out, .. } | Instr::Compare { out, .. } | Instr::Select { out, .. } => {
+                vec![*out]
+            }
             Instr::GeluGrad { dx, .. } => vec![*dx],
             Instr::MatMul(mm) => vec![mm.c],
-            Instr::Gather { out, .. } | Instr::ScatterAdd { out, .. } | Instr::OneHot { out, .. } => vec![*out],
-            Instr::LayerNormGrad { dx, dgamma, dbeta, .. } => vec![*dx, *dgamma, *dbeta],
+            Instr::Gather { out, .. }
+            | Instr::ScatterAdd { out, .. }
+            | Instr::OneHot { out, .. } => vec![*out],
+            Instr::LayerNormGrad {
+                dx, dgamma, dbeta, ..
+            } => vec![*dx, *dgamma, *dbeta],
             Instr::SoftmaxCrossEntropy { loss, .. } | Instr::Mse { loss, .. } => vec![*loss],
             Instr::SoftmaxCrossEntropyGrad { dlogits, .. } => vec![*dlogits],
         }

@@ -9,7 +9,12 @@ use super::views::ValueViews;
 use crate::{Error, Result};
 
 /// Appends the instructions of `node` to `out`.
-pub fn lower_node(graph: &Graph, node: &Node, views: &ValueViews, out: &mut Vec<Instr>) -> Result<()> {
+pub fn lower_node(
+    graph: &Graph,
+    node: &Node,
+    views: &ValueViews,
+    out: &mut Vec<Instr>,
+) -> Result<()> {
     let cx = Cx { graph, node, views };
     match &node.op {
         Op::Unary(u) => cx.unary(*u, out),
@@ -122,7 +127,11 @@ impl Cx<'_> {
                 shape,
             },
             Binary::Equal | Binary::Greater => Instr::Compare {
-                op: if b == Binary::Equal { CompareOp::Equal } else { CompareOp::Greater },
+                op: if b == Binary::Equal {
+                    CompareOp::Equal
+                } else {
+                    CompareOp::Greater
+                },
                 a: self.input(0)?,
                 a_strides: strides(0),
                 b: self.input(1)?,
@@ -203,7 +212,13 @@ impl Cx<'_> {
             ReduceKind::Mean => ReduceOp::Mean,
             ReduceKind::Max => ReduceOp::Max,
         };
-        out.push(Instr::Reduce { op, x, shape, axes: mask, y });
+        out.push(Instr::Reduce {
+            op,
+            x,
+            shape,
+            axes: mask,
+            y,
+        });
         Ok(())
     }
 
@@ -410,7 +425,9 @@ impl Cx<'_> {
         let instr = match l {
             Loss::SoftmaxCrossEntropy | Loss::SoftmaxCrossEntropyGrad => {
                 let shape = self.in_shape(0);
-                let classes = *shape.last().ok_or_else(|| self.unsupported("logits must have a class axis"))?;
+                let classes = *shape
+                    .last()
+                    .ok_or_else(|| self.unsupported("logits must have a class axis"))?;
                 let rows = shape.iter().product::<usize>() / classes.max(1);
                 if *l == Loss::SoftmaxCrossEntropy {
                     Instr::SoftmaxCrossEntropy {

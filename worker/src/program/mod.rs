@@ -11,9 +11,9 @@ mod lower;
 mod views;
 
 pub use instr::Instr;
-pub use lower::lower_node;
 pub use instr::StepKey;
-pub use views::{elem_type, Buffers, HostLayout, ValueViews};
+pub use lower::lower_node;
+pub use views::{Buffers, HostLayout, ValueViews, elem_type};
 
 use adjoint_graph::Graph;
 

@@ -1,7 +1,7 @@
 //! Where each value lives: buffers, host layout of parameters, inputs and
 //! state, and the resolved [`View`] of every value.
 
-use adjoint_graph::plan::{round_up, MemoryPlan, Storage};
+use adjoint_graph::plan::{MemoryPlan, Storage, round_up};
 use adjoint_graph::{DType, Graph, ValueId};
 use adjoint_kernels::{BufferId, ElemType, View};
 
@@ -52,7 +52,12 @@ fn value_bytes(graph: &Graph, v: ValueId) -> usize {
 }
 
 /// Offsets for `values` laid end to end, each aligned; and the total.
-fn sequential(graph: &Graph, values: impl Iterator<Item = ValueId>, align: usize, start: usize) -> (Vec<usize>, usize) {
+fn sequential(
+    graph: &Graph,
+    values: impl Iterator<Item = ValueId>,
+    align: usize,
+    start: usize,
+) -> (Vec<usize>, usize) {
     let mut at = start;
     let offsets = values
         .map(|v| {
@@ -80,8 +85,10 @@ impl HostLayout {
                 at = round_up(at + value_bytes(graph, p.value), align);
             }
         }
-        let (input_offsets, inputs_bytes) = sequential(graph, graph.inputs.iter().map(|i| i.value), align, 0);
-        let (state_offsets, state_bytes) = sequential(graph, graph.state.iter().map(|s| s.value), align, 0);
+        let (input_offsets, inputs_bytes) =
+            sequential(graph, graph.inputs.iter().map(|i| i.value), align, 0);
+        let (state_offsets, state_bytes) =
+            sequential(graph, graph.state.iter().map(|s| s.value), align, 0);
         Ok(HostLayout {
             param_offsets,
             params_bytes: at,
@@ -101,14 +108,27 @@ pub struct ValueViews {
 
 impl ValueViews {
     /// Resolves every value's storage to a view.
-    pub fn build(graph: &Graph, plan: &MemoryPlan, layout: &HostLayout, buffers: &Buffers) -> Result<ValueViews> {
+    pub fn build(
+        graph: &Graph,
+        plan: &MemoryPlan,
+        layout: &HostLayout,
+        buffers: &Buffers,
+    ) -> Result<ValueViews> {
         let mut views = vec![None; graph.values.len()];
         for (i, storage) in plan.storage.iter().enumerate() {
             let v = ValueId(i as u32);
             let ty = graph.ty(v);
-            let elem = elem_type(ty.dtype).map_err(|e| Error::Plan(format!("value '{}': {e}", graph.name_of(v))))?;
+            let elem = elem_type(ty.dtype)
+                .map_err(|e| Error::Plan(format!("value '{}': {e}", graph.name_of(v))))?;
             let len = ty.shape.numel_with_batch(1);
-            let at = |buffer: BufferId, offset: usize| Some(View { buffer, offset, len, elem });
+            let at = |buffer: BufferId, offset: usize| {
+                Some(View {
+                    buffer,
+                    offset,
+                    len,
+                    elem,
+                })
+            };
             views[i] = match *storage {
                 Storage::Arena { offset, .. } => at(buffers.arena, offset),
                 Storage::Grad { offset, .. } => at(buffers.grads, offset),
@@ -121,7 +141,10 @@ impl ValueViews {
         for (i, storage) in plan.storage.iter().enumerate() {
             if let Storage::Alias { of } = *storage {
                 let root = views[of.index()].ok_or_else(|| {
-                    Error::Plan(format!("alias '{}' has no root view", graph.name_of(ValueId(i as u32))))
+                    Error::Plan(format!(
+                        "alias '{}' has no root view",
+                        graph.name_of(ValueId(i as u32))
+                    ))
                 })?;
                 let len = graph.ty(ValueId(i as u32)).shape.numel_with_batch(1);
                 views[i] = Some(View { len, ..root });

@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use adjoint_graph::autodiff::{grad, GradGraph};
-use adjoint_graph::interp::{run, EvalCx, Tensor};
-use adjoint_graph::{init, Graph, ValueId};
+use adjoint_graph::autodiff::{GradGraph, grad};
+use adjoint_graph::interp::{EvalCx, Tensor, run};
+use adjoint_graph::{Graph, ValueId, init};
 use adjoint_kernels::CpuBackend;
 use adjoint_worker::{ExecOptions, Executor, StepKey};
 
@@ -28,12 +28,25 @@ pub fn joint(graph: &Graph) -> GradGraph {
 }
 
 /// Runs `joint` on the executor with `feeds` (by value id of `joint`).
-pub fn run_engine(joint: &GradGraph, feeds: &BTreeMap<ValueId, Tensor>, opts: ExecOptions) -> Vec<Vec<f32>> {
-    let mut exec = Executor::new(CpuBackend::new(), joint.graph.clone(), &joint.grads, opts).unwrap();
+pub fn run_engine(
+    joint: &GradGraph,
+    feeds: &BTreeMap<ValueId, Tensor>,
+    opts: ExecOptions,
+) -> Vec<Vec<f32>> {
+    let mut exec =
+        Executor::new(CpuBackend::new(), joint.graph.clone(), &joint.grads, opts).unwrap();
     for (&v, t) in feeds {
         exec.write_values(v, &t.data).unwrap();
     }
-    exec.run(StepKey { seed: 3, step: 1, rank: 0 }, &mut |_, _| {}).unwrap();
+    exec.run(
+        StepKey {
+            seed: 3,
+            step: 1,
+            rank: 0,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
     let mut outs = vec![vec![exec.loss().unwrap()]];
     for &(p, _) in &joint.grads {
         outs.push(exec.grad(p).unwrap());
@@ -43,7 +56,16 @@ pub fn run_engine(joint: &GradGraph, feeds: &BTreeMap<ValueId, Tensor>, opts: Ex
 
 /// Runs `joint` on the interpreter: the loss and each gradient.
 pub fn run_reference(joint: &GradGraph, feeds: &BTreeMap<ValueId, Tensor>) -> Vec<Vec<f64>> {
-    let env = run(&joint.graph, feeds, &EvalCx { seed: 3, step: 1, rank: 0 }).unwrap();
+    let env = run(
+        &joint.graph,
+        feeds,
+        &EvalCx {
+            seed: 3,
+            step: 1,
+            rank: 0,
+        },
+    )
+    .unwrap();
     let mut outs = vec![env[joint.loss.index()].as_ref().unwrap().data.clone()];
     for &(_, g) in &joint.grads {
         outs.push(env[g.index()].as_ref().unwrap().data.clone());
@@ -68,7 +90,11 @@ pub fn assert_close(what: &str, got: &[Vec<f32>], want: &[Vec<f64>], rtol: f64, 
 
 /// Feeds for `joint`: parameter values from `forward`'s ids moved to
 /// `joint`'s ids by name, plus extra inputs.
-pub fn joint_feeds(forward: &Graph, joint: &Graph, values: &BTreeMap<ValueId, Tensor>) -> BTreeMap<ValueId, Tensor> {
+pub fn joint_feeds(
+    forward: &Graph,
+    joint: &Graph,
+    values: &BTreeMap<ValueId, Tensor>,
+) -> BTreeMap<ValueId, Tensor> {
     values
         .iter()
         .filter_map(|(&v, t)| joint.find(forward.name_of(v)).map(|j| (j, t.clone())))

@@ -1,0 +1,167 @@
+//! `adjoint jobs`, `status`, `cancel`, `pull` and `workers`.
+
+use std::path::PathBuf;
+
+use adjoint_proto::v1::JobState;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::service::{Addr, human_bytes, with_client};
+
+/// List jobs, newest last.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state (queued, running, succeeded, failed, cancelled).
+    #[arg(long)]
+    state: Vec<String>,
+    #[command(flatten)]
+    addr: Addr,
+}
+
+/// Show one job.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    job: String,
+    #[command(flatten)]
+    addr: Addr,
+}
+
+/// Cancel a queued or running job.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    job: String,
+    #[command(flatten)]
+    addr: Addr,
+}
+
+/// Download a job's artifact (by default its final weights).
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    job: String,
+    /// Where to write it.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Which artifact.
+    #[arg(long, default_value = "weights.safetensors")]
+    artifact: String,
+    #[command(flatten)]
+    addr: Addr,
+}
+
+/// List the registered workers.
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    addr: Addr,
+}
+
+fn parse_state(s: &str) -> Result<JobState> {
+    JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase())).with_context(|| {
+        format!("unknown state '{s}': use queued, running, succeeded, failed or cancelled")
+    })
+}
+
+pub fn jobs(args: JobsArgs) -> Result<()> {
+    let states = args
+        .state
+        .iter()
+        .map(|s| parse_state(s))
+        .collect::<Result<Vec<_>>>()?;
+    let jobs = with_client(&args.addr, async |c| c.list_jobs(&states).await)?;
+    println!(
+        "{:<14} {:<10} {:>8} {:>10}  {:<20} reason",
+        "id", "state", "step", "loss", "name"
+    );
+    for j in jobs {
+        let name = j.spec.as_ref().map_or("", |s| s.name.as_str()).to_owned();
+        println!(
+            "{:<14} {:<10} {:>8} {:>10.4}  {:<20} {}",
+            j.id,
+            state_name(j.state()),
+            j.step,
+            j.last_loss,
+            name,
+            j.reason
+        );
+    }
+    Ok(())
+}
+
+fn state_name(s: JobState) -> String {
+    s.as_str_name()
+        .trim_start_matches("JOB_STATE_")
+        .to_lowercase()
+}
+
+pub fn status(args: StatusArgs) -> Result<()> {
+    let j = with_client(&args.addr, async |c| c.get_job(&args.job).await)?;
+    println!("job {}: {}", j.id, state_name(j.state()));
+    if !j.reason.is_empty() {
+        println!("  reason: {}", j.reason);
+    }
+    if let Some(s) = &j.spec {
+        println!(
+            "  name {}, {} worker(s), batch {} per worker, {} steps",
+            s.name, s.workers, s.batch_size, s.steps
+        );
+    }
+    println!("  step {}, last loss {:.6}", j.step, j.last_loss);
+    if let Some(e) = &j.estimate {
+        println!(
+            "  memory per worker {}, plan {}",
+            human_bytes(e.total_bytes),
+            e.plan_hash
+        );
+    }
+    if !j.workers.is_empty() {
+        println!("  workers: {}", j.workers.join(", "));
+    }
+    if !j.artifacts.is_empty() {
+        println!("  artifacts: {}", j.artifacts.join(", "));
+    }
+    Ok(())
+}
+
+pub fn cancel(args: CancelArgs) -> Result<()> {
+    let j = with_client(&args.addr, async |c| c.cancel(&args.job).await)?;
+    println!("{}: {}", j.id, state_name(j.state()));
+    Ok(())
+}
+
+pub fn pull(args: PullArgs) -> Result<()> {
+    let bytes = with_client(&args.addr, async |c| {
+        c.download(&args.job, &args.artifact).await
+    })?;
+    if bytes.is_empty() {
+        bail!("artifact '{}' of {} is empty", args.artifact, args.job);
+    }
+    std::fs::write(&args.output, &bytes)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote {} ({}) to {}",
+        args.artifact,
+        human_bytes(bytes.len() as u64),
+        args.output.display()
+    );
+    Ok(())
+}
+
+pub fn workers(args: WorkersArgs) -> Result<()> {
+    let workers = with_client(&args.addr, async |c| c.workers().await)?;
+    println!(
+        "{:<12} {:<16} {:>5} {:>10}  {:<6} job",
+        "id", "name", "cores", "memory", "status"
+    );
+    for w in workers {
+        println!(
+            "{:<12} {:<16} {:>5} {:>10}  {:<6} {}",
+            w.id,
+            w.name,
+            w.cores,
+            human_bytes(w.memory_bytes),
+            w.status,
+            w.job_id
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! `adjoint up`: a coordinator and N workers on this machine, until Ctrl-C.
+
+use std::path::PathBuf;
+
+use adjoint_client::local::LocalCluster;
+use anyhow::Result;
+use clap::Args;
+
+/// Start a coordinator and N local workers; stop them with Ctrl-C.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Folder for the job database and the store.
+    #[arg(long, default_value = ".adjoint")]
+    dir: PathBuf,
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    let cluster = LocalCluster::start(&args.dir, args.workers)?;
+    println!(
+        "coordinator on {} with {} workers (data in {}); export ADJOINT_ADDR={} ; Ctrl-C stops them",
+        cluster.addr,
+        args.workers,
+        args.dir.display(),
+        cluster.addr
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    drop(cluster);
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! `adjoint watch`: a live progress bar of a job until it ends.
+
+use adjoint_proto::v1::{JobState, job_event};
+use anyhow::{Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_stream::StreamExt;
+
+use super::service::{Addr, with_client};
+
+/// Watch a job: step, loss, samples/s and ETA, until it ends.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The job id.
+    job: String,
+    #[command(flatten)]
+    addr: Addr,
+}
+
+pub fn run(args: WatchArgs) -> Result<()> {
+    watch_job(&args.addr, &args.job)
+}
+
+/// Streams the job's events into a progress bar; fails if the job does not
+/// succeed.
+pub fn watch_job(addr: &Addr, id: &str) -> Result<()> {
+    let (state, reason) = with_client(addr, async |client| {
+        let job = client.get_job(id).await?;
+        let steps = job.spec.as_ref().map_or(0, |s| s.steps);
+        let bar = ProgressBar::new(steps.max(1));
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )?);
+        bar.set_message(format!("{id}: {:?}", job.state()));
+        let mut events = client.watch(id, 0).await?;
+        let mut last = (job.state(), job.reason.clone());
+        while let Some(event) = events.next().await {
+            match event?.kind {
+                Some(job_event::Kind::State(s)) => {
+                    last = (s.state(), s.reason.clone());
+                    bar.set_message(format!("{id}: {:?} {}", s.state(), s.reason));
+                }
+                Some(job_event::Kind::Metrics(m)) => {
+                    bar.set_position(m.step);
+                    let eval = m
+                        .eval_loss
+                        .map(|e| format!("  eval {e:.4}"))
+                        .unwrap_or_default();
+                    bar.set_message(format!(
+                        "loss {:.4}{eval}  {:.0} samples/s",
+                        m.loss, m.samples_per_sec
+                    ));
+                }
+                Some(job_event::Kind::Log(line)) => bar.println(line),
+                None => {}
+            }
+        }
+        bar.finish();
+        Ok(last)
+    })?;
+    match state {
+        JobState::Succeeded => {
+            println!("{id} succeeded");
+            Ok(())
+        }
+        other => bail!("{id} ended {other:?}: {reason}"),
+    }
+}

@@ -1,0 +1,159 @@
+//! The Rust client of the adjoint coordinator: submit, watch, cancel and
+//! pull jobs, upload blobs. The `adjoint` CLI is built on it; other Rust
+//! services can use it as is.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use adjoint_client::Client;
+//! let mut client = Client::connect("http://127.0.0.1:7070").await?;
+//! for job in client.list_jobs(&[]).await? {
+//!     println!("{} {:?}", job.id, job.state());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use adjoint_proto::v1::coordinator_client::CoordinatorClient;
+use adjoint_proto::v1::{
+    BlobChunk, CancelJobRequest, DownloadArtifactRequest, Estimate, EstimateJobRequest,
+    GetJobRequest, Job, JobEvent, JobSpec, JobState, ListJobsRequest, ListWorkersRequest,
+    SubmitJobRequest, WatchJobRequest, WorkerInfo,
+};
+use anyhow::{Context, Result};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+/// Bytes per upload chunk.
+const CHUNK: usize = 1 << 20;
+
+/// The largest message the client accepts (big payloads go by stream).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A connection to a coordinator.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: CoordinatorClient<Channel>,
+}
+
+/// `addr` as a URI: `host:port` gets `http://` in front.
+pub fn endpoint(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+impl Client {
+    /// Connects to the coordinator at `addr` (`host:port` or a URI).
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let uri = endpoint(addr);
+        let channel = Channel::from_shared(uri.clone())
+            .with_context(|| format!("bad coordinator address '{addr}'"))?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the coordinator at {uri}"))?;
+        let inner = CoordinatorClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Client { inner })
+    }
+
+    /// Uploads bytes as a blob; returns its id.
+    pub async fn upload_blob(&mut self, name: &str, bytes: Vec<u8>) -> Result<String> {
+        let name = name.to_owned();
+        let chunks: Vec<BlobChunk> = if bytes.is_empty() {
+            vec![BlobChunk {
+                name,
+                data: Vec::new(),
+            }]
+        } else {
+            bytes
+                .chunks(CHUNK)
+                .enumerate()
+                .map(|(i, c)| BlobChunk {
+                    name: if i == 0 { name.clone() } else { String::new() },
+                    data: c.to_vec(),
+                })
+                .collect()
+        };
+        let response = self
+            .inner
+            .upload_blob(tokio_stream::iter(chunks))
+            .await
+            .context("uploading a blob")?;
+        Ok(response.into_inner().blob_id)
+    }
+
+    pub async fn submit(&mut self, spec: JobSpec) -> Result<Job> {
+        Ok(self
+            .inner
+            .submit_job(SubmitJobRequest { spec: Some(spec) })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn estimate(&mut self, spec: JobSpec) -> Result<Estimate> {
+        Ok(self
+            .inner
+            .estimate_job(EstimateJobRequest { spec: Some(spec) })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn get_job(&mut self, id: &str) -> Result<Job> {
+        Ok(self
+            .inner
+            .get_job(GetJobRequest { id: id.to_owned() })
+            .await?
+            .into_inner())
+    }
+
+    /// Jobs in any of `states` (all jobs when empty).
+    pub async fn list_jobs(&mut self, states: &[JobState]) -> Result<Vec<Job>> {
+        let request = ListJobsRequest {
+            states: states.iter().map(|s| *s as i32).collect(),
+        };
+        Ok(self.inner.list_jobs(request).await?.into_inner().jobs)
+    }
+
+    pub async fn cancel(&mut self, id: &str) -> Result<Job> {
+        Ok(self
+            .inner
+            .cancel_job(CancelJobRequest { id: id.to_owned() })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
+        Ok(self
+            .inner
+            .list_workers(ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers)
+    }
+
+    /// The job's events after `after_seq`, as they happen, until it ends.
+    pub async fn watch(&mut self, id: &str, after_seq: u64) -> Result<tonic::Streaming<JobEvent>> {
+        let request = WatchJobRequest {
+            id: id.to_owned(),
+            after_seq,
+        };
+        Ok(self.inner.watch_job(request).await?.into_inner())
+    }
+
+    /// An artifact of a job (e.g. `weights.safetensors`).
+    pub async fn download(&mut self, job_id: &str, name: &str) -> Result<Vec<u8>> {
+        let request = DownloadArtifactRequest {
+            job_id: job_id.to_owned(),
+            name: name.to_owned(),
+        };
+        let mut stream = self.inner.download_artifact(request).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?.data);
+        }
+        Ok(out)
+    }
+}

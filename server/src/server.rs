@@ -1,0 +1,152 @@
+//! Serving the coordinator on a TCP listener: `adjoint.v1.Coordinator`,
+//! `adjoint.v1.WorkerControl`, gRPC health and server reflection on one
+//! port, until [`ServerHandle::shutdown`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use adjoint_proto::v1::coordinator_server::CoordinatorServer;
+use adjoint_proto::v1::worker_control_server::WorkerControlServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::grpc::{CoordinatorService, WorkerControlService};
+use crate::{Config, Coordinator, Error, Result};
+
+/// The largest gRPC message accepted or sent, either way (64 MiB): an
+/// inline graph with its initial values fits; larger inputs go through
+/// `UploadBlob`'s stream of chunks.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How long [`ServerHandle::shutdown`] lets open calls finish before it
+/// stops serving anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    core: Coordinator,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl ServerHandle {
+    /// The address it listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for a tonic `Endpoint`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The coordinator behind the services.
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.core
+    }
+
+    /// Stops gracefully: watch and worker streams end, the server stops
+    /// accepting and lets open calls finish (for a few seconds at most).
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.core.close().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(joined) => joined.map_err(|e| Error::Internal(format!("server task: {e}")))?,
+            Err(_) => {
+                tracing::warn!("open calls did not finish in time; stopping anyway");
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the server stops by itself (an error); mostly for
+    /// `main`, which calls [`ServerHandle::shutdown`] on a signal instead.
+    pub async fn wait(&mut self) -> Result<()> {
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::Internal(format!("server task: {e}")))?
+    }
+}
+
+/// Opens the coordinator of `config` and serves it on `listener`; returns
+/// once it is ready to take calls.
+///
+/// ```no_run
+/// # async fn demo() -> adjoint_server::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let handle = adjoint_server::serve(listener, adjoint_server::Config::new("/tmp/adjoint")).await?;
+/// println!("listening on {}", handle.url());
+/// handle.shutdown().await
+/// # }
+/// ```
+pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle> {
+    let addr = listener.local_addr()?;
+    let core = Coordinator::open(config).await?;
+    let routes = routes(core.clone()).await?;
+    let liveness = core.clone();
+    tokio::spawn(async move { liveness.run_liveness().await });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = TcpListenerStream::new(listener);
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await?;
+        Ok(())
+    });
+    tracing::info!(%addr, "adjoint-server listening");
+    Ok(ServerHandle {
+        addr,
+        core,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// Every service of the server, each with the message limits of
+/// [`MAX_MESSAGE_BYTES`]: the one place they are set.
+async fn routes(core: Coordinator) -> Result<Routes> {
+    let coordinator = CoordinatorServer::new(CoordinatorService::new(core.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = WorkerControlServer::new(WorkerControlService::new(core))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServer<CoordinatorService>>()
+        .await;
+    health
+        .set_serving::<WorkerControlServer<WorkerControlService>>()
+        .await;
+    let reflection_error =
+        |e: tonic_reflection::server::Error| Error::Internal(format!("reflection service: {e}"));
+    // Reflection describes every service on the port, health and
+    // reflection included; v1alpha too, for older tools.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(adjoint_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let reflection = reflection().build_v1().map_err(reflection_error)?;
+    let mut routes = Routes::builder();
+    routes
+        .add_service(coordinator)
+        .add_service(workers)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha);
+    Ok(routes.routes())
+}

@@ -1,0 +1,108 @@
+//! A coordinator and two workers as real processes on 127.0.0.1: a job
+//! submitted through the CLI and one through the Rust client both train to
+//! SUCCEEDED, the loss falls, and the weights can be pulled.
+
+use std::process::Command;
+
+use adjoint_client::Client;
+use adjoint_client::local::{LocalCluster, binary};
+use adjoint_client::spec::SpecFields;
+use adjoint_proto::v1::{JobState, job_event};
+use adjoint_tests::write_example;
+use tokio_stream::StreamExt;
+
+fn adjoint(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary("adjoint"))
+        .args(args)
+        .env("ADJOINT_ADDR", addr)
+        .output()
+        .expect("the adjoint binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn two_workers_train_a_job_from_the_cli_and_from_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    write_example(dir.path(), 256).unwrap();
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), 2).unwrap();
+    let model = dir.path().join("model.json");
+    let data = dir.path().join("train.safetensors");
+
+    // Through the CLI: submit, watch to the end, pull the weights.
+    let (ok, id, err) = adjoint(
+        &cluster.addr,
+        &[
+            "submit",
+            "--graph",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--batch-size",
+            "16",
+            "--steps",
+            "40",
+            "--optimizer",
+            "sgd:lr=0.1,momentum=0.9",
+        ],
+    );
+    assert!(ok, "submit failed: {err}");
+    let id = id.trim().to_owned();
+    let (ok, out, err) = adjoint(&cluster.addr, &["watch", &id]);
+    assert!(ok, "watch failed: {out}\n{err}");
+    let weights = dir.path().join("weights.safetensors");
+    let (ok, out, err) = adjoint(
+        &cluster.addr,
+        &["pull", &id, "-o", weights.to_str().unwrap()],
+    );
+    assert!(ok, "pull failed: {out}\n{err}");
+    let pulled = adjoint_worker::data::read_safetensors(&std::fs::read(&weights).unwrap()).unwrap();
+    assert!(
+        pulled.contains_key("fc1.weight") && pulled.contains_key("fc2.bias"),
+        "{:?}",
+        pulled.keys()
+    );
+
+    // Through the Rust client: the loss falls.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = Client::connect(&cluster.addr).await.unwrap();
+        let fields = SpecFields {
+            graph: Some(model.clone()),
+            data: Some(data.clone()),
+            workers: Some(2),
+            batch_size: Some(16),
+            steps: Some(40),
+            optimizer: Some("adamw:lr=3e-3".into()),
+            ..SpecFields::default()
+        };
+        let spec = fields.build(&mut client).await.unwrap();
+        let job = client.submit(spec).await.unwrap();
+        let mut events = client.watch(&job.id, 0).await.unwrap();
+        let (mut losses, mut last_state) = (Vec::new(), JobState::Unspecified);
+        while let Some(event) = events.next().await {
+            match event.unwrap().kind {
+                Some(job_event::Kind::Metrics(m)) if m.rank == 0 => losses.push(m.loss),
+                Some(job_event::Kind::State(s)) => last_state = s.state(),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            last_state,
+            JobState::Succeeded,
+            "{:?}",
+            client.get_job(&job.id).await.unwrap()
+        );
+        assert!(losses.len() >= 10, "too few metrics: {losses:?}");
+        let (first, last) = (losses[0], losses[losses.len() - 1]);
+        assert!(
+            last < 0.7 * first,
+            "the loss did not fall: {first} -> {last}"
+        );
+    });
+}

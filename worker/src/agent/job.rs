@@ -1,0 +1,440 @@
+//! One rank of one job: from an `Assignment` to `JobFinished`.
+//!
+//! [`run_job`] reads the graph (inline, or a blob in the store), the
+//! dataset and any initial weights or checkpoint to resume from, then trains
+//! on a blocking thread with [`crate::dist`]: it compiles the joint graph,
+//! checks its plan hash against the coordinator's, connects the TCP ring to
+//! the peers (world 1 needs none) and runs the steps, checking for an abort
+//! between them. Metrics (rank 0, every step) and log lines go out as
+//! `WorkerMessage`s as they happen; checkpoints and the final weights are
+//! written to the store by rank 0 (`jobs/<job>/checkpoints/step-<n>.safetensors`
+//! every `checkpoint_every` steps, `jobs/<job>/weights.safetensors` at the
+//! end). The function never fails: every problem becomes
+//! `JobFinished { ok: false, error }`.
+//!
+//! The training thread does no I/O: it hands checkpoint bytes to the async
+//! side, which writes them while training goes on.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use adjoint_graph::{Graph, plan::plan_hash, serialize};
+use adjoint_kernels::{Backend, CpuBackend};
+use adjoint_proto::v1::{self, job_spec::Model, worker_message::Kind};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
+use tokio::sync::mpsc::{self, UnboundedSender};
+
+use super::spec;
+use crate::ExecOptions;
+use crate::collective::{Collective, LocalGroup, RingCollective, RingOptions};
+use crate::data::{Dataset, HostTensor, read_safetensors};
+use crate::dist::checkpoint::{Checkpoint, weights_file};
+use crate::dist::{DistConfig, DistTrainer, StepMetrics};
+
+/// The artifact every successful job leaves (rank 0 writes it).
+pub const WEIGHTS: &str = "weights.safetensors";
+
+/// What a job needs from the worker it runs on.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Blobs, checkpoints and artifacts; keys as the coordinator names them
+    /// (`blobs/<sha256>`, `jobs/<job>/...`).
+    pub store: Arc<dyn ObjectStore>,
+    /// Where ring peers connect to this worker (world > 1 only); a clone is
+    /// handed to each job.
+    pub ring_listener: Option<Arc<TcpListener>>,
+    pub ring: RingOptions,
+    pub exec: ExecOptions,
+}
+
+/// Asks a running job to stop between steps.
+#[derive(Debug, Default)]
+pub struct AbortSignal {
+    flag: AtomicBool,
+    reason: Mutex<String>,
+}
+
+impl AbortSignal {
+    pub fn abort(&self, reason: &str) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// The error a job stopped by this signal reports.
+    pub fn message(&self) -> String {
+        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        format!(
+            "aborted: {}",
+            if reason.is_empty() {
+                "by the coordinator"
+            } else {
+                reason.as_str()
+            }
+        )
+    }
+}
+
+/// What the training thread hands the async side.
+#[derive(Debug)]
+enum Event {
+    Metrics(StepMetrics),
+    Log(String),
+    Put { key: String, bytes: Vec<u8> },
+}
+
+/// Everything the training thread needs, read before it starts.
+struct Prepared {
+    job_id: String,
+    rank: usize,
+    world: usize,
+    graph: Graph,
+    data: Dataset,
+    cfg: DistConfig,
+    steps: u64,
+    checkpoint_every: u64,
+    plan_hash: String,
+    init: Option<BTreeMap<String, HostTensor>>,
+    resume: Option<Checkpoint>,
+    peers: Vec<SocketAddr>,
+    listener: Option<TcpListener>,
+    ring: RingOptions,
+}
+
+/// Runs one rank of `a` to the end and says how it went. Messages for the
+/// coordinator (metrics, logs) go to `out` while it runs; the returned
+/// `JobFinished` is not sent.
+pub async fn run_job(
+    a: &v1::Assignment,
+    ctx: &JobContext,
+    abort: Arc<AbortSignal>,
+    out: &UnboundedSender<v1::WorkerMessage>,
+) -> v1::JobFinished {
+    let finished = |ok: bool, error: String, artifacts: Vec<String>| v1::JobFinished {
+        job_id: a.job_id.clone(),
+        rank: a.rank,
+        ok,
+        error,
+        artifacts,
+    };
+    let log = |line: String| {
+        tracing::info!(job = %a.job_id, rank = a.rank, "{line}");
+        let _ = out.send(v1::WorkerMessage {
+            kind: Some(Kind::Log(format!("rank {}: {line}", a.rank))),
+        });
+    };
+    let prepared = match prepare(a, ctx, &log).await {
+        Ok(p) => p,
+        Err(e) => return finished(false, e, Vec::new()),
+    };
+    let (rank, job) = (prepared.rank, prepared.job_id.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let signal = abort.clone();
+    let handle = tokio::task::spawn_blocking(move || {
+        CpuBackend::in_context(move || train(prepared, &tx, &signal))
+    });
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Metrics(m) => {
+                let _ = out.send(v1::WorkerMessage {
+                    kind: Some(Kind::Metrics(metrics(&m, rank))),
+                });
+            }
+            Event::Log(line) => log(line),
+            Event::Put { key, bytes } => match put(ctx, &key, bytes).await {
+                Ok(()) => log(format!("wrote {key}")),
+                Err(e) => log(format!("could not write checkpoint {key}: {e}")),
+            },
+        }
+    }
+    let result = match handle.await {
+        Ok(r) => r,
+        Err(e) => Err(format!("the training thread failed: {e}")),
+    };
+    match result {
+        Ok(Some(weights)) => {
+            let key = format!("jobs/{job}/{WEIGHTS}");
+            match put(ctx, &key, weights).await {
+                Ok(()) => {
+                    log(format!("wrote {key}"));
+                    finished(true, String::new(), vec![WEIGHTS.to_owned()])
+                }
+                Err(e) => finished(false, format!("could not write {key}: {e}"), Vec::new()),
+            }
+        }
+        Ok(None) => finished(true, String::new(), Vec::new()),
+        Err(_) if abort.is_set() => finished(false, abort.message(), Vec::new()),
+        Err(e) => finished(false, e, Vec::new()),
+    }
+}
+
+/// The proto form of a step's metrics.
+pub fn metrics(m: &StepMetrics, rank: usize) -> v1::StepMetrics {
+    v1::StepMetrics {
+        step: m.step,
+        rank: rank as u32,
+        loss: f64::from(m.loss),
+        step_ms: m.step_ms,
+        samples_per_sec: m.samples_per_sec,
+        allreduce_ms: m.allreduce_ms,
+        allreduce_bytes: m.allreduce_bytes,
+        eval_loss: None,
+    }
+}
+
+async fn get(ctx: &JobContext, key: &str) -> Result<Vec<u8>, String> {
+    let path = Path::parse(key).map_err(|e| format!("blob '{key}': {e}"))?;
+    let got = ctx
+        .store
+        .get(&path)
+        .await
+        .map_err(|e| format!("reading '{key}' from the store: {e}"))?;
+    let bytes = got
+        .bytes()
+        .await
+        .map_err(|e| format!("reading '{key}' from the store: {e}"))?;
+    Ok(bytes.to_vec())
+}
+
+async fn put(ctx: &JobContext, key: &str, bytes: Vec<u8>) -> Result<(), String> {
+    let path = Path::parse(key).map_err(|e| format!("'{key}': {e}"))?;
+    ctx.store
+        .put(&path, PutPayload::from(bytes))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A graph blob: binary protobuf, or proto3 JSON.
+fn decode_graph(bytes: &[u8]) -> Result<Graph, String> {
+    match serialize::decode(bytes) {
+        Ok(g) => Ok(g),
+        Err(e) if bytes.trim_ascii_start().starts_with(b"{") => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| format!("the graph blob is neither protobuf ({e}) nor JSON"))?;
+            serialize::from_json(text).map_err(|e| format!("graph (JSON): {e}"))
+        }
+        Err(e) => Err(format!("graph: {e}")),
+    }
+}
+
+/// The newest checkpoint of `job` in the store.
+async fn latest_checkpoint(ctx: &JobContext, job: &str) -> Result<Checkpoint, String> {
+    let prefix = Path::from(format!("jobs/{job}/checkpoints"));
+    let listing = ctx
+        .store
+        .list_with_delimiter(Some(&prefix))
+        .await
+        .map_err(|e| format!("listing checkpoints of job {job}: {e}"))?;
+    let newest = listing
+        .objects
+        .iter()
+        .filter_map(|o| {
+            let name = o.location.filename()?;
+            let step: u64 = name
+                .strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((step, o.location.to_string()))
+        })
+        .max()
+        .ok_or_else(|| format!("job {job} has no checkpoint to resume from"))?;
+    Checkpoint::decode(&get(ctx, &newest.1).await?)
+        .map_err(|e| format!("checkpoint {}: {e}", newest.1))
+}
+
+/// Reads the job's inputs and settles its settings.
+async fn prepare(
+    a: &v1::Assignment,
+    ctx: &JobContext,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<Prepared, String> {
+    let spec = a.spec.as_ref().ok_or("the assignment has no job spec")?;
+    let (rank, world) = (a.rank as usize, a.world as usize);
+    if world == 0 || rank >= world {
+        return Err(format!("rank {rank} of world {world}"));
+    }
+    if world > 1 && a.peers.len() != world {
+        return Err(format!(
+            "{} peer addresses for world {world}",
+            a.peers.len()
+        ));
+    }
+    if spec.batch_size == 0 {
+        return Err("the job spec has no batch_size".into());
+    }
+    if spec.device == "gpu" {
+        log("this worker has no GPU backend; training on the CPU".into());
+    }
+    if !spec.eval_blob.is_empty() {
+        log("evaluation (eval_blob) is not supported yet; skipping it".into());
+    }
+    let graph = match &spec.model {
+        Some(Model::Graph(g)) => serialize::from_proto(g).map_err(|e| format!("graph: {e}"))?,
+        Some(Model::GraphBlob(key)) => decode_graph(&get(ctx, key).await?)?,
+        None => return Err("the job spec has no graph".into()),
+    };
+    if spec.dataset_blob.is_empty() {
+        return Err("the job spec has no dataset_blob".into());
+    }
+    let tensors = read_safetensors(&get(ctx, &spec.dataset_blob).await?)
+        .map_err(|e| format!("dataset: {e}"))?;
+    let data = Dataset::new(&graph, tensors).map_err(|e| format!("dataset: {e}"))?;
+    let init = match spec.init_blob.as_str() {
+        "" => None,
+        key => Some(
+            read_safetensors(&get(ctx, key).await?).map_err(|e| format!("init weights: {e}"))?,
+        ),
+    };
+    let resume = match spec.resume_from_job.as_str() {
+        "" => None,
+        job => Some(latest_checkpoint(ctx, job).await?),
+    };
+
+    let mut cfg = DistConfig::new(rank, world, spec.batch_size as usize);
+    cfg.grad_accum = spec.grad_accum.max(1) as usize;
+    cfg.optimizer = spec::optimizer(spec.optimizer.as_ref())?;
+    cfg.clip_grad_norm = spec.clip_grad_norm as f32;
+    cfg.seed = spec.seed;
+    cfg.exec = ctx.exec;
+    let steps_per_epoch = (data.samples() / cfg.global_batch()) as u64;
+    if steps_per_epoch == 0 {
+        return Err(format!(
+            "the dataset has {} samples, fewer than one step takes ({} = world {world} × grad_accum {} × batch {})",
+            data.samples(),
+            cfg.global_batch(),
+            cfg.grad_accum,
+            cfg.batch
+        ));
+    }
+    let steps = spec::total_steps(spec, steps_per_epoch);
+    cfg.schedule = spec::schedule(spec.schedule.as_ref(), steps)?;
+
+    let (peers, listener) = if world > 1 {
+        let peers = a
+            .peers
+            .iter()
+            .map(|p| {
+                p.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut it| it.next())
+                    .ok_or_else(|| format!("peer address '{p}' does not resolve"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let listener = ctx
+            .ring_listener
+            .as_ref()
+            .ok_or("this worker has no ring listener")?
+            .try_clone()
+            .map_err(|e| format!("ring listener: {e}"))?;
+        (peers, Some(listener))
+    } else {
+        (Vec::new(), None)
+    };
+    log(format!(
+        "job '{}': {} samples, {steps} steps of {} samples ({steps_per_epoch} per epoch), optimizer {:?}",
+        spec.name,
+        data.samples(),
+        cfg.global_batch(),
+        cfg.optimizer
+    ));
+    Ok(Prepared {
+        job_id: a.job_id.clone(),
+        rank,
+        world,
+        graph,
+        data,
+        cfg,
+        steps,
+        checkpoint_every: spec.checkpoint_every,
+        plan_hash: a.plan_hash.clone(),
+        init,
+        resume,
+        peers,
+        listener,
+        ring: RingOptions {
+            token: a.job_id.clone(),
+            ..ctx.ring.clone()
+        },
+    })
+}
+
+/// The training thread: returns the weights file on rank 0, `None` on the
+/// others.
+fn train(
+    p: Prepared,
+    tx: &UnboundedSender<Event>,
+    abort: &AbortSignal,
+) -> Result<Option<Vec<u8>>, String> {
+    let log = |line: String| {
+        let _ = tx.send(Event::Log(line));
+    };
+    let mut t =
+        DistTrainer::new(CpuBackend::new(), &p.graph, p.data, p.cfg).map_err(|e| e.to_string())?;
+    let ours = plan_hash(t.executor().graph(), t.executor().plan());
+    if p.plan_hash.is_empty() {
+        log(format!(
+            "the assignment carries no plan hash; this worker's is {ours}"
+        ));
+    } else if ours != p.plan_hash {
+        return Err(format!(
+            "plan hash mismatch: the coordinator planned {}, this worker computed {ours}",
+            p.plan_hash
+        ));
+    }
+    let exec = t.executor();
+    log(format!(
+        "compiled on {}: {} instructions, {} gradient buckets, arena {} bytes, parameters {} bytes, plan {}",
+        exec.backend.name(),
+        exec.program().instrs.len(),
+        exec.buckets().len(),
+        exec.plan().arena_bytes,
+        exec.param_bytes(),
+        &ours[..12.min(ours.len())]
+    ));
+    if let Some(init) = &p.init {
+        t.load_params(init)
+            .map_err(|e| format!("init weights: {e}"))?;
+    }
+    if let Some(ckpt) = &p.resume {
+        t.restore(ckpt).map_err(|e| format!("resume: {e}"))?;
+        log(format!("resumed at step {}", ckpt.meta.step));
+    }
+    let mut coll: Box<dyn Collective> = match p.listener {
+        Some(listener) => Box::new(
+            RingCollective::connect(p.rank, p.world, listener, &p.peers, p.ring)
+                .map_err(|e| format!("ring: {e}"))?,
+        ),
+        // A group of one: every all-reduce is the identity.
+        None => Box::new(LocalGroup::new(1).pop().ok_or("no local collective")?),
+    };
+    while t.steps() < p.steps {
+        if abort.is_set() {
+            return Err(abort.message());
+        }
+        let m = t.step(coll.as_mut()).map_err(|e| e.to_string())?;
+        for line in t.take_logs() {
+            log(line);
+        }
+        if p.rank == 0 {
+            let _ = tx.send(Event::Metrics(m));
+            if p.checkpoint_every > 0 && m.step % p.checkpoint_every == 0 {
+                let bytes = t.checkpoint().map_err(|e| e.to_string())?;
+                let key = format!("jobs/{}/checkpoints/step-{}.safetensors", p.job_id, m.step);
+                let _ = tx.send(Event::Put { key, bytes });
+            }
+        }
+    }
+    if p.rank != 0 {
+        return Ok(None);
+    }
+    let weights =
+        weights_file(&t.params().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    Ok(Some(weights))
+}

@@ -1,0 +1,646 @@
+//! Data-parallel training: one [`DistTrainer`] per rank, the ranks joined
+//! by a [`Collective`].
+//!
+//! Each optimizer step runs `grad_accum` micro-steps of `batch` samples on
+//! every rank (the samples come from [`Sampler`]: a shuffled window of
+//! `world · grad_accum · batch` samples per step, so the result does not
+//! depend on how the window is split into ranks and micro-steps).
+//! Gradients of the micro-steps before the last are summed into a flat host
+//! accumulation buffer. On the last micro-step, each gradient bucket is
+//! all-reduced from inside the executor's bucket hook while backward still
+//! runs: the hook reads the bucket into a preallocated host buffer, adds the
+//! accumulated gradients, sums it across ranks, scales it by
+//! `1 / (world · grad_accum)` and writes it back. Then come optional
+//! clipping by global norm, the learning-rate schedule and the optimizer.
+//! After warm-up a step allocates nothing in this module.
+//!
+//! The loss reported is the mean over micro-steps and ranks (one more,
+//! one-element all-reduce). An [`EventLog`] records, for the last step, when
+//! each bucket became ready, when its all-reduce ran and when backward
+//! ended, so tests can see the overlap.
+//!
+//! Checkpoints ([`checkpoint`]) hold the parameters, the optimizer state per
+//! parameter and the step, seed and data position as metadata.
+
+pub mod checkpoint;
+mod sampler;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use adjoint_graph::plan::{PlanOptions, plan_memory};
+use adjoint_graph::{Graph, ValueId, autodiff};
+use adjoint_kernels::{Backend, ElemType, View};
+
+use crate::collective::{Collective, CollectiveError};
+use crate::data::{self, Dataset, HostTensor};
+use crate::{
+    Error, ExecOptions, Executor, GradBucket, Optimizer, OptimizerConfig, Result, StepKey,
+};
+
+pub use sampler::{BatchBuffers, DataPosition, Sampler, shuffle};
+pub use schedule::{LrSchedule, ScheduleKind};
+
+// Gradient buckets are read from and written to the backend through f32
+// slices viewed as bytes; backends store little-endian values.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "adjoint assumes a little-endian host"
+);
+
+/// How one rank trains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistConfig {
+    pub rank: usize,
+    pub world: usize,
+    /// Samples per rank per micro-step.
+    pub batch: usize,
+    /// Micro-steps per optimizer step (at least 1).
+    pub grad_accum: usize,
+    pub optimizer: OptimizerConfig,
+    pub schedule: LrSchedule,
+    /// Clip gradients to this global L2 norm (0: off), after the all-reduce.
+    pub clip_grad_norm: f32,
+    /// Seeds the initializers, the data shuffle and random ops.
+    pub seed: u64,
+    pub exec: ExecOptions,
+}
+
+impl DistConfig {
+    /// Rank `rank` of `world`, `batch` samples per micro-step, no gradient
+    /// accumulation, SGD at 0.01, constant rate, no clipping, seed 0.
+    pub fn new(rank: usize, world: usize, batch: usize) -> DistConfig {
+        DistConfig {
+            rank,
+            world,
+            batch,
+            grad_accum: 1,
+            optimizer: OptimizerConfig::sgd(0.01),
+            schedule: LrSchedule::constant(),
+            clip_grad_norm: 0.0,
+            seed: 0,
+            exec: ExecOptions::default(),
+        }
+    }
+
+    /// Samples per optimizer step over all ranks.
+    pub fn global_batch(&self) -> usize {
+        self.world * self.grad_accum * self.batch
+    }
+}
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepMetrics {
+    /// Steps completed, counting this one.
+    pub step: u64,
+    /// Mean loss over the micro-steps and ranks, before the update.
+    pub loss: f32,
+    /// The learning rate used.
+    pub lr: f32,
+    /// Global L2 norm of the averaged gradient, before clipping.
+    pub grad_norm: f32,
+    pub step_ms: f64,
+    /// Samples of all ranks per second of this step.
+    pub samples_per_sec: f64,
+    /// Time in all-reduce calls (buckets and the loss).
+    pub allreduce_ms: f64,
+    /// Bytes this rank handed to all-reduce.
+    pub allreduce_bytes: u64,
+    /// Where the step's samples came from.
+    pub position: DataPosition,
+}
+
+/// One bucket's all-reduce on the last micro-step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketEvent {
+    pub bucket: usize,
+    /// The instruction after which the bucket was complete
+    /// (`usize::MAX`: at the end of the step).
+    pub ready_after: usize,
+    pub bytes: usize,
+    pub start: Instant,
+    pub end: Instant,
+}
+
+/// The events of the last step.
+#[derive(Debug, Clone, Default)]
+pub struct EventLog {
+    /// The step (0-based) these events belong to.
+    pub step: u64,
+    /// Instructions of the program.
+    pub instructions: usize,
+    /// In the order the all-reduces ran.
+    pub buckets: Vec<BucketEvent>,
+    /// When the last instruction of the last micro-step had run.
+    pub backward_end: Option<Instant>,
+}
+
+impl EventLog {
+    /// Buckets whose all-reduce started before backward ended.
+    pub fn overlapped(&self) -> usize {
+        let Some(end) = self.backward_end else {
+            return 0;
+        };
+        self.buckets.iter().filter(|b| b.start < end).count()
+    }
+}
+
+/// Which micro-step a bucket hook serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first of several: the accumulator takes the gradient.
+    First,
+    /// Neither first nor last: the accumulator adds the gradient.
+    Middle,
+    /// The last: accumulate, all-reduce, scale, write back.
+    Last,
+}
+
+/// Per-step totals the bucket hook adds to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    allreduce_secs: f64,
+    allreduce_bytes: u64,
+    sumsq: f64,
+}
+
+/// One rank of a data-parallel training job.
+#[derive(Debug)]
+pub struct DistTrainer<B: Backend> {
+    exec: Executor<B>,
+    optimizer: Optimizer,
+    /// The joint graph's inputs, in the forward graph's input order.
+    inputs: Vec<ValueId>,
+    cfg: DistConfig,
+    base_lr: f32,
+    steps: u64,
+    data: Dataset,
+    sampler: Sampler,
+    batch_bufs: BatchBuffers,
+    /// Host mirror of the gradient buffer.
+    host: Vec<f32>,
+    /// Gradients summed over the micro-steps so far (empty without
+    /// accumulation).
+    accum: Vec<f32>,
+    events: EventLog,
+    logs: Vec<String>,
+}
+
+impl<B: Backend> DistTrainer<B> {
+    /// Binds `graph`'s batch dimension to `cfg.batch` (if symbolic),
+    /// differentiates it with respect to its trainable parameters, compiles
+    /// the joint graph, initialises the parameters from their initializers
+    /// with `cfg.seed` (the same on every rank) and prepares the data.
+    pub fn new(backend: B, graph: &Graph, data: Dataset, cfg: DistConfig) -> Result<Self> {
+        if cfg.world == 0 || cfg.rank >= cfg.world {
+            return Err(Error::Data(format!(
+                "rank {} of world {}",
+                cfg.rank, cfg.world
+            )));
+        }
+        if cfg.batch == 0 || cfg.grad_accum == 0 {
+            return Err(Error::Data(
+                "batch and grad_accum must be at least 1".into(),
+            ));
+        }
+        let (joint, inputs) = joint_graph(graph, cfg.batch)?;
+        let mut exec = Executor::new(backend, joint.graph, &joint.grads, cfg.exec)?;
+        exec.init_params(cfg.seed)?;
+        let elements = exec.grads_view().len;
+        let optimizer = Optimizer::new(&mut exec.backend, cfg.optimizer, elements)?;
+        let sampler = Sampler::new(data.samples(), cfg.global_batch(), cfg.seed)?;
+        let batch_bufs = BatchBuffers::new(&data, cfg.batch)?;
+        let mut logs = Vec::new();
+        if sampler.dropped_per_epoch() > 0 {
+            logs.push(format!(
+                "the last {} of {} samples of each epoch are dropped (a step takes {} = world {} × grad_accum {} × batch {})",
+                sampler.dropped_per_epoch(),
+                data.samples(),
+                cfg.global_batch(),
+                cfg.world,
+                cfg.grad_accum,
+                cfg.batch
+            ));
+        }
+        let buckets = exec.buckets().len();
+        Ok(DistTrainer {
+            base_lr: optimizer.lr(),
+            host: vec![0.0; elements],
+            accum: if cfg.grad_accum > 1 {
+                vec![0.0; elements]
+            } else {
+                Vec::new()
+            },
+            events: EventLog {
+                instructions: exec.program().instrs.len(),
+                buckets: Vec::with_capacity(buckets),
+                ..EventLog::default()
+            },
+            exec,
+            optimizer,
+            inputs,
+            cfg,
+            steps: 0,
+            data,
+            sampler,
+            batch_bufs,
+            logs,
+        })
+    }
+
+    pub fn config(&self) -> &DistConfig {
+        &self.cfg
+    }
+
+    pub fn executor(&self) -> &Executor<B> {
+        &self.exec
+    }
+
+    pub fn executor_mut(&mut self) -> &mut Executor<B> {
+        &mut self.exec
+    }
+
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// Optimizer steps completed.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Sets the steps completed (resuming): the next step reads the data
+    /// window of step `steps` and uses its learning rate.
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+        self.optimizer.set_steps(steps);
+    }
+
+    /// Full optimizer steps per epoch of the dataset.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.sampler.steps_per_epoch()
+    }
+
+    /// Where the next step reads.
+    pub fn position(&self) -> DataPosition {
+        self.sampler.position(self.steps)
+    }
+
+    /// The events of the last step.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Messages for the job's log since the last call.
+    pub fn take_logs(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.logs)
+    }
+
+    /// Sets parameters from tensors named as in the graph (others keep
+    /// their initial values).
+    pub fn load_params(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+        let pairs: Vec<(ValueId, Vec<u8>)> = data::params_by_name(self.exec.graph(), tensors)?
+            .into_iter()
+            .map(|(v, t)| (v, t.bytes.clone()))
+            .collect();
+        for (v, bytes) in pairs {
+            self.exec.write_bytes(v, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Every parameter (trainable or not), named as in the graph.
+    pub fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
+        let g = self.exec.graph();
+        let mut out = BTreeMap::new();
+        for p in &g.params {
+            let data = self.exec.read_f32(p.value)?;
+            out.insert(
+                g.name_of(p.value).to_owned(),
+                HostTensor::from_f32(g.static_shape(p.value), &data),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The optimizer state per trainable parameter, named
+    /// `optim.<state>.<parameter>` (`optim.exp_avg.fc1.weight`).
+    pub fn optimizer_state(&self) -> Result<BTreeMap<String, HostTensor>> {
+        let mut out = BTreeMap::new();
+        let g = self.exec.graph();
+        for (name, view) in self
+            .optimizer
+            .state_names()
+            .iter()
+            .zip(self.optimizer.state_views())
+        {
+            let mut flat = vec![0f32; view.len];
+            self.exec
+                .backend
+                .read(view, bytemuck::cast_slice_mut(&mut flat))?;
+            for slot in &self.exec.plan().grad_layout {
+                let at = slot.offset / 4;
+                out.insert(
+                    format!("optim.{name}.{}", g.name_of(slot.param)),
+                    HostTensor::from_f32(
+                        g.static_shape(slot.param),
+                        &flat[at..at + slot.bytes / 4],
+                    ),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores optimizer state written by [`DistTrainer::optimizer_state`];
+    /// every tensor must be present.
+    pub fn load_optimizer_state(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+        let names = self.optimizer.state_names();
+        let views = self.optimizer.state_views();
+        let g = self.exec.graph();
+        let mut writes = Vec::new();
+        for (name, view) in names.iter().zip(views) {
+            for slot in &self.exec.plan().grad_layout {
+                let key = format!("optim.{name}.{}", g.name_of(slot.param));
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| Error::Data(format!("the checkpoint has no tensor '{key}'")))?;
+                if t.dtype != adjoint_graph::DType::F32 || t.bytes.len() != slot.bytes {
+                    return Err(Error::Data(format!(
+                        "checkpoint tensor '{key}': {} bytes of {}, expected {} bytes of f32",
+                        t.bytes.len(),
+                        t.dtype,
+                        slot.bytes
+                    )));
+                }
+                writes.push((view.sub(slot.offset / 4, slot.bytes / 4), &t.bytes));
+            }
+        }
+        for (view, bytes) in writes {
+            self.exec.backend.write(view, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `steps` optimizer steps (fewer if `on_step` returns false).
+    /// Returns the steps run.
+    pub fn train(
+        &mut self,
+        coll: &mut dyn Collective,
+        steps: u64,
+        on_step: &mut dyn FnMut(&StepMetrics) -> bool,
+    ) -> Result<u64> {
+        for done in 0..steps {
+            let m = self.step(coll)?;
+            if !on_step(&m) {
+                return Ok(done + 1);
+            }
+        }
+        Ok(steps)
+    }
+
+    /// One optimizer step: `grad_accum` micro-steps, the gradient
+    /// all-reduce overlapped with the last backward, clipping, the schedule
+    /// and the update. Every rank must call it the same number of times.
+    pub fn step(&mut self, coll: &mut dyn Collective) -> Result<StepMetrics> {
+        let t0 = Instant::now();
+        let DistTrainer {
+            exec,
+            optimizer,
+            inputs,
+            cfg,
+            base_lr,
+            steps,
+            data,
+            sampler,
+            batch_bufs,
+            host,
+            accum,
+            events,
+            ..
+        } = self;
+        let step = *steps;
+        let lr = cfg.schedule.lr(*base_lr, step);
+        optimizer.set_lr(lr);
+        events.step = step;
+        events.buckets.clear();
+        events.backward_end = None;
+        let position = sampler.position(step);
+        let window = sampler.window(step);
+        let grads = exec.grads_view();
+        let last_instr = exec.program().instrs.len().saturating_sub(1);
+        let scale = 1.0 / (cfg.world * cfg.grad_accum) as f32;
+        let mut totals = Totals::default();
+        let mut loss_sum = 0f64;
+        for m in 0..cfg.grad_accum {
+            let start = (m * cfg.world + cfg.rank) * cfg.batch;
+            batch_bufs.gather(data, &window[start..start + cfg.batch])?;
+            for (i, &v) in inputs.iter().enumerate() {
+                exec.write_bytes(v, batch_bufs.input(i))?;
+            }
+            let phase = match m {
+                _ if m + 1 == cfg.grad_accum => Phase::Last,
+                0 => Phase::First,
+                _ => Phase::Middle,
+            };
+            let key = StepKey {
+                seed: cfg.seed,
+                step: step * cfg.grad_accum as u64 + m as u64,
+                rank: cfg.rank as u32,
+            };
+            let mut failed: Option<Error> = None;
+            exec.run(key, &mut |backend, bucket| {
+                if failed.is_some() {
+                    return;
+                }
+                if phase == Phase::Last
+                    && events.backward_end.is_none()
+                    && bucket.ready_after() >= last_instr
+                {
+                    events.backward_end = Some(Instant::now());
+                }
+                let hook = BucketHook {
+                    grads,
+                    host: host.as_mut_slice(),
+                    accum: accum.as_mut_slice(),
+                    scale,
+                };
+                match hook.run(backend, bucket, phase, coll, &mut totals) {
+                    Ok(Some(event)) => events.buckets.push(event),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            loss_sum += f64::from(exec.loss()?);
+        }
+        if events.backward_end.is_none() {
+            events.backward_end = Some(Instant::now());
+        }
+
+        let mut loss = [(loss_sum / cfg.grad_accum as f64) as f32];
+        let t = Instant::now();
+        coll.all_reduce_sum(&mut loss).map_err(collective_error)?;
+        totals.allreduce_secs += t.elapsed().as_secs_f64();
+        totals.allreduce_bytes += 4;
+        let loss = loss[0] / cfg.world as f32;
+
+        let grad_norm = totals.sumsq.sqrt() as f32;
+        if cfg.clip_grad_norm > 0.0 {
+            // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6)
+            // when that is below 1.
+            let coef = cfg.clip_grad_norm / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                for x in host.iter_mut() {
+                    *x *= coef;
+                }
+                exec.backend
+                    .write(grads, bytemuck::cast_slice(host.as_slice()))?;
+            }
+        }
+        let params = exec.params_view();
+        optimizer.step(&mut exec.backend, params, grads)?;
+        *steps += 1;
+
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(StepMetrics {
+            step: *steps,
+            loss,
+            lr,
+            grad_norm,
+            step_ms: secs * 1e3,
+            samples_per_sec: cfg.global_batch() as f64 / secs.max(1e-9),
+            allreduce_ms: totals.allreduce_secs * 1e3,
+            allreduce_bytes: totals.allreduce_bytes,
+            position,
+        })
+    }
+}
+
+/// What the bucket hook works on.
+struct BucketHook<'a> {
+    grads: View,
+    host: &'a mut [f32],
+    accum: &'a mut [f32],
+    scale: f32,
+}
+
+impl BucketHook<'_> {
+    /// Handles one ready bucket; on the last micro-step returns its event.
+    fn run<B: Backend>(
+        self,
+        backend: &mut B,
+        bucket: &GradBucket,
+        phase: Phase,
+        coll: &mut dyn Collective,
+        totals: &mut Totals,
+    ) -> Result<Option<BucketEvent>> {
+        let (start, len) = (bucket.offset / 4, bucket.bytes / 4);
+        let view = View {
+            buffer: self.grads.buffer,
+            offset: self.grads.offset + bucket.offset,
+            len,
+            elem: ElemType::F32,
+        };
+        let host = &mut self.host[start..start + len];
+        backend.read(view, bytemuck::cast_slice_mut(host))?;
+        match phase {
+            Phase::First => {
+                self.accum[start..start + len].copy_from_slice(host);
+                Ok(None)
+            }
+            Phase::Middle => {
+                for (a, &g) in self.accum[start..start + len].iter_mut().zip(host.iter()) {
+                    *a += g;
+                }
+                Ok(None)
+            }
+            Phase::Last => {
+                if !self.accum.is_empty() {
+                    for (g, &a) in host.iter_mut().zip(&self.accum[start..start + len]) {
+                        *g += a;
+                    }
+                }
+                let t0 = Instant::now();
+                coll.all_reduce_sum(host).map_err(collective_error)?;
+                let t1 = Instant::now();
+                let mut sumsq = 0f64;
+                for g in host.iter_mut() {
+                    *g *= self.scale;
+                    sumsq += f64::from(*g) * f64::from(*g);
+                }
+                backend.write(view, bytemuck::cast_slice(host))?;
+                totals.allreduce_secs += (t1 - t0).as_secs_f64();
+                totals.allreduce_bytes += bucket.bytes as u64;
+                totals.sumsq += sumsq;
+                Ok(Some(BucketEvent {
+                    bucket: bucket.index,
+                    ready_after: bucket.ready_after(),
+                    bytes: bucket.bytes,
+                    start: t0,
+                    end: t1,
+                }))
+            }
+        }
+    }
+}
+
+/// The plan hash of training `graph` with `batch` samples per micro-step:
+/// [`adjoint_graph::plan::plan_hash`] of the joint graph of
+/// [`joint_graph`] and the memory plan the executor makes for it (default
+/// alignment). The coordinator computes the same from the job spec.
+pub fn plan_hash(graph: &Graph, batch: usize) -> Result<String> {
+    let (joint, _) = joint_graph(graph, batch)?;
+    let plan = plan_memory(&joint.graph, &PlanOptions::with_grads(&joint.grads))?;
+    Ok(adjoint_graph::plan::plan_hash(&joint.graph, &plan))
+}
+
+/// Collective failures surface as data errors naming the rank, peer and
+/// call.
+fn collective_error(e: CollectiveError) -> Error {
+    Error::Data(format!("all-reduce: {e}"))
+}
+
+/// The joint (loss + gradients) graph of `graph` with its batch bound to
+/// `batch` when symbolic (a static graph must have `batch` as every input's
+/// leading dimension), and the joint graph's inputs in the forward
+/// graph's input order. This is the graph the coordinator plans and hashes.
+pub fn joint_graph(graph: &Graph, batch: usize) -> Result<(autodiff::GradGraph, Vec<ValueId>)> {
+    let bound;
+    let graph = if graph.is_static() {
+        for input in &graph.inputs {
+            let lead = graph.static_shape(input.value).first().copied();
+            if lead != Some(batch) {
+                return Err(Error::Data(format!(
+                    "graph input '{}' has a fixed batch of {lead:?}, but the job's batch is {batch}",
+                    graph.name_of(input.value)
+                )));
+            }
+        }
+        graph
+    } else {
+        bound = graph.bind_batch(batch);
+        &bound
+    };
+    let loss = graph
+        .loss
+        .ok_or_else(|| Error::Data(format!("graph '{}' has no loss to train", graph.name)))?;
+    let joint = autodiff::grad(graph, loss, &graph.trainable_params())?;
+    let inputs = graph
+        .inputs
+        .iter()
+        .map(|i| {
+            joint.graph.find(graph.name_of(i.value)).ok_or_else(|| {
+                Error::Data(format!(
+                    "input '{}' is not used by the loss",
+                    graph.name_of(i.value)
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((joint, inputs))
+}
