@@ -237,6 +237,19 @@ impl Graph {
         g
     }
 
+    /// The cost of one node, from its op's cost rule.
+    pub fn node_cost(&self, node: &Node) -> crate::ops::Cost {
+        let inputs: Vec<&TensorType> = node.inputs.iter().map(|&v| self.ty(v)).collect();
+        let outputs: Vec<&TensorType> = node.outputs.iter().map(|&v| self.ty(v)).collect();
+        node.op.cost(&inputs, &outputs)
+    }
+
+    /// FLOPs of one execution of the whole graph (the batch symbol, if
+    /// unbound, counts as 1).
+    pub fn flops(&self) -> u64 {
+        self.nodes.iter().map(|n| self.node_cost(n).flops).sum()
+    }
+
     /// The numeric shape of a value; panics on the batch symbol, so callers
     /// check [`Graph::is_static`] first.
     pub fn static_shape(&self, id: ValueId) -> Vec<usize> {

@@ -339,15 +339,7 @@ pub fn estimate(graph: &Graph, spec: &JobSpec) -> Result<Estimate> {
     let optimizer = spec.optimizer.clone().unwrap_or_default();
     let param_bytes = plan.param_bytes as u64;
     let optimizer_bytes = param_bytes * optimizer_state_per_element(&optimizer);
-    let flops_per_step = joint
-        .nodes
-        .iter()
-        .map(|node| {
-            let inputs: Vec<_> = node.inputs.iter().map(|&v| joint.ty(v)).collect();
-            let outputs: Vec<_> = node.outputs.iter().map(|&v| joint.ty(v)).collect();
-            node.op.cost(&inputs, &outputs).flops
-        })
-        .sum();
+    let flops_per_step = joint.flops();
     Ok(Estimate {
         arena_bytes: plan.arena_bytes as u64,
         param_bytes,

@@ -13,10 +13,10 @@
 //! flat views.
 
 use adjoint_graph::plan::{MemoryPlan, PlanOptions, plan_memory};
-use adjoint_graph::{DType, Graph, ValueId, init};
+use adjoint_graph::{Graph, ValueId, init};
 use adjoint_kernels::{Backend, ElemType, View};
 
-use crate::program::{Buffers, HostLayout, Instr, Program, StepKey, ValueViews, elem_type};
+use crate::program::{Buffers, HostLayout, Instr, Program, StepKey, ValueViews};
 use crate::{Error, Result};
 
 /// How an executor is built.
@@ -397,9 +397,4 @@ pub fn decode(elem: ElemType, bytes: &[u8]) -> Vec<f32> {
             .collect(),
         ElemType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
     }
-}
-
-/// Whether the CPU engine runs values of this dtype.
-pub fn supported(dtype: DType) -> bool {
-    elem_type(dtype).is_ok()
 }

@@ -54,17 +54,6 @@ fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> 
     Ok(times[times.len() / 2])
 }
 
-fn flops(g: &Graph) -> u64 {
-    g.nodes
-        .iter()
-        .map(|n| {
-            let ins: Vec<_> = n.inputs.iter().map(|&v| g.ty(v)).collect();
-            let outs: Vec<_> = n.outputs.iter().map(|&v| g.ty(v)).collect();
-            n.op.cost(&ins, &outs).flops
-        })
-        .sum()
-}
-
 /// Random data for every input: normal floats, ints in `[0, classes)`.
 fn batch_bytes(g: &Graph, classes: usize) -> Vec<Vec<u8>> {
     g.inputs
@@ -164,7 +153,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
         None => fwdbwd_ms,
     };
     let exec = trainer.executor();
-    let (fwd_flops, joint_flops) = (flops(&graph) as f64, flops(exec.graph()) as f64);
+    let (fwd_flops, joint_flops) = (graph.flops() as f64, exec.graph().flops() as f64);
     let line = serde_json::json!({
         "workload": args.workload,
         "impl": "adjoint",

@@ -9,6 +9,8 @@ use adjoint_graph::{Graph, Init, InputRole, serialize};
 use anyhow::Result;
 use clap::Args;
 
+use super::service::human_bytes;
+
 /// Validate a graph file (shape inference included) and print its inputs,
 /// parameters, outputs and ops.
 #[derive(Debug, Args)]
@@ -45,7 +47,7 @@ fn summary(g: &Graph, with_nodes: bool) -> String {
         g.nodes.len(),
         g.params.len(),
         param_elems,
-        human_bytes(param_bytes),
+        human_bytes(param_bytes as u64),
         serialize::content_hash(g)
     );
     let _ = writeln!(out, "inputs:");
@@ -99,15 +101,7 @@ fn summary(g: &Graph, with_nodes: bool) -> String {
     }
     let ops: Vec<String> = counts.iter().map(|(op, n)| format!("{op} x{n}")).collect();
     let _ = writeln!(out, "ops: {}", ops.join(", "));
-    let flops: u64 = g
-        .nodes
-        .iter()
-        .map(|n| {
-            let ins: Vec<_> = n.inputs.iter().map(|&v| g.ty(v)).collect();
-            let outs: Vec<_> = n.outputs.iter().map(|&v| g.ty(v)).collect();
-            n.op.cost(&ins, &outs).flops
-        })
-        .sum();
+    let flops = g.flops();
     let per = if g.is_static() { "" } else { " per sample" };
     let _ = writeln!(out, "flops{per}: {flops}");
     if with_nodes {
@@ -140,20 +134,5 @@ fn describe_init(init: &Init) -> String {
             distribution,
             gain,
         } => format!("{distribution:?} by fan {mode:?}, gain {gain:.4}").to_lowercase(),
-    }
-}
-
-fn human_bytes(n: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }

@@ -139,17 +139,6 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-fn total_flops(g: &Graph) -> u64 {
-    g.nodes
-        .iter()
-        .map(|n| {
-            let ins: Vec<_> = n.inputs.iter().map(|&v| g.ty(v)).collect();
-            let outs: Vec<_> = n.outputs.iter().map(|&v| g.ty(v)).collect();
-            n.op.cost(&ins, &outs).flops
-        })
-        .sum()
-}
-
 /// One line per workload: forward and joint graph sizes and FLOPs.
 fn workload_table() -> Result<()> {
     println!(
@@ -174,7 +163,7 @@ fn workload_table() -> Result<()> {
             .iter()
             .map(|&p| graph.ty(p).shape.numel_with_batch(1))
             .sum();
-        let (fwd, step) = (total_flops(&graph) as f64, total_flops(&joint) as f64);
+        let (fwd, step) = (graph.flops() as f64, joint.flops() as f64);
         let hash = serialize::content_hash(&joint);
         println!(
             "{:<12} {:>6} {:>11} {:>10} {:>11} {:>10.2} {:>11.2} {:>8.2}  {}…  ({} ms)",

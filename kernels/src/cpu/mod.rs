@@ -80,6 +80,30 @@ impl CpuBackend {
     }
 }
 
+/// Runs `$body` with `$t` bound to the Rust type of element type `$elem`.
+macro_rules! with_elem {
+    ($elem:expr, $t:ident => $body:expr) => {
+        match $elem {
+            ElemType::F32 => {
+                type $t = f32;
+                $body
+            }
+            ElemType::I32 => {
+                type $t = i32;
+                $body
+            }
+            ElemType::I64 => {
+                type $t = i64;
+                $body
+            }
+            ElemType::U8 => {
+                type $t = u8;
+                $body
+            }
+        }
+    };
+}
+
 /// Every output disjoint from every input and from the other outputs.
 fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
     for (i, o) in outputs.iter().enumerate() {
@@ -229,65 +253,10 @@ impl Backend for CpuBackend {
         shape: &[usize],
     ) -> Result<()> {
         disjoint("compare", &[out], &[a, b])?;
-        match a.elem {
-            ElemType::F32 => {
-                let (a, b) = (
-                    self.r::<f32>("compare a", a)?,
-                    self.r::<f32>("compare b", b)?,
-                );
-                elementwise::compare(
-                    op,
-                    a,
-                    a_strides,
-                    b,
-                    b_strides,
-                    self.w("compare out", out)?,
-                    shape,
-                )
-            }
-            ElemType::I64 => {
-                let (a, b) = (
-                    self.r::<i64>("compare a", a)?,
-                    self.r::<i64>("compare b", b)?,
-                );
-                elementwise::compare(
-                    op,
-                    a,
-                    a_strides,
-                    b,
-                    b_strides,
-                    self.w("compare out", out)?,
-                    shape,
-                )
-            }
-            ElemType::I32 => {
-                let (a, b) = (
-                    self.r::<i32>("compare a", a)?,
-                    self.r::<i32>("compare b", b)?,
-                );
-                elementwise::compare(
-                    op,
-                    a,
-                    a_strides,
-                    b,
-                    b_strides,
-                    self.w("compare out", out)?,
-                    shape,
-                )
-            }
-            ElemType::U8 => {
-                let (a, b) = (self.r::<u8>("compare a", a)?, self.r::<u8>("compare b", b)?);
-                elementwise::compare(
-                    op,
-                    a,
-                    a_strides,
-                    b,
-                    b_strides,
-                    self.w("compare out", out)?,
-                    shape,
-                )
-            }
-        }
+        with_elem!(a.elem, T => {
+            let (a, b) = (self.r::<T>("compare a", a)?, self.r::<T>("compare b", b)?);
+            elementwise::compare(op, a, a_strides, b, b_strides, self.w("compare out", out)?, shape)
+        })
     }
 
     fn select(
@@ -314,23 +283,10 @@ impl Backend for CpuBackend {
     fn cast(&mut self, x: View, y: View) -> Result<()> {
         same_len("cast", x.len, y.len)?;
         disjoint("cast", &[y], &[x])?;
-        macro_rules! cast_to {
-            ($src:ty) => {{
-                let src = self.r::<$src>("cast x", x)?;
-                match y.elem {
-                    ElemType::F32 => elementwise::cast(src, self.w::<f32>("cast y", y)?),
-                    ElemType::I32 => elementwise::cast(src, self.w::<i32>("cast y", y)?),
-                    ElemType::I64 => elementwise::cast(src, self.w::<i64>("cast y", y)?),
-                    ElemType::U8 => elementwise::cast(src, self.w::<u8>("cast y", y)?),
-                }
-            }};
-        }
-        match x.elem {
-            ElemType::F32 => cast_to!(f32),
-            ElemType::I32 => cast_to!(i32),
-            ElemType::I64 => cast_to!(i64),
-            ElemType::U8 => cast_to!(u8),
-        }
+        with_elem!(x.elem, S => {
+            let src = self.r::<S>("cast x", x)?;
+            with_elem!(y.elem, D => elementwise::cast(src, self.w::<D>("cast y", y)?))
+        });
         Ok(())
     }
 
@@ -376,41 +332,17 @@ impl Backend for CpuBackend {
         shape: &[usize],
     ) -> Result<()> {
         disjoint("copy_strided", &[dst], &[src])?;
-        match (src.elem, dst.elem) {
-            (ElemType::F32, ElemType::F32) => layout::copy_strided(
-                self.r::<f32>("copy_strided src", src)?,
-                src_strides,
-                self.w::<f32>("copy_strided dst", dst)?,
-                dst_strides,
-                shape,
-            ),
-            (ElemType::I64, ElemType::I64) => layout::copy_strided(
-                self.r::<i64>("copy_strided src", src)?,
-                src_strides,
-                self.w::<i64>("copy_strided dst", dst)?,
-                dst_strides,
-                shape,
-            ),
-            (ElemType::I32, ElemType::I32) => layout::copy_strided(
-                self.r::<i32>("copy_strided src", src)?,
-                src_strides,
-                self.w::<i32>("copy_strided dst", dst)?,
-                dst_strides,
-                shape,
-            ),
-            (ElemType::U8, ElemType::U8) => layout::copy_strided(
-                self.r::<u8>("copy_strided src", src)?,
-                src_strides,
-                self.w::<u8>("copy_strided dst", dst)?,
-                dst_strides,
-                shape,
-            ),
-            (s, d) => Err(Error::ElemType {
+        if src.elem != dst.elem {
+            return Err(Error::ElemType {
                 what: "copy_strided dst",
-                expected: s,
-                found: d,
-            }),
+                expected: src.elem,
+                found: dst.elem,
+            });
         }
+        with_elem!(src.elem, T => {
+            let s = self.r::<T>("copy_strided src", src)?;
+            layout::copy_strided(s, src_strides, self.w::<T>("copy_strided dst", dst)?, dst_strides, shape)
+        })
     }
 
     fn reduce(

@@ -1,5 +1,6 @@
 //! Lowering: one graph node to backend calls.
 
+use adjoint_graph::interp::strides as contiguous_strides;
 use adjoint_graph::ops::{Binary, GeluApprox, Index, Loss, Movement, Nn, Op, ReduceKind, Unary};
 use adjoint_graph::{Graph, Node, ValueId};
 use adjoint_kernels::{BinaryOp, CompareOp, ReduceOp, UnaryOp, View};
@@ -32,15 +33,6 @@ struct Cx<'a> {
     graph: &'a Graph,
     node: &'a Node,
     views: &'a ValueViews,
-}
-
-/// Row-major strides of a shape.
-pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
 }
 
 /// Strides for reading a tensor of `shape` broadcast to `out` (numpy rules):
