@@ -6,8 +6,10 @@
 //! - [`spec`]: job specs from TOML files and flags.
 //! - [`graph_file`]: reading and writing graph files.
 //! - [`local`]: a coordinator and workers as local processes (`adjoint up`).
+//! - [`example`]: the bundled example `adjoint demo` trains.
 
 pub mod client;
+pub mod example;
 pub mod graph_file;
 pub mod local;
 pub mod spec;

@@ -2,9 +2,13 @@
 //! `adjoint up` and `adjoint demo` start, and what end-to-end tests use.
 //!
 //! The binaries `adjoint-server` and `adjoint-worker` are looked up next to
-//! the running executable (where cargo puts them), then on `PATH`. The
+//! the running executable (where cargo puts them); failing that, the
+//! `adjoint` executable runs them itself (`adjoint server`, `adjoint
+//! worker`), so one installed binary is enough; failing that, `PATH`. The
 //! server listens on an OS-chosen loopback port; workers share the store
-//! folder with it. Dropping a [`LocalCluster`] kills its processes.
+//! folder with it, and split the machine's cores between them. Their logs
+//! go to `<dir>/logs/<process>.log` ([`LocalCluster::log_files`]), not to
+//! the terminal. Dropping a [`LocalCluster`] kills its processes.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,6 +28,66 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     server: Child,
     workers: Vec<Child>,
+    /// Workers the cores are split between.
+    planned_workers: usize,
+    /// Times the coordinator was restarted.
+    restarts: usize,
+}
+
+/// A command running `adjoint-<role>` (`server` or `worker`): the sibling
+/// binary if there is one, else `adjoint <role>` when this process is
+/// `adjoint`, else the binary on `PATH`.
+fn role_command(role: &str) -> Command {
+    let name = format!("adjoint-{role}");
+    let found = binary(&name);
+    if found.is_absolute() {
+        return Command::new(found);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && exe.file_stem().is_some_and(|s| s == "adjoint")
+    {
+        let mut cmd = Command::new(exe);
+        cmd.arg(role);
+        return cmd;
+    }
+    Command::new(name)
+}
+
+/// Starts a coordinator on `listen` with its data in `dir`, logging to
+/// `<dir>/logs/<log>.log`; returns it and the address it listens on.
+fn spawn_server(dir: &Path, listen: &str, log: &str) -> Result<(Child, String)> {
+    let mut server = role_command("server")
+        .args(["--listen", listen, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(log_file(dir, log)?)
+        .spawn()
+        .context("cannot start adjoint-server (build it with `cargo build -p adjoint-server`)")?;
+    let stdout = server.stdout.take().context("server stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading the server's first line")?;
+    match line.trim().strip_prefix("adjoint-server listening on ") {
+        Some(addr) => Ok((server, addr.to_owned())),
+        None => {
+            let _ = server.kill();
+            let _ = server.wait();
+            let path = dir.join("logs").join(format!("{log}.log"));
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            bail!("adjoint-server did not start: {line:?}\n{log}");
+        }
+    }
+}
+
+/// A new log file `<dir>/logs/<name>.log` for a child's stderr.
+fn log_file(dir: &Path, name: &str) -> Result<Stdio> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let path = logs.join(format!("{name}.log"));
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(Stdio::from(file))
 }
 
 /// Path of a sibling binary of the current executable, else the bare name.
@@ -49,29 +113,14 @@ impl LocalCluster {
     /// waits until every worker has registered.
     pub fn start(dir: &Path, workers: usize) -> Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut server = Command::new(binary("adjoint-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context(
-                "cannot start adjoint-server (build it with `cargo build -p adjoint-server`)",
-            )?;
-        let stdout = server.stdout.take().context("server stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("reading the server's first line")?;
-        let Some(addr) = line.trim().strip_prefix("adjoint-server listening on ") else {
-            let _ = server.kill();
-            bail!("adjoint-server did not start: {line:?}");
-        };
+        let (server, addr) = spawn_server(dir, "127.0.0.1:0", "server")?;
         let mut cluster = LocalCluster {
-            addr: addr.to_owned(),
+            addr,
             dir: dir.to_path_buf(),
             server,
             workers: Vec::new(),
+            planned_workers: workers,
+            restarts: 0,
         };
         for i in 0..workers {
             cluster.add_worker(&format!("worker-{i}"))?;
@@ -82,8 +131,12 @@ impl LocalCluster {
 
     /// Starts one more worker process.
     pub fn add_worker(&mut self, name: &str) -> Result<()> {
-        let child = Command::new(binary("adjoint-worker"))
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores / self.planned_workers.max(1)).max(1);
+        let child = role_command("worker")
             .args([
+                "--threads",
+                &threads.to_string(),
                 "--coordinator",
                 &format!("http://{}", self.addr),
                 "--name",
@@ -92,7 +145,7 @@ impl LocalCluster {
             ])
             .arg(self.dir.join("store"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log_file(&self.dir, name)?)
             .spawn()
             .context(
                 "cannot start adjoint-worker (build it with `cargo build -p adjoint-worker`)",
@@ -126,6 +179,32 @@ impl LocalCluster {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
+    }
+
+    /// Kills the coordinator and starts a new one on the same address and
+    /// data folder (its log is `server-<n>.log`); workers reconnect.
+    pub fn restart_server(&mut self) -> Result<()> {
+        self.kill_server()?;
+        self.restarts += 1;
+        let name = format!("server-{}", self.restarts + 1);
+        let (server, addr) = spawn_server(&self.dir, &self.addr, &name)?;
+        if addr != self.addr {
+            bail!(
+                "the restarted coordinator listens on {addr}, not {}",
+                self.addr
+            );
+        }
+        self.server = server;
+        Ok(())
+    }
+
+    /// The log files of the coordinator and the workers.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.join("logs"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
     }
 
     /// Kills worker `i` (to test losing one).

@@ -18,6 +18,7 @@
 //! eval_every = 50
 //! seed = 0
 //! init = "weights.safetensors"   # optional initial weights
+//! bucket_mb = 25                 # gradient bucket size for the all-reduce
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,9 @@ pub struct SpecFields {
     /// Start from another job's last checkpoint.
     #[arg(long)]
     pub resume_from: Option<String>,
+    /// Gradient bucket size in MiB (all-reduced while backward runs).
+    #[arg(long)]
+    pub bucket_mb: Option<f64>,
 }
 
 macro_rules! merge_fields {
@@ -143,7 +147,8 @@ impl SpecFields {
             eval_every,
             seed,
             init,
-            resume_from
+            resume_from,
+            bucket_mb
         );
         self
     }
@@ -178,6 +183,7 @@ impl SpecFields {
             eval_every: self.eval_every.unwrap_or(0),
             seed: self.seed.unwrap_or(0),
             resume_from_job: self.resume_from.clone().unwrap_or_default(),
+            bucket_mb: self.bucket_mb.unwrap_or(0.0),
             ..JobSpec::default()
         };
         if let Some(eval) = &self.eval {

@@ -33,6 +33,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod blobs;
+pub mod cli;
 pub mod coordinator;
 pub mod db;
 pub mod error;

@@ -69,6 +69,9 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
     if !spec.clip_grad_norm.is_finite() || spec.clip_grad_norm < 0.0 {
         return Err(bad("clip_grad_norm", "must be finite and not negative"));
     }
+    if !spec.bucket_mb.is_finite() || !(0.0..=1e6).contains(&spec.bucket_mb) {
+        return Err(bad("bucket_mb", "must be a size in MiB from 0 to 1e6"));
+    }
     spec.optimizer = Some(normalize_optimizer(
         spec.optimizer.take().unwrap_or_default(),
     )?);

@@ -12,10 +12,13 @@
 //! produces them), so an optimizer updates all of them in one pass over two
 //! flat views.
 
+use std::collections::BTreeMap;
+
 use adjoint_graph::plan::{MemoryPlan, PlanOptions, plan_memory};
 use adjoint_graph::{Graph, ValueId, init};
 use adjoint_kernels::{Backend, ElemType, View};
 
+use crate::data::HostTensor;
 use crate::program::{Buffers, HostLayout, Instr, Program, StepKey, ValueViews};
 use crate::{Error, Result};
 
@@ -166,6 +169,16 @@ impl<B: Backend> Executor<B> {
         for s in self.graph.state.clone() {
             let t = init::materialize(&self.graph, s.value, &s.init, seed)?;
             self.write_values(s.value, &t.data)?;
+        }
+        Ok(())
+    }
+
+    /// Sets parameters from tensors named as in the graph (others keep
+    /// their values); a tensor whose shape or dtype differs is an error.
+    pub fn load_params(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+        for (v, t) in crate::data::params_by_name(&self.graph, tensors)? {
+            let view = self.views.view(&self.graph, v)?;
+            self.backend.write(view, &t.bytes)?;
         }
         Ok(())
     }

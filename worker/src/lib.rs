@@ -16,6 +16,7 @@
 //! Later: `nccl` collectives on GPUs.
 
 pub mod agent;
+pub mod cli;
 pub mod collective;
 pub mod data;
 pub mod dist;

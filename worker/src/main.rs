@@ -1,21 +1,7 @@
-//! `adjoint-worker`: a worker process. It registers with the coordinator,
-//! heartbeats, and trains the jobs it is assigned on the CPU, reading
-//! inputs from and writing checkpoints and weights to the object store
-//! (see `adjoint_worker::agent`).
-//!
-//! ```text
-//! adjoint-worker --coordinator http://127.0.0.1:50051 --store ./store \
-//!     [--name NAME] [--ring-listen 127.0.0.1:0] [--threads N] [--memory BYTES]
-//! ```
-//!
-//! Logs go to stderr (`RUST_LOG` filters them; default `info`). Ctrl-C (or
-//! SIGTERM's default action) stops the worker.
+//! `adjoint-worker`: a worker process (see [`adjoint_worker::cli`];
+//! `adjoint worker` runs the same).
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use adjoint_kernels::CpuBackend;
-use adjoint_worker::agent::{Agent, AgentConfig};
+use adjoint_worker::cli::{WorkerArgs, run};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -24,79 +10,17 @@ use clap::Parser;
     version,
     about = "An adjoint worker: trains the jobs a coordinator assigns it"
 )]
-struct Args {
-    /// The coordinator's URL.
-    #[arg(
-        long,
-        env = "ADJOINT_COORDINATOR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    coordinator: String,
-    /// The folder of the object store shared with the coordinator (blobs,
-    /// checkpoints, weights).
-    #[arg(long, env = "ADJOINT_STORE")]
-    store: PathBuf,
-    /// This worker's name (default: <hostname>-<pid>).
-    #[arg(long)]
-    name: Option<String>,
-    /// Where the ring listener binds; peers connect here for all-reduce.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    ring_listen: String,
-    /// Threads for the CPU kernels (default: every core).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Memory to report, in bytes (default: MemTotal of /proc/meminfo).
-    #[arg(long)]
-    memory: Option<u64>,
-    /// Seconds a collective waits for a silent peer before failing the job.
-    #[arg(long, default_value_t = 60)]
-    collective_timeout: u64,
+struct Cli {
+    #[command(flatten)]
+    args: WorkerArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    if let Some(n) = args.threads {
-        CpuBackend::set_threads(n);
-    }
-    let mut cfg = AgentConfig::new(args.coordinator, args.store);
-    if let Some(name) = args.name {
-        cfg.name = name;
-    }
-    cfg.ring_listen = args.ring_listen;
-    if let Some(n) = args.threads {
-        cfg.cores = n as u32;
-    }
-    if let Some(m) = args.memory {
-        cfg.memory_bytes = m;
-    }
-    cfg.ring.timeout = Duration::from_secs(args.collective_timeout);
-    cfg.ring.connect_timeout = Duration::from_secs(args.collective_timeout);
-    let agent = match Agent::new(cfg) {
-        Ok(a) => a,
+    match run(Cli::parse().args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("adjoint-worker: {e}");
-            return std::process::ExitCode::FAILURE;
+            std::process::ExitCode::FAILURE
         }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("adjoint-worker: tokio: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    tracing::info!("ring listener on {}", agent.ring_address());
-    runtime.block_on(agent.run(async {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("interrupted; stopping");
-    }));
-    // A running job was told to stop at its next step; give it a moment.
-    runtime.shutdown_timeout(Duration::from_secs(10));
-    std::process::ExitCode::SUCCESS
+    }
 }

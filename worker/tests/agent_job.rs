@@ -69,6 +69,10 @@ async fn setup() -> Setup {
         .put(&Path::from("blobs/data"), PutPayload::from(dataset(64)))
         .await
         .unwrap();
+    store
+        .put(&Path::from("blobs/eval"), PutPayload::from(dataset(40)))
+        .await
+        .unwrap();
     let ctx = JobContext {
         store,
         ring_listener: None,
@@ -122,22 +126,28 @@ fn hash() -> String {
 async fn a_one_rank_job_trains_and_writes_its_weights() {
     let s = setup().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let done = run_job(
-        &assignment("job1", hash()),
-        &s.ctx,
-        Arc::new(AbortSignal::default()),
-        &tx,
-    )
-    .await;
+    let mut a = assignment("job1", hash());
+    let spec = a.spec.as_mut().unwrap();
+    spec.eval_blob = "blobs/eval".into();
+    spec.eval_every = 10;
+    let done = run_job(&a, &s.ctx, Arc::new(AbortSignal::default()), &tx).await;
     assert!(done.ok, "the job failed: {}", done.error);
     assert_eq!((done.job_id.as_str(), done.rank), ("job1", 0));
-    assert_eq!(done.artifacts, vec!["weights.safetensors".to_owned()]);
+    assert_eq!(
+        done.artifacts,
+        ["events/rank-0.jsonl", "weights.safetensors"]
+    );
 
     drop(tx);
-    let (mut losses, mut logs) = (Vec::new(), Vec::new());
+    let (mut losses, mut logs, mut evals) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(m) = rx.recv().await {
         match m.kind.unwrap() {
-            Kind::Metrics(m) => losses.push((m.step, m.loss)),
+            Kind::Metrics(m) => {
+                losses.push((m.step, m.loss));
+                if let Some(e) = m.eval_loss {
+                    evals.push((m.step, e));
+                }
+            }
             Kind::Log(l) => logs.push(l),
             other => panic!("unexpected message {other:?}"),
         }
@@ -158,6 +168,24 @@ async fn a_one_rank_job_trains_and_writes_its_weights() {
             .any(|l| l.contains("wrote jobs/job1/weights.safetensors")),
         "{logs:#?}"
     );
+    // Evaluation every 10 steps on the held-out split; it improves too.
+    assert_eq!(
+        evals.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [10, 20, 30, 40],
+        "{evals:?}"
+    );
+    assert!(evals[3].1 < 0.8 * evals[0].1, "eval loss: {evals:?}");
+    // One event-log line per step, in order.
+    let events = std::fs::read_to_string(s.root.join("jobs/job1/events/rank-0.jsonl")).unwrap();
+    let steps: Vec<u64> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, (0..40).collect::<Vec<_>>());
 
     let weights =
         read_safetensors(&std::fs::read(s.root.join("jobs/job1/weights.safetensors")).unwrap())

@@ -197,8 +197,12 @@ async fn two_worker_processes_train_one_job_over_the_ring() {
         finished.push(f);
     }
     assert_eq!(rank0_steps, (1..=15).collect::<Vec<_>>());
-    assert_eq!(finished[0].artifacts, ["weights.safetensors"]);
-    assert!(finished[1].artifacts.is_empty());
+    // Every rank leaves its event log; rank 0 the weights too.
+    assert_eq!(
+        finished[0].artifacts,
+        ["events/rank-0.jsonl", "weights.safetensors"]
+    );
+    assert_eq!(finished[1].artifacts, ["events/rank-1.jsonl"]);
 
     // The same job on one rank with batch 8, in this process.
     let data = Dataset::new(&g, tensors).unwrap();

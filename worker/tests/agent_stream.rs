@@ -173,7 +173,10 @@ async fn registers_heartbeats_runs_a_job_and_reconnects() {
         }
     };
     assert!(finished.ok, "{}", finished.error);
-    assert_eq!(finished.artifacts, ["weights.safetensors"]);
+    assert_eq!(
+        finished.artifacts,
+        ["events/rank-0.jsonl", "weights.safetensors"]
+    );
     assert_eq!(
         metrics,
         (1..=12).collect::<Vec<_>>(),

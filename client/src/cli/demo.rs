@@ -4,24 +4,30 @@
 //! differentiates each into one joint forward+backward graph and prints its
 //! size, FLOPs and content hash; checks a small transformer's gradients
 //! (first and second order) against finite differences on the f64
-//! reference interpreter; then trains a GPT-style transformer on the CPU
-//! engine to learn a synthetic sequence rule, with a progress bar. Exits
-//! non-zero if a check fails or the loss does not fall.
+//! reference interpreter; then starts a coordinator and worker processes
+//! on this machine (`adjoint up`), submits the bundled example
+//! ([`adjoint_client::example`]: a GPT-style transformer learning a
+//! synthetic sequence rule, with a held-out split), watches it train
+//! data-parallel with a progress bar, and pulls the trained weights. Exits
+//! non-zero if a check fails, the job fails or the loss does not fall.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
+use adjoint_client::example::write_gpt_example;
+use adjoint_client::local::LocalCluster;
+use adjoint_client::spec::SpecFields;
 use adjoint_graph::gradcheck::{self, Options, Report};
 use adjoint_graph::interp::Tensor;
 use adjoint_graph::rng::Stream;
 use adjoint_graph::zoo::{self, TransformerConfig};
 use adjoint_graph::{Graph, ValueId, autodiff, init, serialize};
-use adjoint_kernels::{Backend, CpuBackend};
-use adjoint_worker::data::{Dataset, HostTensor};
-use adjoint_worker::{ExecOptions, OptimizerConfig, Trainer};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+
+use super::service::{Addr, human_bytes, with_client};
+use super::watch::watch_job;
 
 /// Run the demo on the embedded defaults.
 #[derive(Debug, Args)]
@@ -29,10 +35,20 @@ pub struct DemoArgs {
     /// Seed for the data, the initial weights and the check directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Worker processes (data-parallel ranks) to start.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Optimizer steps of the training job.
+    #[arg(long, default_value_t = 120)]
+    steps: u64,
+    /// Folder for the example, the coordinator's data and the pulled
+    /// weights (default: a new folder under the system's temp folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
-    println!("adjoint demo: the graph layer and the CPU engine\n");
+    println!("adjoint demo: the graph layer, the CPU engine and the service\n");
     workload_table()?;
     println!();
     let passed = check_small_transformer(args.seed)?;
@@ -40,103 +56,104 @@ pub fn run(args: DemoArgs) -> Result<()> {
         bail!("a gradient check failed (see above)");
     }
     println!("\nall gradient checks passed\n");
-    train_transformer(args.seed)
+    train_on_service(&args)
 }
 
-/// Trains a small GPT on sequences following `next = (5·t + 7) mod vocab`.
-fn train_transformer(seed: u64) -> Result<()> {
-    let cfg = TransformerConfig {
-        vocab: 64,
-        d_model: 128,
-        layers: 2,
-        heads: 4,
-        seq: 64,
-        batch: Some(16),
+/// Starts a coordinator and workers on this machine, submits the bundled
+/// example, watches it train and pulls the weights.
+fn train_on_service(args: &DemoArgs) -> Result<()> {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("adjoint-demo-{}", std::process::id())),
     };
-    let (samples, steps) = (256usize, 120u64);
-    let graph = zoo::transformer(&cfg)?;
-    let mut tokens = Vec::with_capacity(samples * cfg.seq);
-    let mut targets = Vec::with_capacity(samples * cfg.seq);
-    let start = Stream {
-        seed,
-        step: 0,
-        rank: 0,
-        site: 99,
-    };
-    for s in 0..samples {
-        let mut t = (start.uniform(s as u64) * cfg.vocab as f64) as i64;
-        for _ in 0..cfg.seq {
-            let next = (5 * t + 7) % cfg.vocab as i64;
-            tokens.push(t);
-            targets.push(next);
-            t = next;
-        }
-    }
-    let shape = vec![samples, cfg.seq];
-    let data = BTreeMap::from([
-        (
-            "tokens".to_owned(),
-            HostTensor::from_i64(shape.clone(), &tokens),
-        ),
-        ("targets".to_owned(), HostTensor::from_i64(shape, &targets)),
-    ]);
-    let dataset = Dataset::new(&graph, data)?;
+    let example = write_gpt_example(&dir.join("example"), args.seed, 512, 128)?;
+    let cfg = &example.config;
     println!(
-        "training: GPT with d {}, {} layers, {} heads, seq {}, batch {} on the CPU engine ({}), AdamW lr 3e-3, {steps} steps",
-        cfg.d_model,
-        cfg.layers,
-        cfg.heads,
-        cfg.seq,
-        16,
-        CpuBackend::new().name()
-    );
-    let mut trainer = Trainer::new(
-        CpuBackend::new(),
-        &graph,
-        OptimizerConfig::adamw(3e-3),
-        ExecOptions::default(),
-        seed,
-    )?;
-    let plan = trainer.executor().plan();
-    println!(
-        "  memory plan: arena {:.1} MiB (live lower bound {:.1} MiB), parameters {:.1} MiB, gradients {:.1} MiB",
-        mib(plan.arena_bytes),
-        mib(plan.live_peak_bytes),
-        mib(plan.param_bytes),
-        mib(plan.grad_bytes)
-    );
-    let bar = ProgressBar::new(steps);
-    bar.set_style(
-        ProgressStyle::with_template("  {bar:30} {pos}/{len}  {msg}")
-            .context("progress bar template")?,
+        "service: a coordinator and {} workers on this machine (data in {})",
+        args.workers,
+        dir.display()
     );
     let started = Instant::now();
-    let (mut first, mut last) = (f32::NAN, f32::NAN);
-    trainer.train(&dataset, 16, steps, &mut |r| {
-        if r.step == 1 {
-            first = r.loss;
-        }
-        last = r.loss;
-        let rate = r.step as f64 * 16.0 * 64.0 / started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("loss {:.4}  {rate:.0} tokens/s", r.loss));
-        bar.inc(1);
-    })?;
-    bar.finish();
+    let cluster = LocalCluster::start(&dir.join("cluster"), args.workers)?;
     println!(
-        "  loss {first:.4} -> {last:.4} in {:.1}s (chance: ln {} = {:.4})",
-        started.elapsed().as_secs_f64(),
-        cfg.vocab,
-        (cfg.vocab as f64).ln()
+        "  coordinator on {}, {} workers registered in {:.1}s",
+        cluster.addr,
+        args.workers,
+        started.elapsed().as_secs_f64()
     );
+    let batch = (16 / args.workers.max(1)).max(1) as u64;
+    let fields = SpecFields {
+        name: Some("demo-gpt".into()),
+        graph: Some(example.graph.clone()),
+        data: Some(example.train.clone()),
+        eval: Some(example.eval.clone()),
+        eval_every: Some(args.steps.div_ceil(4)),
+        workers: Some(args.workers as u32),
+        batch_size: Some(batch),
+        steps: Some(args.steps),
+        optimizer: Some("adamw:lr=3e-3".into()),
+        schedule: Some(format!("cosine:warmup={},min_lr=3e-4", args.steps / 10)),
+        clip_grad_norm: Some(1.0),
+        checkpoint_every: Some(args.steps.div_ceil(2)),
+        seed: Some(args.seed),
+        ..SpecFields::default()
+    };
+    let addr = Addr {
+        addr: cluster.addr.clone(),
+    };
+    println!(
+        "  job: GPT (d {}, {} layers, {} heads, seq {}, vocab {}) learning next = (5t + 7) mod {}; {} workers x batch {batch}, AdamW, warm-up + cosine, {} steps",
+        cfg.d_model, cfg.layers, cfg.heads, cfg.seq, cfg.vocab, cfg.vocab, args.workers, args.steps
+    );
+    let (job, estimate) = with_client(&addr, async |client| {
+        let spec = fields.build(client).await?;
+        let estimate = client.estimate(spec.clone()).await?;
+        Ok((client.submit(spec).await?, estimate))
+    })?;
+    println!(
+        "  submitted {}: per worker {} planned (activations {}, parameters {}, optimizer state {}), {:.2} GFLOP per step",
+        job.id,
+        human_bytes(estimate.total_bytes),
+        human_bytes(estimate.arena_bytes),
+        human_bytes(estimate.param_bytes),
+        human_bytes(estimate.optimizer_bytes),
+        estimate.flops_per_step as f64 / 1e9
+    );
+    let training = Instant::now();
+    let watched = watch_job(&addr, &job.id)?;
+    let weights = dir.join("weights.safetensors");
+    let bytes = with_client(&addr, async |client| {
+        client.download(&job.id, "weights.safetensors").await
+    })?;
+    std::fs::write(&weights, &bytes)
+        .with_context(|| format!("cannot write {}", weights.display()))?;
+    let (first, last) = (
+        watched.first_loss.context("the job reported no step")?,
+        watched.last_loss.context("the job reported no step")?,
+    );
+    println!(
+        "  loss {first:.4} -> {last:.4} in {:.1}s (chance: ln {} = {:.4}){}",
+        training.elapsed().as_secs_f64(),
+        cfg.vocab,
+        (cfg.vocab as f64).ln(),
+        watched
+            .last_eval
+            .map(|(step, e)| format!("; held-out loss {e:.4} at step {step}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  pulled {} ({}); `adjoint check {}` shows the model",
+        weights.display(),
+        human_bytes(bytes.len() as u64),
+        example.graph.display()
+    );
+    drop(cluster);
+    // Written so that a NaN loss fails too.
     let fell = last < 0.5 * first;
     if !fell {
         bail!("the loss did not fall: {first} -> {last}");
     }
     Ok(())
-}
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }
 
 /// One line per workload: forward and joint graph sizes and FLOPs.

@@ -41,6 +41,10 @@ enum Command {
     Pull(jobs::PullArgs),
     Workers(jobs::WorkersArgs),
     Up(up::UpArgs),
+    /// Run a coordinator (the same as the `adjoint-server` binary).
+    Server(adjoint_server::cli::ServerArgs),
+    /// Run a worker (the same as the `adjoint-worker` binary).
+    Worker(adjoint_worker::cli::WorkerArgs),
     Model(model::ModelArgs),
     Check(check::CheckArgs),
 }
@@ -60,6 +64,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => jobs::pull(args),
         Command::Workers(args) => jobs::workers(args),
         Command::Up(args) => up::run(args),
+        Command::Server(args) => adjoint_server::cli::run(args),
+        Command::Worker(args) => adjoint_worker::cli::run(args).map_err(anyhow::Error::msg),
         Command::Model(args) => model::run(args),
         Command::Check(args) => check::run(args),
     }

@@ -20,10 +20,11 @@ pub struct UpArgs {
 pub fn run(args: UpArgs) -> Result<()> {
     let cluster = LocalCluster::start(&args.dir, args.workers)?;
     println!(
-        "coordinator on {} with {} workers (data in {}); export ADJOINT_ADDR={} ; Ctrl-C stops them",
+        "coordinator on {} with {} workers (data in {}, logs in {}); export ADJOINT_ADDR={} ; Ctrl-C stops them",
         cluster.addr,
         args.workers,
         args.dir.display(),
+        args.dir.join("logs").display(),
         cluster.addr
     );
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -18,13 +18,23 @@ pub struct WatchArgs {
 }
 
 pub fn run(args: WatchArgs) -> Result<()> {
-    watch_job(&args.addr, &args.job)
+    watch_job(&args.addr, &args.job).map(|_| ())
+}
+
+/// The losses a watched job reported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watched {
+    /// Loss of the first step reported, and of the last.
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    /// The last eval loss reported, and at which step.
+    pub last_eval: Option<(u64, f64)>,
 }
 
 /// Streams the job's events into a progress bar; fails if the job does not
 /// succeed.
-pub fn watch_job(addr: &Addr, id: &str) -> Result<()> {
-    let (state, reason) = with_client(addr, async |client| {
+pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
+    let (state, reason, watched) = with_client(addr, async |client| {
         let job = client.get_job(id).await?;
         let steps = job.spec.as_ref().map_or(0, |s| s.steps);
         let bar = ProgressBar::new(steps.max(1));
@@ -34,6 +44,7 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<()> {
         bar.set_message(format!("{id}: {:?}", job.state()));
         let mut events = client.watch(id, 0).await?;
         let mut last = (job.state(), job.reason.clone());
+        let mut watched = Watched::default();
         while let Some(event) = events.next().await {
             match event?.kind {
                 Some(job_event::Kind::State(s)) => {
@@ -42,9 +53,14 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<()> {
                 }
                 Some(job_event::Kind::Metrics(m)) => {
                     bar.set_position(m.step);
-                    let eval = m
-                        .eval_loss
-                        .map(|e| format!("  eval {e:.4}"))
+                    watched.first_loss.get_or_insert(m.loss);
+                    watched.last_loss = Some(m.loss);
+                    if let Some(e) = m.eval_loss {
+                        watched.last_eval = Some((m.step, e));
+                    }
+                    let eval = watched
+                        .last_eval
+                        .map(|(step, e)| format!("  eval {e:.4} (step {step})"))
                         .unwrap_or_default();
                     bar.set_message(format!(
                         "loss {:.4}{eval}  {:.0} samples/s",
@@ -56,12 +72,12 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<()> {
             }
         }
         bar.finish();
-        Ok(last)
+        Ok((last.0, last.1, watched))
     })?;
     match state {
         JobState::Succeeded => {
             println!("{id} succeeded");
-            Ok(())
+            Ok(watched)
         }
         other => bail!("{id} ended {other:?}: {reason}"),
     }

@@ -7,7 +7,10 @@
 //! the peers (world 1 needs none) and runs the steps, checking for an abort
 //! between them. Metrics (rank 0, every step) and log lines go out as
 //! `WorkerMessage`s as they happen; checkpoints and the final weights are
-//! written to the store by rank 0 (`jobs/<job>/checkpoints/step-<n>.safetensors`
+//! written to the store by rank 0. With an eval split, every rank evaluates
+//! its share after every `eval_every` steps and after the last, and rank 0
+//! reports the mean with that step's metrics. Checkpoints and the final
+//! weights are written to the store by rank 0 (`jobs/<job>/checkpoints/step-<n>.safetensors`
 //! every `checkpoint_every` steps, `jobs/<job>/weights.safetensors` at the
 //! end). The function never fails: every problem becomes
 //! `JobFinished { ok: false, error }`.
@@ -31,7 +34,7 @@ use crate::ExecOptions;
 use crate::collective::{Collective, LocalGroup, RingCollective, RingOptions};
 use crate::data::{Dataset, HostTensor, read_safetensors};
 use crate::dist::checkpoint::{Checkpoint, weights_file};
-use crate::dist::{DistConfig, DistTrainer, StepMetrics};
+use crate::dist::{DistConfig, DistTrainer, Evaluator, StepMetrics};
 
 /// The artifact every successful job leaves (rank 0 writes it).
 pub const WEIGHTS: &str = "weights.safetensors";
@@ -83,9 +86,13 @@ impl AbortSignal {
 /// What the training thread hands the async side.
 #[derive(Debug)]
 enum Event {
-    Metrics(StepMetrics),
+    /// A step's metrics, with the eval loss on evaluation steps.
+    Metrics(StepMetrics, Option<f32>),
     Log(String),
-    Put { key: String, bytes: Vec<u8> },
+    Put {
+        key: String,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Everything the training thread needs, read before it starts.
@@ -95,6 +102,9 @@ struct Prepared {
     world: usize,
     graph: Graph,
     data: Dataset,
+    /// The eval split and how often to evaluate (0: only after the last
+    /// step).
+    eval: Option<(Dataset, u64)>,
     cfg: DistConfig,
     steps: u64,
     checkpoint_every: u64,
@@ -138,17 +148,29 @@ pub async fn run_job(
     let handle = tokio::task::spawn_blocking(move || {
         CpuBackend::in_context(move || train(prepared, &tx, &signal))
     });
+    // Artifacts written on the way (the event log), by name under the job.
+    let mut written = Vec::new();
+    let job_prefix = format!("jobs/{job}/");
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Metrics(m) => {
+            Event::Metrics(m, eval) => {
+                let mut m = metrics(&m, rank);
+                m.eval_loss = eval.map(f64::from);
                 let _ = out.send(v1::WorkerMessage {
-                    kind: Some(Kind::Metrics(metrics(&m, rank))),
+                    kind: Some(Kind::Metrics(m)),
                 });
             }
             Event::Log(line) => log(line),
             Event::Put { key, bytes } => match put(ctx, &key, bytes).await {
-                Ok(()) => log(format!("wrote {key}")),
-                Err(e) => log(format!("could not write checkpoint {key}: {e}")),
+                Ok(()) => {
+                    log(format!("wrote {key}"));
+                    if let Some(name) = key.strip_prefix(&job_prefix)
+                        && name.starts_with("events/")
+                    {
+                        written.push(name.to_owned());
+                    }
+                }
+                Err(e) => log(format!("could not write {key}: {e}")),
             },
         }
     }
@@ -162,12 +184,13 @@ pub async fn run_job(
             match put(ctx, &key, weights).await {
                 Ok(()) => {
                     log(format!("wrote {key}"));
-                    finished(true, String::new(), vec![WEIGHTS.to_owned()])
+                    written.push(WEIGHTS.to_owned());
+                    finished(true, String::new(), written)
                 }
                 Err(e) => finished(false, format!("could not write {key}: {e}"), Vec::new()),
             }
         }
-        Ok(None) => finished(true, String::new(), Vec::new()),
+        Ok(None) => finished(true, String::new(), written),
         Err(_) if abort.is_set() => finished(false, abort.message(), Vec::new()),
         Err(e) => finished(false, e, Vec::new()),
     }
@@ -272,9 +295,6 @@ async fn prepare(
     if spec.device == "gpu" {
         log("this worker has no GPU backend; training on the CPU".into());
     }
-    if !spec.eval_blob.is_empty() {
-        log("evaluation (eval_blob) is not supported yet; skipping it".into());
-    }
     let graph = match &spec.model {
         Some(Model::Graph(g)) => serialize::from_proto(g).map_err(|e| format!("graph: {e}"))?,
         Some(Model::GraphBlob(key)) => decode_graph(&get(ctx, key).await?)?,
@@ -286,6 +306,23 @@ async fn prepare(
     let tensors = read_safetensors(&get(ctx, &spec.dataset_blob).await?)
         .map_err(|e| format!("dataset: {e}"))?;
     let data = Dataset::new(&graph, tensors).map_err(|e| format!("dataset: {e}"))?;
+    let eval = match spec.eval_blob.as_str() {
+        "" => {
+            if spec.eval_every > 0 {
+                log(format!(
+                    "eval_every is {} but the job has no eval split; not evaluating",
+                    spec.eval_every
+                ));
+            }
+            None
+        }
+        key => {
+            let tensors =
+                read_safetensors(&get(ctx, key).await?).map_err(|e| format!("eval split: {e}"))?;
+            let split = Dataset::new(&graph, tensors).map_err(|e| format!("eval split: {e}"))?;
+            Some((split, spec.eval_every))
+        }
+    };
     let init = match spec.init_blob.as_str() {
         "" => None,
         key => Some(
@@ -303,6 +340,12 @@ async fn prepare(
     cfg.clip_grad_norm = spec.clip_grad_norm as f32;
     cfg.seed = spec.seed;
     cfg.exec = ctx.exec;
+    if spec.bucket_mb > 0.0 {
+        if !spec.bucket_mb.is_finite() || spec.bucket_mb > 1e6 {
+            return Err(format!("bucket_mb {} is not a size in MiB", spec.bucket_mb));
+        }
+        cfg.exec.bucket_bytes = ((spec.bucket_mb * (1 << 20) as f64) as usize).max(4);
+    }
     let steps_per_epoch = (data.samples() / cfg.global_batch()) as u64;
     if steps_per_epoch == 0 {
         return Err(format!(
@@ -350,6 +393,7 @@ async fn prepare(
         world,
         graph,
         data,
+        eval,
         cfg,
         steps,
         checkpoint_every: spec.checkpoint_every,
@@ -366,12 +410,30 @@ async fn prepare(
 }
 
 /// The training thread: returns the weights file on rank 0, `None` on the
-/// others.
+/// others. Whatever happens, the steps' events go to the store as
+/// `jobs/<job>/events/rank-<r>.jsonl`, one JSON object per step
+/// ([`crate::dist::EventLog::to_json`]).
 fn train(
     p: Prepared,
     tx: &UnboundedSender<Event>,
     abort: &AbortSignal,
 ) -> Result<Option<Vec<u8>>, String> {
+    let key = format!("jobs/{}/events/rank-{}.jsonl", p.job_id, p.rank);
+    let mut events = Vec::new();
+    let result = train_steps(p, tx, abort, &mut events);
+    if !events.is_empty() {
+        let _ = tx.send(Event::Put { key, bytes: events });
+    }
+    result
+}
+
+fn train_steps(
+    p: Prepared,
+    tx: &UnboundedSender<Event>,
+    abort: &AbortSignal,
+    events: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>, String> {
+    let origin = std::time::Instant::now();
     let log = |line: String| {
         let _ = tx.send(Event::Log(line));
     };
@@ -414,16 +476,53 @@ fn train(
         // A group of one: every all-reduce is the identity.
         None => Box::new(LocalGroup::new(1).pop().ok_or("no local collective")?),
     };
+    let mut eval = match p.eval {
+        Some((split, every)) => {
+            let e = Evaluator::new(
+                CpuBackend::new(),
+                &p.graph,
+                split,
+                p.cfg.batch,
+                p.rank,
+                p.world,
+                p.cfg.exec,
+            )
+            .map_err(|e| format!("eval split: {e}"))?;
+            if e.dropped() > 0 {
+                log(format!(
+                    "eval: {} batches of {} on this rank; the last {} samples do not fill a batch and are left out",
+                    e.batches(),
+                    p.cfg.batch,
+                    e.dropped()
+                ));
+            }
+            Some((e, every))
+        }
+        None => None,
+    };
     while t.steps() < p.steps {
         if abort.is_set() {
             return Err(abort.message());
         }
         let m = t.step(coll.as_mut()).map_err(|e| e.to_string())?;
+        let line = t.events().to_json(origin);
+        events.extend_from_slice(line.to_string().as_bytes());
+        events.push(b'\n');
         for line in t.take_logs() {
             log(line);
         }
+        let eval_loss = match &mut eval {
+            Some((e, every)) if (*every > 0 && m.step % *every == 0) || m.step == p.steps => {
+                let params = t.params().map_err(|e| e.to_string())?;
+                let r = e
+                    .evaluate(&params, coll.as_mut())
+                    .map_err(|e| format!("eval at step {}: {e}", m.step))?;
+                Some(r.loss)
+            }
+            _ => None,
+        };
         if p.rank == 0 {
-            let _ = tx.send(Event::Metrics(m));
+            let _ = tx.send(Event::Metrics(m, eval_loss));
             if p.checkpoint_every > 0 && m.step % p.checkpoint_every == 0 {
                 let bytes = t.checkpoint().map_err(|e| e.to_string())?;
                 let key = format!("jobs/{}/checkpoints/step-{}.safetensors", p.job_id, m.step);

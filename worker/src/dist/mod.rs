@@ -23,6 +23,7 @@
 //! parameter and the step, seed and data position as metadata.
 
 pub mod checkpoint;
+mod eval;
 mod sampler;
 mod schedule;
 
@@ -34,11 +35,12 @@ use adjoint_graph::{Graph, ValueId, autodiff};
 use adjoint_kernels::{Backend, ElemType, View};
 
 use crate::collective::{Collective, CollectiveError};
-use crate::data::{self, Dataset, HostTensor};
+use crate::data::{Dataset, HostTensor};
 use crate::{
     Error, ExecOptions, Executor, GradBucket, Optimizer, OptimizerConfig, Result, StepKey,
 };
 
+pub use eval::{EvalResult, Evaluator};
 pub use sampler::{BatchBuffers, DataPosition, Sampler, shuffle};
 pub use schedule::{LrSchedule, ScheduleKind};
 
@@ -129,6 +131,9 @@ pub struct BucketEvent {
 pub struct EventLog {
     /// The step (0-based) these events belong to.
     pub step: u64,
+    /// When the step began and when it ended (after the optimizer).
+    pub start: Option<Instant>,
+    pub end: Option<Instant>,
     /// Instructions of the program.
     pub instructions: usize,
     /// In the order the all-reduces ran.
@@ -144,6 +149,38 @@ impl EventLog {
             return 0;
         };
         self.buckets.iter().filter(|b| b.start < end).count()
+    }
+
+    /// The step as one JSON object, times in microseconds since `origin`:
+    /// `{"step", "start_us", "backward_end_us", "end_us", "instructions",
+    /// "overlapped", "buckets": [{"bucket", "ready_after", "bytes",
+    /// "start_us", "end_us"}]}` (`ready_after` is null for a bucket
+    /// completed at the end of the step).
+    pub fn to_json(&self, origin: Instant) -> serde_json::Value {
+        let us =
+            |t: Option<Instant>| t.map(|t| t.saturating_duration_since(origin).as_micros() as u64);
+        let buckets: Vec<serde_json::Value> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "bucket": b.bucket,
+                    "ready_after": (b.ready_after != usize::MAX).then_some(b.ready_after),
+                    "bytes": b.bytes,
+                    "start_us": us(Some(b.start)),
+                    "end_us": us(Some(b.end)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "step": self.step,
+            "start_us": us(self.start),
+            "backward_end_us": us(self.backward_end),
+            "end_us": us(self.end),
+            "instructions": self.instructions,
+            "overlapped": self.overlapped(),
+            "buckets": buckets,
+        })
     }
 }
 
@@ -301,14 +338,7 @@ impl<B: Backend> DistTrainer<B> {
     /// Sets parameters from tensors named as in the graph (others keep
     /// their initial values).
     pub fn load_params(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
-        let pairs: Vec<(ValueId, Vec<u8>)> = data::params_by_name(self.exec.graph(), tensors)?
-            .into_iter()
-            .map(|(v, t)| (v, t.bytes.clone()))
-            .collect();
-        for (v, bytes) in pairs {
-            self.exec.write_bytes(v, &bytes)?;
-        }
-        Ok(())
+        self.exec.load_params(tensors)
     }
 
     /// Every parameter (trainable or not), named as in the graph.
@@ -425,6 +455,8 @@ impl<B: Backend> DistTrainer<B> {
         let lr = cfg.schedule.lr(*base_lr, step);
         optimizer.set_lr(lr);
         events.step = step;
+        events.start = Some(t0);
+        events.end = None;
         events.buckets.clear();
         events.backward_end = None;
         let position = sampler.position(step);
@@ -505,6 +537,7 @@ impl<B: Backend> DistTrainer<B> {
         let params = exec.params_view();
         optimizer.step(&mut exec.backend, params, grads)?;
         *steps += 1;
+        events.end = Some(Instant::now());
 
         let secs = t0.elapsed().as_secs_f64();
         Ok(StepMetrics {

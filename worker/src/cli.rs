@@ -1,0 +1,90 @@
+//! The worker's command line, shared by the `adjoint-worker` binary and
+//! `adjoint worker`: flags, logging, and running the agent until ctrl-c.
+//!
+//! ```text
+//! adjoint-worker --coordinator http://127.0.0.1:50051 --store ./store \
+//!     [--name NAME] [--ring-listen 127.0.0.1:0] [--threads N] [--memory BYTES]
+//! ```
+//!
+//! Logs go to stderr (`RUST_LOG` filters them; default `info`). Ctrl-C (or
+//! SIGTERM's default action) stops the worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use adjoint_kernels::CpuBackend;
+
+use crate::agent::{Agent, AgentConfig};
+
+/// An adjoint worker: trains the jobs a coordinator assigns it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        env = "ADJOINT_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// The folder of the object store shared with the coordinator (blobs,
+    /// checkpoints, weights).
+    #[arg(long, env = "ADJOINT_STORE")]
+    pub store: PathBuf,
+    /// This worker's name (default: <hostname>-<pid>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the ring listener binds; peers connect here for all-reduce.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub ring_listen: String,
+    /// Threads for the CPU kernels (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Memory to report, in bytes (default: MemTotal of /proc/meminfo).
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// Seconds a collective waits for a silent peer before failing the job.
+    #[arg(long, default_value_t = 60)]
+    pub collective_timeout: u64,
+}
+
+/// Runs a worker until ctrl-c; fails only when it cannot start.
+pub fn run(args: WorkerArgs) -> Result<(), String> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Some(n) = args.threads {
+        CpuBackend::set_threads(n);
+    }
+    let mut cfg = AgentConfig::new(args.coordinator, args.store);
+    if let Some(name) = args.name {
+        cfg.name = name;
+    }
+    cfg.ring_listen = args.ring_listen;
+    if let Some(n) = args.threads {
+        cfg.cores = n as u32;
+    }
+    if let Some(m) = args.memory {
+        cfg.memory_bytes = m;
+    }
+    cfg.ring.timeout = Duration::from_secs(args.collective_timeout);
+    cfg.ring.connect_timeout = Duration::from_secs(args.collective_timeout);
+    let agent = match Agent::new(cfg) {
+        Ok(a) => a,
+        Err(e) => return Err(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return Err(format!("tokio: {e}")),
+    };
+    tracing::info!("ring listener on {}", agent.ring_address());
+    runtime.block_on(agent.run(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("interrupted; stopping");
+    }));
+    // A running job was told to stop at its next step; give it a moment.
+    runtime.shutdown_timeout(Duration::from_secs(10));
+    Ok(())
+}
