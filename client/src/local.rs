@@ -1,14 +1,15 @@
 //! A coordinator and N workers as child processes on this machine: what
 //! `adjoint up` and `adjoint demo` start, and what end-to-end tests use.
 //!
-//! The binaries `adjoint-server` and `adjoint-worker` are looked up next to
-//! the running executable (where cargo puts them); failing that, the
-//! `adjoint` executable runs them itself (`adjoint server`, `adjoint
-//! worker`), so one installed binary is enough; failing that, `PATH`. The
-//! server listens on an OS-chosen loopback port; workers share the store
-//! folder with it, and split the machine's cores between them. Their logs
-//! go to `<dir>/logs/<process>.log` ([`LocalCluster::log_files`]), not to
-//! the terminal. Dropping a [`LocalCluster`] kills its processes.
+//! From the `adjoint` executable, the processes are that executable itself
+//! (`adjoint server`, `adjoint worker`), so one installed binary is enough
+//! and versions always match; from any other program (tests), the binaries
+//! `adjoint-server` and `adjoint-worker` next to it (where cargo puts
+//! them), else on `PATH`. The server listens on an OS-chosen loopback
+//! port; workers share the store folder with it, and split the machine's
+//! cores between them. Their logs go to `<dir>/logs/<process>.log`
+//! ([`LocalCluster::log_files`]), not to the terminal. Dropping a
+//! [`LocalCluster`] kills its processes.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,15 +35,10 @@ pub struct LocalCluster {
     restarts: usize,
 }
 
-/// A command running `adjoint-<role>` (`server` or `worker`): the sibling
-/// binary if there is one, else `adjoint <role>` when this process is
-/// `adjoint`, else the binary on `PATH`.
+/// A command running `adjoint-<role>` (`server` or `worker`): `adjoint
+/// <role>` when this process is `adjoint` (the same build, whatever else
+/// lies around), else the sibling binary, else the binary on `PATH`.
 fn role_command(role: &str) -> Command {
-    let name = format!("adjoint-{role}");
-    let found = binary(&name);
-    if found.is_absolute() {
-        return Command::new(found);
-    }
     if let Ok(exe) = std::env::current_exe()
         && exe.file_stem().is_some_and(|s| s == "adjoint")
     {
@@ -50,7 +46,7 @@ fn role_command(role: &str) -> Command {
         cmd.arg(role);
         return cmd;
     }
-    Command::new(name)
+    Command::new(binary(&format!("adjoint-{role}")))
 }
 
 /// Starts a coordinator on `listen` with its data in `dir`, logging to
