@@ -13,11 +13,14 @@
 //! - [`rng`]: the counter-based Philox generator random kernels draw from.
 //! - [`alloc_audit`]: marks scopes where a third-party library allocates, so
 //!   tests can prove the engine itself does not.
+//! - [`alloc_count`]: a counting global allocator (live and peak bytes), so
+//!   measured memory can be held against the plan.
 //!
 //! Streams and events exist in the trait so that the CUDA backend (compute
 //! and communication streams) fits; on the CPU they are no-ops.
 
 pub mod alloc_audit;
+pub mod alloc_count;
 pub mod backend;
 pub mod cpu;
 pub mod rng;

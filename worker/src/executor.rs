@@ -144,6 +144,16 @@ impl<B: Backend> Executor<B> {
         &self.buckets
     }
 
+    /// Bytes of the input buffer (one batch of every graph input).
+    pub fn input_bytes(&self) -> usize {
+        self.layout.inputs_bytes
+    }
+
+    /// Bytes of the state buffer (non-trainable running values).
+    pub fn state_bytes(&self) -> usize {
+        self.layout.state_bytes
+    }
+
     /// Bytes of the parameter buffer (trainable and frozen).
     pub fn param_bytes(&self) -> usize {
         self.layout.params_bytes

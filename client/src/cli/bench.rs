@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use adjoint_graph::rng::Stream;
 use adjoint_graph::{Graph, zoo};
-use adjoint_kernels::{Backend, CpuBackend};
+use adjoint_kernels::{Backend, CpuBackend, alloc_count};
 use adjoint_worker::executor::encode;
 use adjoint_worker::{ExecOptions, Executor, OptimizerConfig, StepKey, Trainer};
 use anyhow::{Context, Result, bail};
@@ -137,8 +137,14 @@ fn measure(args: &BenchArgs) -> Result<()> {
     )?;
 
     let opt = optimizer.unwrap_or(OptimizerConfig::sgd(0.0));
+    // Heap bytes from here on: the setup's peak (graph transforms, f64
+    // initial values, buffers), then the steady state of the steps (what
+    // stays live from the setup plus any kernel scratch).
+    let baseline = alloc_count::reset_peak();
     let mut trainer = Trainer::new(CpuBackend::new(), &graph, opt, ExecOptions::default(), 0)?;
     trainer.step(&feed)?;
+    let setup_peak = alloc_count::peak_bytes() - baseline;
+    alloc_count::reset_peak();
     let fwdbwd_ms = median_ms(
         || Ok(trainer.executor_mut().run(key, &mut |_, _| {})?),
         args.warmup,
@@ -152,6 +158,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
         )?,
         None => fwdbwd_ms,
     };
+    let measured = alloc_count::installed().then(|| (alloc_count::peak_bytes() - baseline, setup_peak));
     let exec = trainer.executor();
     let (fwd_flops, joint_flops) = (graph.flops() as f64, exec.graph().flops() as f64);
     let line = serde_json::json!({
@@ -164,6 +171,13 @@ fn measure(args: &BenchArgs) -> Result<()> {
         "fwdbwd_ms": round(fwdbwd_ms),
         "step_ms": round(step_ms),
         "peak_bytes": exec.plan().arena_bytes,
+        // Counted heap bytes at the peak of the timed steps (the arena,
+        // parameter, gradient, input and optimizer buffers, the compiled
+        // program and kernel scratch), and at the peak of the setup.
+        "measured_peak_bytes": measured.map(|m| m.0),
+        "setup_peak_bytes": measured.map(|m| m.1),
+        "planned_total_bytes": exec.plan().arena_bytes + exec.param_bytes() + exec.plan().grad_bytes
+            + exec.input_bytes() + exec.state_bytes() + if optimizer.is_some() { trainer.optimizer().state_bytes() } else { 0 },
         "fwd_peak_bytes": fwd.plan().arena_bytes,
         "param_bytes": exec.param_bytes(),
         "grad_bytes": exec.plan().grad_bytes,
