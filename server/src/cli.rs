@@ -4,7 +4,7 @@
 //! Prints `adjoint-server listening on ADDR` on stdout once it takes calls
 //! (logs go to stderr, filtered by `RUST_LOG`), and shuts down gracefully.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +52,7 @@ pub fn init_logging() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

@@ -2,27 +2,12 @@
 //! submitted through the CLI and one through the Rust client both train to
 //! SUCCEEDED, the loss falls, and the weights can be pulled.
 
-use std::process::Command;
-
 use adjoint_client::Client;
-use adjoint_client::local::{LocalCluster, binary};
+use adjoint_client::local::LocalCluster;
 use adjoint_client::spec::SpecFields;
 use adjoint_proto::v1::{JobState, job_event};
-use adjoint_tests::write_example;
+use adjoint_tests::{adjoint, write_example};
 use tokio_stream::StreamExt;
-
-fn adjoint(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(binary("adjoint"))
-        .args(args)
-        .env("ADJOINT_ADDR", addr)
-        .output()
-        .expect("the adjoint binary runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn two_workers_train_a_job_from_the_cli_and_from_the_client() {
@@ -33,7 +18,7 @@ fn two_workers_train_a_job_from_the_cli_and_from_the_client() {
     let data = dir.path().join("train.safetensors");
 
     // Through the CLI: submit, watch to the end, pull the weights.
-    let (ok, id, err) = adjoint(
+    let submitted = adjoint(
         &cluster.addr,
         &[
             "submit",
@@ -51,16 +36,16 @@ fn two_workers_train_a_job_from_the_cli_and_from_the_client() {
             "sgd:lr=0.1,momentum=0.9",
         ],
     );
-    assert!(ok, "submit failed: {err}");
-    let id = id.trim().to_owned();
-    let (ok, out, err) = adjoint(&cluster.addr, &["watch", &id]);
-    assert!(ok, "watch failed: {out}\n{err}");
+    assert!(submitted.ok, "submit failed: {submitted}");
+    let id = submitted.stdout.trim().to_owned();
+    let watched = adjoint(&cluster.addr, &["watch", &id]);
+    assert!(watched.ok, "watch failed: {watched}");
     let weights = dir.path().join("weights.safetensors");
-    let (ok, out, err) = adjoint(
+    let pulled = adjoint(
         &cluster.addr,
         &["pull", &id, "-o", weights.to_str().unwrap()],
     );
-    assert!(ok, "pull failed: {out}\n{err}");
+    assert!(pulled.ok, "pull failed: {pulled}");
     let pulled = adjoint_worker::data::read_safetensors(&std::fs::read(&weights).unwrap()).unwrap();
     assert!(
         pulled.contains_key("fc1.weight") && pulled.contains_key("fc2.bias"),

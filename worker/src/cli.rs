@@ -9,6 +9,7 @@
 //! Logs go to stderr (`RUST_LOG` filters them; default `info`). Ctrl-C (or
 //! SIGTERM's default action) stops the worker.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     if let Some(n) = args.threads {
         CpuBackend::set_threads(n);

@@ -400,9 +400,11 @@ impl Agent {
             self.done_tx.clone(),
         );
         tokio::spawn(async move {
-            let finished = run_job(&a, &ctx, abort, &out).await;
+            let finished = run_job(&a, &ctx, abort.clone(), &out).await;
             if finished.ok {
                 tracing::info!(job = %a.job_id, "finished");
+            } else if abort.is_set() {
+                tracing::info!(job = %a.job_id, "stopped: {}", finished.error);
             } else {
                 tracing::warn!(job = %a.job_id, "failed: {}", finished.error);
             }
