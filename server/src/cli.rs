@@ -82,7 +82,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 }
 
 /// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,4 +1,5 @@
-//! `adjoint up`: a coordinator and N workers on this machine, until Ctrl-C.
+//! `adjoint up`: a coordinator and N workers on this machine, until Ctrl-C
+//! or SIGTERM (either stops the processes it started).
 
 use std::path::PathBuf;
 
@@ -30,7 +31,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(tokio::signal::ctrl_c())?;
+    runtime.block_on(adjoint_server::cli::shutdown_signal());
     drop(cluster);
     Ok(())
 }
