@@ -55,6 +55,17 @@ pub enum Error {
     Unsupported(String),
     #[error("interpreter: {0}")]
     Eval(String),
+    /// A checkpoint policy string that does not parse.
+    #[error("checkpoint policy '{input}': {message}")]
+    BadPolicy { input: String, message: String },
+    /// No checkpoint plan's planned peak fits the memory budget; `minimum`
+    /// is the smallest that does.
+    #[error(
+        "memory budget {budget} B ({}) is too small: the smallest feasible planned peak is {minimum} B ({})",
+        crate::checkpoint::format_bytes(*.budget),
+        crate::checkpoint::format_bytes(*.minimum)
+    )]
+    BudgetTooSmall { budget: usize, minimum: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,6 +14,10 @@
 //! - [`gradcheck`]: finite-difference checks of VJP and JVP rules, to any
 //!   order, on the interpreter.
 //! - [`plan`]: the memory planner: arena offsets and the gradient buffer.
+//! - [`checkpoint`]: activation checkpointing as a rewrite of the joint
+//!   graph, with policies from `none` to `budget:BYTES`.
+//! - [`training`]: the graph a training step runs (bound, differentiated,
+//!   checkpointed, planned), derived the same way by coordinator and workers.
 //! - [`zoo`]: the reference workload models.
 //!
 //! The crate is pure: no async, no I/O, no device. It is deterministic: the
@@ -26,6 +30,7 @@
 pub mod attr;
 pub mod autodiff;
 pub mod builder;
+pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod gradcheck;
@@ -37,6 +42,7 @@ pub mod plan;
 pub mod rng;
 pub mod serialize;
 pub mod shape;
+pub mod training;
 pub mod validate;
 pub mod zoo;
 

@@ -251,6 +251,11 @@ impl Coordinator {
         {
             return Err(Error::JobNotFound(spec.resume_from_job.clone()));
         }
+        let worker_memory = {
+            let state = self.inner.state.lock().await;
+            largest_memory(&state, &spec.device)
+        };
+        let mut spec = spec;
         tokio::task::spawn_blocking(move || {
             let graph = plan::decode_graph(&spec, graph_bytes.as_deref())?;
             plan::check_graph(&graph, &spec)?;
@@ -263,7 +268,7 @@ impl Coordinator {
                 let tensors = plan::tensors_of(eval);
                 plan::check_dataset(&graph, "eval_blob", &spec.eval_blob, &tensors, batch, 1)?;
             }
-            let estimate = plan::estimate(&graph, &spec)?;
+            let estimate = plan::estimate(&graph, &mut spec, worker_memory)?;
             Ok((spec, estimate))
         })
         .await
@@ -542,21 +547,29 @@ impl Coordinator {
     }
 }
 
-/// Rejects a job whose estimate exceeds the memory of every live worker
-/// that could run it (when all of them report their memory). With no such
-/// worker registered the job may wait for one.
-fn check_fits(state: &State, spec: &JobSpec, estimate: &Estimate) -> Result<()> {
+/// The memory of the largest live worker of `device`'s kind, when there
+/// is one and every such worker reports its memory.
+fn largest_memory(state: &State, device: &str) -> Option<u64> {
     let memories: Vec<u64> = state
         .workers
         .iter()
         .filter(|w| w.status != WorkerStatus::Lost)
         .flat_map(|w| w.devices())
-        .filter(|(kind, _)| *kind == spec.device)
+        .filter(|(kind, _)| *kind == device)
         .map(|(_, memory)| memory)
         .collect();
-    let largest = memories.iter().copied().max().unwrap_or(0);
     let all_known = memories.iter().all(|&m| m > 0);
-    if !memories.is_empty() && all_known && largest < estimate.total_bytes {
+    (all_known && !memories.is_empty()).then(|| memories.iter().copied().max().unwrap_or(0))
+}
+
+/// Rejects a job whose estimate exceeds the memory of every live worker
+/// that could run it (when all of them report their memory). With no such
+/// worker registered the job may wait for one.
+fn check_fits(state: &State, spec: &JobSpec, estimate: &Estimate) -> Result<()> {
+    let Some(largest) = largest_memory(state, &spec.device) else {
+        return Ok(());
+    };
+    if largest < estimate.total_bytes {
         return Err(Error::TooBig {
             needed: estimate.total_bytes,
             largest,

@@ -17,9 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use adjoint_graph::plan::{MemoryPlan, PlanOptions, plan_hash, plan_memory};
-use adjoint_graph::{DType, Dim, Graph, autodiff, serialize};
-use adjoint_proto::v1::{Estimate, JobSpec, OptimizerSpec, job_spec};
+use adjoint_graph::checkpoint::{Policy, parse_bytes};
+use adjoint_graph::training::{TrainingGraph, training_graph};
+use adjoint_graph::{DType, Dim, Graph, serialize};
+use adjoint_proto::v1::{Estimate, JobSpec, OptimizerSpec, PolicyEstimate, job_spec};
 use safetensors::Dtype;
 use safetensors::tensor::Metadata;
 
@@ -72,6 +73,18 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
     if !spec.bucket_mb.is_finite() || !(0.0..=1e6).contains(&spec.bucket_mb) {
         return Err(bad("bucket_mb", "must be a size in MiB from 0 to 1e6"));
     }
+    spec.checkpoint = spec.checkpoint.trim().to_ascii_lowercase();
+    if spec.checkpoint.is_empty() {
+        spec.checkpoint = AUTO.into();
+    }
+    if spec.checkpoint != AUTO {
+        let policy: Policy = spec
+            .checkpoint
+            .parse()
+            .map_err(|e: adjoint_graph::Error| bad("checkpoint", &e.to_string()))?;
+        spec.checkpoint = policy.to_string();
+    }
+    memory_budget(&spec)?;
     spec.optimizer = Some(normalize_optimizer(
         spec.optimizer.take().unwrap_or_default(),
     )?);
@@ -312,46 +325,122 @@ pub fn check_graph(graph: &Graph, spec: &JobSpec) -> Result<()> {
     Ok(())
 }
 
-/// The bound joint graph of a job and its memory plan: what every worker
-/// derives from the spec.
-#[derive(Debug, Clone)]
-pub struct JointPlan {
-    pub graph: Graph,
-    pub plan: MemoryPlan,
+/// The checkpoint policy that picks itself: none when the job fits, else
+/// the budget that makes it fit.
+pub const AUTO: &str = "auto";
+
+/// The job's `memory_budget` in bytes, if it sets one.
+fn memory_budget(spec: &JobSpec) -> Result<Option<u64>> {
+    match spec.memory_budget.trim() {
+        "" => Ok(None),
+        text => parse_bytes(text)
+            .map(|b| Some(b as u64))
+            .map_err(|message| Error::InvalidSpec {
+                field: "memory_budget",
+                message,
+            }),
+    }
 }
 
-/// Binds the batch to `batch`, differentiates the loss with respect to the
-/// trainable parameters and plans the joint graph's memory.
-pub fn joint_plan(graph: &Graph, batch: u64) -> Result<JointPlan> {
-    let bound = graph.bind_batch(batch as usize);
-    let loss = bound.loss.ok_or_else(|| {
-        adjoint_graph::Error::Unsupported(format!("graph '{}' has no loss to train", graph.name))
-    })?;
-    let joint = autodiff::grad(&bound, loss, &bound.trainable_params())?;
-    let plan = plan_memory(&joint.graph, &PlanOptions::with_grads(&joint.grads))?;
-    Ok(JointPlan {
-        graph: joint.graph,
-        plan,
-    })
+/// Plans `graph` for the job under checkpoint `policy`.
+pub fn plan_job(graph: &Graph, spec: &JobSpec, policy: &Policy) -> Result<TrainingGraph> {
+    Ok(training_graph(graph, spec.batch_size as usize, policy)?)
+}
+
+/// Optimizer state bytes of a planned job.
+fn optimizer_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
+    let optimizer = spec.optimizer.clone().unwrap_or_default();
+    t.plan.param_bytes as u64 * optimizer_state_per_element(&optimizer)
+}
+
+/// Per-worker bytes of a planned job: its plan's buffers and the optimizer
+/// state.
+fn total_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
+    t.plan.total_bytes() as u64 + optimizer_bytes(t, spec)
+}
+
+fn policy_row(policy: &Policy, t: &TrainingGraph, spec: &JobSpec) -> PolicyEstimate {
+    let c = &t.checkpoint;
+    PolicyEstimate {
+        policy: policy.to_string(),
+        kept_bytes: c.kept_bytes as u64,
+        arena_bytes: t.plan.arena_bytes as u64,
+        total_bytes: total_bytes(t, spec),
+        recompute_flops: c.recompute_flops,
+        recompute_share: c.recompute_share(),
+    }
 }
 
 /// The per-worker estimate of a job whose graph is `graph` (checked with
-/// [`check_graph`]) and whose spec is normalized.
-pub fn estimate(graph: &Graph, spec: &JobSpec) -> Result<Estimate> {
-    let JointPlan { graph: joint, plan } = joint_plan(graph, spec.batch_size)?;
-    let optimizer = spec.optimizer.clone().unwrap_or_default();
-    let param_bytes = plan.param_bytes as u64;
-    let optimizer_bytes = param_bytes * optimizer_state_per_element(&optimizer);
-    let flops_per_step = joint.flops();
+/// [`check_graph`]) and whose spec is normalized, with its checkpoint
+/// policy settled: `auto` becomes `none` when the job fits in its memory
+/// budget (`memory_budget`, else `worker_memory`, the largest live worker's
+/// of the job's kind, when known), else `budget:B` with B what parameters,
+/// gradients, optimizer state and inputs leave of it. The settled policy is
+/// written back into `spec`. A budget that no plan fits is an error naming
+/// the smallest that does.
+pub fn estimate(graph: &Graph, spec: &mut JobSpec, worker_memory: Option<u64>) -> Result<Estimate> {
+    let plain = plan_job(graph, spec, &Policy::None)?;
+    let plain_total = total_bytes(&plain, spec);
+    let fixed = plain_total - plain.plan.arena_bytes as u64;
+    let policy = if spec.checkpoint == AUTO {
+        match memory_budget(spec)?.or(worker_memory) {
+            Some(limit) if limit < plain_total => {
+                Policy::Budget(limit.saturating_sub(fixed) as usize)
+            }
+            _ => Policy::None,
+        }
+    } else {
+        spec.checkpoint
+            .parse()
+            .map_err(|e: adjoint_graph::Error| Error::InvalidSpec {
+                field: "checkpoint",
+                message: e.to_string(),
+            })?
+    };
+    let chosen = match policy {
+        Policy::None => plain.clone(),
+        p => plan_job(graph, spec, &p).map_err(|e| match e {
+            Error::Graph(adjoint_graph::Error::BudgetTooSmall { minimum, .. })
+                if spec.checkpoint == AUTO =>
+            {
+                Error::TooBig {
+                    needed: fixed + minimum as u64,
+                    largest: memory_budget(spec).ok().flatten().or(worker_memory).unwrap_or(0),
+                    device: spec.device.clone(),
+                    breakdown: format!(
+                        "{} fixed (parameters, gradients, optimizer state, inputs) + at least {minimum} of activations with the most recomputation",
+                        fixed
+                    ),
+                }
+            }
+            other => other,
+        })?,
+    };
+    let mut policies = vec![policy_row(&Policy::None, &plain, spec)];
+    for p in [Policy::Selective, Policy::Sqrt] {
+        if p != policy {
+            policies.push(policy_row(&p, &plan_job(graph, spec, &p)?, spec));
+        }
+    }
+    if policy != Policy::None {
+        policies.push(policy_row(&policy, &chosen, spec));
+    }
+    spec.checkpoint = policy.to_string();
+    let plan = &chosen.plan;
+    let optimizer_bytes = optimizer_bytes(&chosen, spec);
     Ok(Estimate {
         arena_bytes: plan.arena_bytes as u64,
-        param_bytes,
+        param_bytes: plan.param_bytes as u64,
         grad_bytes: plan.grad_bytes as u64,
         optimizer_bytes,
         input_bytes: plan.input_bytes as u64,
-        total_bytes: plan.total_bytes() as u64 + optimizer_bytes,
-        flops_per_step,
-        plan_hash: plan_hash(&joint, &plan),
+        total_bytes: total_bytes(&chosen, spec),
+        flops_per_step: chosen.joint.graph.flops(),
+        plan_hash: chosen.plan_hash(),
+        checkpoint: spec.checkpoint.clone(),
+        recompute_flops: chosen.checkpoint.recompute_flops,
+        policies,
     })
 }
 
@@ -423,7 +512,7 @@ mod tests {
     fn the_estimate_adds_up_and_counts_optimizer_state() {
         let graph = small();
         let mut s = normalize(spec()).unwrap();
-        let sgd = estimate(&graph, &s).unwrap();
+        let sgd = estimate(&graph, &mut s.clone(), None).unwrap();
         assert_eq!(sgd.optimizer_bytes, 0);
         assert_eq!(sgd.param_bytes, (4 * 8 + 8 + 8 * 3 + 3) * 4);
         assert!(sgd.flops_per_step > 0);
@@ -432,7 +521,7 @@ mod tests {
             ..OptimizerSpec::default()
         });
         let s = normalize(s).unwrap();
-        let adam = estimate(&graph, &s).unwrap();
+        let adam = estimate(&graph, &mut s.clone(), None).unwrap();
         assert_eq!(adam.optimizer_bytes, 2 * adam.param_bytes);
         assert_eq!(
             adam.total_bytes,
@@ -443,6 +532,84 @@ mod tests {
                 + adam.input_bytes
         );
         assert_eq!(adam.plan_hash, sgd.plan_hash);
+        assert_eq!(adam.checkpoint, "none");
+        let policies: Vec<&str> = adam.policies.iter().map(|p| p.policy.as_str()).collect();
+        assert_eq!(policies, ["none", "selective", "sqrt"]);
+        assert_eq!(adam.policies[0].total_bytes, adam.total_bytes);
+    }
+
+    /// A wide chain whose activations dominate its memory.
+    fn chain() -> Graph {
+        adjoint_graph::zoo::chain(&adjoint_graph::zoo::ChainConfig {
+            layers: 16,
+            width: 64,
+            batch: None,
+        })
+        .unwrap()
+    }
+
+    fn chain_spec() -> JobSpec {
+        let mut s = spec();
+        s.batch_size = 64;
+        normalize(s).unwrap()
+    }
+
+    #[test]
+    fn auto_checkpointing_fits_the_budget_or_names_the_minimum() {
+        let graph = chain();
+        let mut plain_spec = chain_spec();
+        let plain = estimate(&graph, &mut plain_spec, None).unwrap();
+        assert_eq!(
+            (plain.checkpoint.as_str(), plain.recompute_flops),
+            ("none", 0)
+        );
+        // A worker with room for everything: no recompute.
+        let mut roomy = chain_spec();
+        let e = estimate(&graph, &mut roomy, Some(plain.total_bytes)).unwrap();
+        assert_eq!(
+            (e.checkpoint.as_str(), roomy.checkpoint.as_str()),
+            ("none", "none")
+        );
+        // A worker with 3/4 of it: a budget, met, at some recompute; the
+        // spec now names the policy the workers will use.
+        let fixed = plain.total_bytes - plain.arena_bytes;
+        let limit = fixed + plain.arena_bytes * 3 / 4;
+        let mut tight = chain_spec();
+        let e = estimate(&graph, &mut tight, Some(limit)).unwrap();
+        assert!(e.checkpoint.starts_with("budget:"), "{}", e.checkpoint);
+        assert_eq!(tight.checkpoint, e.checkpoint);
+        assert!(e.total_bytes <= limit, "{} > {limit}", e.total_bytes);
+        assert!(e.recompute_flops > 0);
+        assert_eq!(e.policies.last().unwrap().policy, e.checkpoint);
+        // memory_budget in the spec wins over the worker's memory.
+        let mut budgeted = chain_spec();
+        budgeted.memory_budget = limit.to_string();
+        let e2 = estimate(&graph, &mut budgeted, Some(u64::MAX)).unwrap();
+        assert_eq!(e2.plan_hash, e.plan_hash);
+        // A budget below what any plan needs names the smallest total.
+        let mut tiny = chain_spec();
+        tiny.memory_budget = (fixed + 1).to_string();
+        let err = estimate(&graph, &mut tiny, None).unwrap_err().to_string();
+        assert!(err.contains("at least"), "{err}");
+        // An explicit policy is used as is.
+        let mut sqrt = chain_spec();
+        sqrt.checkpoint = "sqrt".into();
+        let sqrt = normalize(sqrt).unwrap();
+        let e = estimate(&graph, &mut sqrt.clone(), Some(1)).unwrap();
+        assert_eq!(e.checkpoint, "sqrt");
+        assert!(e.arena_bytes < plain.arena_bytes);
+    }
+
+    #[test]
+    fn bad_checkpoint_fields_name_the_field() {
+        let mut s = spec();
+        s.checkpoint = "sometimes".into();
+        let err = normalize(s).unwrap_err().to_string();
+        assert!(err.contains("checkpoint") && err.contains("sqrt"), "{err}");
+        let mut s = spec();
+        s.memory_budget = "lots".into();
+        let err = normalize(s).unwrap_err().to_string();
+        assert!(err.contains("memory_budget"), "{err}");
     }
 
     #[test]

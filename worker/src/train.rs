@@ -1,7 +1,9 @@
 //! The training loop: forward and backward as one program, then the
 //! optimizer, over in-memory batches.
 
-use adjoint_graph::{Graph, ValueId, autodiff};
+use adjoint_graph::checkpoint::Policy;
+use adjoint_graph::training::training_graph;
+use adjoint_graph::{Graph, ValueId};
 use adjoint_kernels::Backend;
 
 use crate::data::Dataset;
@@ -38,23 +40,32 @@ impl<B: Backend> Trainer<B> {
         opts: ExecOptions,
         seed: u64,
     ) -> Result<Self> {
-        let loss = graph
-            .loss
-            .ok_or_else(|| Error::Data(format!("graph '{}' has no loss to train", graph.name)))?;
-        let params = graph.trainable_params();
-        let joint = autodiff::grad(graph, loss, &params)?;
-        let inputs = graph
+        Self::with_checkpoint(backend, graph, optimizer, opts, seed, &Policy::None)
+    }
+
+    /// [`Trainer::new`], with activations kept or recomputed as `policy`
+    /// says.
+    pub fn with_checkpoint(
+        backend: B,
+        graph: &Graph,
+        optimizer: OptimizerConfig,
+        opts: ExecOptions,
+        seed: u64,
+        policy: &Policy,
+    ) -> Result<Self> {
+        if !graph.is_static() {
+            return Err(Error::Data(format!(
+                "graph '{}' has a symbolic batch; bind it first",
+                graph.name
+            )));
+        }
+        let batch = graph
             .inputs
-            .iter()
-            .map(|i| {
-                joint.graph.find(graph.name_of(i.value)).ok_or_else(|| {
-                    Error::Data(format!(
-                        "input '{}' is not used by the loss",
-                        graph.name_of(i.value)
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .first()
+            .and_then(|i| graph.static_shape(i.value).first().copied())
+            .unwrap_or(1);
+        let t = training_graph(graph, batch, policy)?;
+        let (joint, inputs) = (t.joint, t.inputs);
         let mut exec = Executor::new(backend, joint.graph, &joint.grads, opts)?;
         exec.init_params(seed)?;
         let elements = exec.grads_view().len;

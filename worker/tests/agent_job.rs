@@ -119,7 +119,7 @@ fn assignment(job: &str, plan_hash: String) -> v1::Assignment {
 }
 
 fn hash() -> String {
-    adjoint_worker::dist::plan_hash(&graph(), 16).unwrap()
+    adjoint_worker::dist::plan_hash(&graph(), 16, &adjoint_graph::checkpoint::Policy::None).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,8 @@ async fn two_worker_processes_train_one_job_over_the_ring() {
         }),
         ..Default::default()
     };
-    let plan_hash = adjoint_worker::dist::plan_hash(&g, 4).unwrap();
+    let plan_hash =
+        adjoint_worker::dist::plan_hash(&g, 4, &adjoint_graph::checkpoint::Policy::None).unwrap();
     for (rank, (conn, _)) in ranks.iter().enumerate() {
         let a = v1::Assignment {
             job_id: "ringjob".into(),

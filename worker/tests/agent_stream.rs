@@ -146,7 +146,8 @@ async fn registers_heartbeats_runs_a_job_and_reconnects() {
         }),
         ..Default::default()
     };
-    let plan_hash = adjoint_worker::dist::plan_hash(&g, 8).unwrap();
+    let plan_hash =
+        adjoint_worker::dist::plan_hash(&g, 8, &adjoint_graph::checkpoint::Policy::None).unwrap();
     let assignment = v1::Assignment {
         job_id: "j1".into(),
         world: 1,

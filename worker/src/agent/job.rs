@@ -338,6 +338,7 @@ async fn prepare(
     cfg.grad_accum = spec.grad_accum.max(1) as usize;
     cfg.optimizer = spec::optimizer(spec.optimizer.as_ref())?;
     cfg.clip_grad_norm = spec.clip_grad_norm as f32;
+    cfg.checkpoint = spec::checkpoint(&spec.checkpoint)?;
     cfg.seed = spec.seed;
     cfg.exec = ctx.exec;
     if spec.bucket_mb > 0.0 {

@@ -10,12 +10,25 @@
 //!   value such as 1e-12 does the same);
 //! - `grad_accum`: 1;
 //! - schedule: `constant` (an empty kind);
-//! - `steps`: when 0, `epochs` full passes over the data (at least 1).
+//! - `steps`: when 0, `epochs` full passes over the data (at least 1);
+//! - `checkpoint`: `none` when empty or `auto` (the coordinator resolves
+//!   `auto` to a concrete policy before it assigns the job).
 
+use adjoint_graph::checkpoint::Policy;
 use adjoint_proto::v1;
 
 use crate::OptimizerConfig;
 use crate::dist::LrSchedule;
+
+/// The checkpoint policy of a job spec.
+pub fn checkpoint(text: &str) -> Result<Policy, String> {
+    match text.trim() {
+        "" | "auto" => Ok(Policy::None),
+        other => other
+            .parse()
+            .map_err(|e: adjoint_graph::Error| e.to_string()),
+    }
+}
 
 /// The optimizer a job asks for, with the defaults above.
 pub fn optimizer(spec: Option<&v1::OptimizerSpec>) -> Result<OptimizerConfig, String> {

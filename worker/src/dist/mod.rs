@@ -30,8 +30,9 @@ mod schedule;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use adjoint_graph::plan::{PlanOptions, plan_memory};
-use adjoint_graph::{Graph, ValueId, autodiff};
+use adjoint_graph::checkpoint::Policy;
+use adjoint_graph::training::training_graph;
+use adjoint_graph::{Graph, ValueId};
 use adjoint_kernels::{Backend, ElemType, View};
 
 use crate::collective::{Collective, CollectiveError};
@@ -64,6 +65,8 @@ pub struct DistConfig {
     pub schedule: LrSchedule,
     /// Clip gradients to this global L2 norm (0: off), after the all-reduce.
     pub clip_grad_norm: f32,
+    /// Which activations backward keeps and which it recomputes.
+    pub checkpoint: Policy,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -81,6 +84,7 @@ impl DistConfig {
             optimizer: OptimizerConfig::sgd(0.01),
             schedule: LrSchedule::constant(),
             clip_grad_norm: 0.0,
+            checkpoint: Policy::None,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -242,14 +246,18 @@ impl<B: Backend> DistTrainer<B> {
                 "batch and grad_accum must be at least 1".into(),
             ));
         }
-        let (joint, inputs) = joint_graph(graph, cfg.batch)?;
-        let mut exec = Executor::new(backend, joint.graph, &joint.grads, cfg.exec)?;
+        let t = training_graph(graph, cfg.batch, &cfg.checkpoint)?;
+        let mut logs = Vec::new();
+        if cfg.checkpoint != Policy::None {
+            logs.push(t.checkpoint.summary());
+        }
+        let inputs = t.inputs;
+        let mut exec = Executor::new(backend, t.joint.graph, &t.joint.grads, cfg.exec)?;
         exec.init_params(cfg.seed)?;
         let elements = exec.grads_view().len;
         let optimizer = Optimizer::new(&mut exec.backend, cfg.optimizer, elements)?;
         let sampler = Sampler::new(data.samples(), cfg.global_batch(), cfg.seed)?;
         let batch_bufs = BatchBuffers::new(&data, cfg.batch)?;
-        let mut logs = Vec::new();
         if sampler.dropped_per_epoch() > 0 {
             logs.push(format!(
                 "the last {} of {} samples of each epoch are dropped (a step takes {} = world {} × grad_accum {} × batch {})",
@@ -622,58 +630,16 @@ impl BucketHook<'_> {
     }
 }
 
-/// The plan hash of training `graph` with `batch` samples per micro-step:
-/// [`adjoint_graph::plan::plan_hash`] of the joint graph of
-/// [`joint_graph`] and the memory plan the executor makes for it (default
-/// alignment). The coordinator computes the same from the job spec.
-pub fn plan_hash(graph: &Graph, batch: usize) -> Result<String> {
-    let (joint, _) = joint_graph(graph, batch)?;
-    let plan = plan_memory(&joint.graph, &PlanOptions::with_grads(&joint.grads))?;
-    Ok(adjoint_graph::plan::plan_hash(&joint.graph, &plan))
+/// The plan hash of training `graph` with `batch` samples per micro-step
+/// under checkpoint `policy`: [`adjoint_graph::training::TrainingGraph::plan_hash`]
+/// of [`training_graph`], exactly as the coordinator computes it from the job
+/// spec.
+pub fn plan_hash(graph: &Graph, batch: usize, policy: &Policy) -> Result<String> {
+    Ok(training_graph(graph, batch, policy)?.plan_hash())
 }
 
 /// Collective failures surface as data errors naming the rank, peer and
 /// call.
 fn collective_error(e: CollectiveError) -> Error {
     Error::Data(format!("all-reduce: {e}"))
-}
-
-/// The joint (loss + gradients) graph of `graph` with its batch bound to
-/// `batch` when symbolic (a static graph must have `batch` as every input's
-/// leading dimension), and the joint graph's inputs in the forward
-/// graph's input order. This is the graph the coordinator plans and hashes.
-pub fn joint_graph(graph: &Graph, batch: usize) -> Result<(autodiff::GradGraph, Vec<ValueId>)> {
-    let bound;
-    let graph = if graph.is_static() {
-        for input in &graph.inputs {
-            let lead = graph.static_shape(input.value).first().copied();
-            if lead != Some(batch) {
-                return Err(Error::Data(format!(
-                    "graph input '{}' has a fixed batch of {lead:?}, but the job's batch is {batch}",
-                    graph.name_of(input.value)
-                )));
-            }
-        }
-        graph
-    } else {
-        bound = graph.bind_batch(batch);
-        &bound
-    };
-    let loss = graph
-        .loss
-        .ok_or_else(|| Error::Data(format!("graph '{}' has no loss to train", graph.name)))?;
-    let joint = autodiff::grad(graph, loss, &graph.trainable_params())?;
-    let inputs = graph
-        .inputs
-        .iter()
-        .map(|i| {
-            joint.graph.find(graph.name_of(i.value)).ok_or_else(|| {
-                Error::Data(format!(
-                    "input '{}' is not used by the loss",
-                    graph.name_of(i.value)
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((joint, inputs))
 }

@@ -1,0 +1,87 @@
+//! The graph a training step runs, derived the same way everywhere (the
+//! coordinator at submit, each worker before it runs, the CLI's `train`,
+//! `bench` and `plan`): bind the batch, differentiate the loss with respect
+//! to the trainable parameters, apply the checkpoint policy, plan memory.
+//! The coordinator hashes the result and every worker must reproduce the
+//! hash, so any drift between them shows before a step runs.
+
+use crate::autodiff::{self, GradGraph};
+use crate::checkpoint::{self, Checkpointed, Policy};
+use crate::plan::{MemoryPlan, PlanOptions, plan_hash, plan_memory};
+use crate::{Error, Graph, Result, ValueId};
+
+/// The joint graph of one training step and its memory plan.
+#[derive(Debug, Clone)]
+pub struct TrainingGraph {
+    /// Loss and gradients, checkpointed as the policy says.
+    pub joint: GradGraph,
+    /// The joint graph's data inputs, in the forward graph's input order.
+    pub inputs: Vec<ValueId>,
+    /// Its memory plan (default alignment, gradients in the flat buffer).
+    pub plan: MemoryPlan,
+    /// What the step keeps for backward and recomputes (for `none`: keeps
+    /// everything backward reads, recomputes nothing).
+    pub checkpoint: Checkpointed,
+}
+
+impl TrainingGraph {
+    /// [`plan_hash`] of the joint graph and its plan.
+    pub fn plan_hash(&self) -> String {
+        plan_hash(&self.joint.graph, &self.plan)
+    }
+}
+
+/// `graph` bound to `batch` samples (a static graph must already have
+/// `batch` as every input's leading dimension), differentiated and
+/// checkpointed with `policy`.
+pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<TrainingGraph> {
+    let bound;
+    let graph = if graph.is_static() {
+        for input in &graph.inputs {
+            let lead = graph.static_shape(input.value).first().copied();
+            if lead != Some(batch) {
+                return Err(Error::InvalidValue {
+                    value: graph.name_of(input.value).to_owned(),
+                    message: format!(
+                        "the graph fixes the batch at {lead:?}, but the job's batch is {batch}"
+                    ),
+                });
+            }
+        }
+        graph
+    } else {
+        bound = graph.bind_batch(batch);
+        &bound
+    };
+    let loss = graph.loss.ok_or_else(|| {
+        Error::Unsupported(format!("graph '{}' has no loss to train", graph.name))
+    })?;
+    let joint = autodiff::grad(graph, loss, &graph.trainable_params())?;
+    let opts = PlanOptions::with_grads(&joint.grads);
+    let checkpoint = checkpoint::checkpoint(&joint, policy, &opts)?;
+    let (joint, plan) = match policy {
+        // The differentiated graph itself, untouched by any rewrite.
+        Policy::None => {
+            let plan = plan_memory(&joint.graph, &opts)?;
+            (joint, plan)
+        }
+        _ => (checkpoint.joint.clone(), checkpoint.plan.clone()),
+    };
+    let inputs = graph
+        .inputs
+        .iter()
+        .map(|i| {
+            let name = graph.name_of(i.value);
+            joint.graph.find(name).ok_or_else(|| Error::InvalidValue {
+                value: name.to_owned(),
+                message: "the input is not used by the loss".into(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TrainingGraph {
+        joint,
+        inputs,
+        plan,
+        checkpoint,
+    })
+}
