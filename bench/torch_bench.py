@@ -1,6 +1,7 @@
 """PyTorch eager yardstick for the WORKLOADS.md benchmarks.
 
     bench/.venv/bin/python bench/torch_bench.py NAME [--threads N] [--steps 10] [--warmup 3]
+        [--checkpoint none|sqrt|every:K]
 
 NAME is mlp, transformer or chain, at the WORKLOADS.md sizes:
   mlp          784-1024-1024-10, batch 256, SGD lr 0.01 (WORKLOADS.md: no momentum)
@@ -14,13 +15,23 @@ after --warmup untimed ones.
          the graph is dropped), timed on its own;
   step = zero_grad + forward + loss + backward + optimizer update
          (chain: no optimizer, forward + backward only).
+
+--checkpoint (chain only) wraps the layers in
+torch.utils.checkpoint.checkpoint_sequential (use_reentrant=False): sqrt =
+round(sqrt(64)) = 8 segments, every:K = 64/K segments. "peak_rss_delta_bytes"
+is the process's resident-set high-water mark (ru_maxrss) minus its resident
+set once the model and inputs exist: what the timed steps added at their
+peak (gradients, activations, allocator slack), the CPU stand-in for
+torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import statistics
 import sys
 import time
@@ -77,7 +88,11 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--checkpoint", default="none",
+                    help="chain only: none, sqrt or every:K (torch.utils.checkpoint)")
     a = ap.parse_args()
+    if a.checkpoint != "none" and a.name != "chain":
+        ap.error("--checkpoint applies to chain only")
 
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -89,9 +104,32 @@ def main():
     gen = torch.Generator().manual_seed(1)
     args = make_inputs(a.name, model.cfg, w["batch"], gen, dev)
     opt = make_optimizer(w["optimizer"], model.parameters())
+    segments = None
+    if a.checkpoint == "sqrt":
+        segments = round(math.sqrt(model.cfg.layers))
+    elif a.checkpoint.startswith("every:"):
+        segments = max(1, model.cfg.layers // int(a.checkpoint.split(":", 1)[1]))
+    elif a.checkpoint != "none":
+        ap.error(f"unknown --checkpoint {a.checkpoint!r}: none, sqrt or every:K")
+    if segments is not None:
+        from torch.utils.checkpoint import checkpoint_sequential
+
+        layers = torch.nn.Sequential(*[torch.nn.Sequential(getattr(model, f"layer{i}"), torch.nn.Tanh())
+                                       for i in range(model.cfg.layers)])
+
+        def run_model(x):
+            return checkpoint_sequential(layers, segments, x, use_reentrant=False).sum()
+    else:
+        run_model = model
+
+    def rss_bytes():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    rss_before = rss_bytes()
 
     def fwd():
-        loss = model(*args)
+        loss = run_model(*args)
         sync()
         return loss
 
@@ -100,7 +138,7 @@ def main():
             opt.zero_grad(set_to_none=True)
         else:
             model.zero_grad(set_to_none=True)
-        loss = model(*args)
+        loss = run_model(*args)
         loss.backward()
         if opt is not None:
             opt.step()
@@ -117,8 +155,9 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
-    fwd_ms = timed(fwd)
     step_ms = timed(step)
+    peak_rss_delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    fwd_ms = timed(fwd)
     loss = float(fwd().item())
 
     out = {
@@ -136,6 +175,8 @@ def main():
         "warmup": a.warmup,
         "params": sum(p.numel() for p in model.parameters()),
         "loss": loss,
+        "checkpoint": a.checkpoint,
+        "peak_rss_delta_bytes": peak_rss_delta,
     }
     print(json.dumps(out))
 

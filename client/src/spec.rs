@@ -19,6 +19,8 @@
 //! seed = 0
 //! init = "weights.safetensors"   # optional initial weights
 //! bucket_mb = 25                 # gradient bucket size for the all-reduce
+//! checkpoint = "auto"            # or none, every:2, sqrt, selective, budget:1GiB
+//! memory_budget = "8GiB"         # per worker; auto recomputes to fit
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -93,6 +95,14 @@ pub struct SpecFields {
     /// Gradient bucket size in MiB (all-reduced while backward runs).
     #[arg(long)]
     pub bucket_mb: Option<f64>,
+    /// Activation checkpointing: `auto` (default), `none`, `every:K`,
+    /// `sqrt`, `selective` or `budget:BYTES`.
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// Memory a worker may use for the job (`2GiB`); with `auto`
+    /// checkpointing, activations are recomputed to fit it.
+    #[arg(long)]
+    pub memory_budget: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -148,7 +158,9 @@ impl SpecFields {
             seed,
             init,
             resume_from,
-            bucket_mb
+            bucket_mb,
+            checkpoint,
+            memory_budget
         );
         self
     }
@@ -184,6 +196,8 @@ impl SpecFields {
             seed: self.seed.unwrap_or(0),
             resume_from_job: self.resume_from.clone().unwrap_or_default(),
             bucket_mb: self.bucket_mb.unwrap_or(0.0),
+            checkpoint: self.checkpoint.clone().unwrap_or_default(),
+            memory_budget: self.memory_budget.clone().unwrap_or_default(),
             ..JobSpec::default()
         };
         if let Some(eval) = &self.eval {

@@ -27,6 +27,8 @@ pub struct Trainer<B: Backend> {
     inputs: Vec<ValueId>,
     steps: u64,
     seed: u64,
+    /// FLOPs a step spends recomputing checkpointed activations.
+    recompute_flops: u64,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -65,6 +67,7 @@ impl<B: Backend> Trainer<B> {
             .and_then(|i| graph.static_shape(i.value).first().copied())
             .unwrap_or(1);
         let t = training_graph(graph, batch, policy)?;
+        let recompute_flops = t.checkpoint.recompute_flops;
         let (joint, inputs) = (t.joint, t.inputs);
         let mut exec = Executor::new(backend, joint.graph, &joint.grads, opts)?;
         exec.init_params(seed)?;
@@ -76,7 +79,14 @@ impl<B: Backend> Trainer<B> {
             inputs,
             steps: 0,
             seed,
+            recompute_flops,
         })
+    }
+
+    /// FLOPs a step spends recomputing activations (0 without
+    /// checkpointing).
+    pub fn recompute_flops(&self) -> u64 {
+        self.recompute_flops
     }
 
     pub fn executor(&self) -> &Executor<B> {

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use adjoint_graph::checkpoint::Policy;
 use adjoint_graph::rng::Stream;
 use adjoint_graph::{Graph, zoo};
 use adjoint_kernels::{Backend, CpuBackend, alloc_count};
@@ -38,6 +39,10 @@ pub struct BenchArgs {
     /// allreduce worker processes only: every rank's address.
     #[arg(long, hide = true)]
     peers: Option<String>,
+    /// Activation checkpointing of the training step: none, every:K, sqrt,
+    /// selective or budget:BYTES.
+    #[arg(long, default_value = "none")]
+    checkpoint: String,
 }
 
 fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
@@ -141,7 +146,15 @@ fn measure(args: &BenchArgs) -> Result<()> {
     // initial values, buffers), then the steady state of the steps (what
     // stays live from the setup plus any kernel scratch).
     let baseline = alloc_count::reset_peak();
-    let mut trainer = Trainer::new(CpuBackend::new(), &graph, opt, ExecOptions::default(), 0)?;
+    let policy: Policy = args.checkpoint.parse()?;
+    let mut trainer = Trainer::with_checkpoint(
+        CpuBackend::new(),
+        &graph,
+        opt,
+        ExecOptions::default(),
+        0,
+        &policy,
+    )?;
     trainer.step(&feed)?;
     let setup_peak = alloc_count::peak_bytes() - baseline;
     alloc_count::reset_peak();
@@ -158,7 +171,8 @@ fn measure(args: &BenchArgs) -> Result<()> {
         )?,
         None => fwdbwd_ms,
     };
-    let measured = alloc_count::installed().then(|| (alloc_count::peak_bytes() - baseline, setup_peak));
+    let measured =
+        alloc_count::installed().then(|| (alloc_count::peak_bytes() - baseline, setup_peak));
     let exec = trainer.executor();
     let (fwd_flops, joint_flops) = (graph.flops() as f64, exec.graph().flops() as f64);
     let line = serde_json::json!({
@@ -170,6 +184,8 @@ fn measure(args: &BenchArgs) -> Result<()> {
         "fwd_ms": round(fwd_ms),
         "fwdbwd_ms": round(fwdbwd_ms),
         "step_ms": round(step_ms),
+        "checkpoint": policy.to_string(),
+        "recompute_gflop": round(trainer.recompute_flops() as f64 / 1e9),
         "peak_bytes": exec.plan().arena_bytes,
         // Counted heap bytes at the peak of the timed steps (the arena,
         // parameter, gradient, input and optimizer buffers, the compiled

@@ -8,6 +8,7 @@ mod engine;
 mod grad;
 mod jobs;
 mod model;
+mod plan;
 mod service;
 mod submit;
 mod train;
@@ -47,6 +48,7 @@ enum Command {
     Worker(adjoint_worker::cli::WorkerArgs),
     Model(model::ModelArgs),
     Check(check::CheckArgs),
+    Plan(plan::PlanArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -68,5 +70,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => adjoint_worker::cli::run(args).map_err(anyhow::Error::msg),
         Command::Model(args) => model::run(args),
         Command::Check(args) => check::run(args),
+        Command::Plan(args) => plan::run(args),
     }
 }

@@ -88,6 +88,26 @@ pub fn estimate(args: EstimateArgs) -> Result<()> {
         "  FLOPs per step                    {:.3} GFLOP",
         e.flops_per_step as f64 / 1e9
     );
+    println!(
+        "  checkpoint                        {} (recomputes {:.3} GFLOP per step)",
+        e.checkpoint,
+        e.recompute_flops as f64 / 1e9
+    );
     println!("plan hash {}", e.plan_hash);
+    println!(
+        "\n{:<22} {:>12} {:>14} {:>12} {:>16}",
+        "checkpoint policy", "kept", "activations", "total", "recompute"
+    );
+    for p in &e.policies {
+        println!(
+            "{:<22} {:>12} {:>14} {:>12} {:>9.2} GFLOP ({:.1}%)",
+            p.policy,
+            human_bytes(p.kept_bytes),
+            human_bytes(p.arena_bytes),
+            human_bytes(p.total_bytes),
+            p.recompute_flops as f64 / 1e9,
+            100.0 * p.recompute_share
+        );
+    }
     Ok(())
 }
