@@ -274,3 +274,35 @@ async fn missing_inputs_fail_with_the_key() {
         done.error
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpointed_job_trains_to_the_same_weights_and_checks_its_hash() {
+    use adjoint_graph::checkpoint::Policy;
+    let s = setup().await;
+    let run = async |job: &str, checkpoint: &str, hash: String| {
+        let mut a = assignment(job, hash);
+        a.spec.as_mut().unwrap().checkpoint = checkpoint.into();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        run_job(&a, &s.ctx, Arc::new(AbortSignal::default()), &tx).await
+    };
+    let sqrt_hash = adjoint_worker::dist::plan_hash(&graph(), 16, &Policy::Sqrt).unwrap();
+    assert_ne!(sqrt_hash, hash(), "sqrt must change the planned graph");
+    let plain = run("job6", "none", hash()).await;
+    assert!(plain.ok, "{}", plain.error);
+    let sqrt = run("job7", "sqrt", sqrt_hash.clone()).await;
+    assert!(sqrt.ok, "{}", sqrt.error);
+    let weights =
+        |job: &str| std::fs::read(s.root.join(format!("jobs/{job}/weights.safetensors"))).unwrap();
+    assert_eq!(
+        weights("job6"),
+        weights("job7"),
+        "recomputation changed the weights"
+    );
+    // A worker asked for sqrt but handed none's hash refuses to run.
+    let wrong = run("job8", "sqrt", hash()).await;
+    assert!(
+        !wrong.ok && wrong.error.contains("plan hash mismatch") && wrong.error.contains(&sqrt_hash),
+        "{}",
+        wrong.error
+    );
+}
