@@ -117,3 +117,27 @@ fn workload_report() {
         }
     }
 }
+
+#[test]
+fn no_fixed_policy_pays_recompute_for_a_higher_peak() {
+    for name in ["mlp", "transformer", "chain"] {
+        let joint = workload_joint(name);
+        let none = run(&joint, Policy::None);
+        for policy in [
+            Policy::Every(1),
+            Policy::Every(2),
+            Policy::Sqrt,
+            Policy::Selective,
+        ] {
+            let c = run(&joint, policy);
+            assert!(
+                c.peak_bytes() < none.peak_bytes() || c.recompute_flops == 0,
+                "{name} under {policy}: peak {} B for {} recompute FLOPs, none's {} B",
+                c.peak_bytes(),
+                c.recompute_flops,
+                none.peak_bytes()
+            );
+            assert_eq!(c.policy, Some(policy));
+        }
+    }
+}

@@ -41,7 +41,9 @@ use crate::{Error, Result, ValueId};
 /// with `opts` (normally [`PlanOptions::with_grads`] of `joint.grads`).
 ///
 /// `budget:BYTES` fails with [`Error::BudgetTooSmall`] when no plan's
-/// planned peak fits; the error carries the smallest peak that does.
+/// planned peak fits; the error carries the smallest peak that does. A
+/// fixed policy whose plan would not lower the planned peak keeps
+/// everything instead (no recompute for nothing).
 pub fn checkpoint(joint: &GradGraph, policy: &Policy, opts: &PlanOptions) -> Result<Checkpointed> {
     let s = Structure::of(joint);
     let g = &joint.graph;
@@ -53,6 +55,16 @@ pub fn checkpoint(joint: &GradGraph, policy: &Policy, opts: &PlanOptions) -> Res
         Policy::Budget(bytes) => return under_budget(joint, &s, bytes, opts),
     };
     let mut out = apply(joint, &s, &keep, opts)?;
+    if *policy != Policy::None {
+        // A fixed policy can recompute values whose clones cost as much
+        // memory as they free (selective on a chain of matmul + tanh, whose
+        // matmul outputs are as big as the activations): never return a
+        // plan that pays recompute for no lower peak.
+        let plain = apply(joint, &s, &keep::none(&s), opts)?;
+        if out.peak_bytes() >= plain.peak_bytes() && out.recompute_flops > 0 {
+            out = plain;
+        }
+    }
     out.policy = Some(*policy);
     Ok(out)
 }
