@@ -18,16 +18,23 @@ after --warmup untimed ones.
 
 --checkpoint (chain only) wraps the layers in
 torch.utils.checkpoint.checkpoint_sequential (use_reentrant=False): sqrt =
-round(sqrt(64)) = 8 segments, every:K = 64/K segments. "peak_rss_delta_bytes"
-is the process's resident-set high-water mark (ru_maxrss) minus its resident
-set once the model and inputs exist: what the timed steps added at their
-peak (gradients, activations, allocator slack), the CPU stand-in for
-torch.cuda.max_memory_allocated.
+round(sqrt(64)) = 8 segments, every:K = 64/K segments.
+
+Memory (chain): "step_peak_bytes" is the most heap in use during one extra,
+untimed step (gradients set to None first) above the heap in use before it,
+less the parameter gradients allocated so far, from glibc's mallinfo2
+(uordblks + hblkhd) sampled at every layer's forward and backward
+(recomputed forwards included): activations, cotangents and temporaries,
+the CPU stand-in for torch.cuda.max_memory_allocated and the counterpart of
+adjoint's arena (adjoint's gradients live in a buffer of their own).
+"peak_rss_delta_bytes" is the resident-set high-water mark over the timed
+steps minus the resident set before them (allocator slack included).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -35,6 +42,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,6 +79,44 @@ def make_optimizer(spec, params):
         return torch.optim.SGD(params, lr=spec["lr"], momentum=spec["momentum"])
     return torch.optim.AdamW(params, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"],
                              weight_decay=spec["weight_decay"])
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]
+
+
+def heap_in_use():
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    m = libc.mallinfo2()
+    return m.uordblks + m.hblkhd
+
+
+def step_peak_bytes(model, step):
+    """Peak heap in use during one step above the heap in use before it,
+    sampled at every Linear's forward and backward."""
+    model.zero_grad(set_to_none=True)
+    params = list(model.parameters())
+    base = heap_in_use()
+    peak = [base]
+
+    def sample(*_):
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+        peak[0] = max(peak[0], heap_in_use() - grads)
+
+    hooks = []
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_hook(sample))
+            hooks.append(m.register_full_backward_hook(sample))
+    step()
+    sample()
+    for h in hooks:
+        h.remove()
+    return peak[0] - base
 
 
 def default_threads():
@@ -159,6 +205,7 @@ def main():
     peak_rss_delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     fwd_ms = timed(fwd)
     loss = float(fwd().item())
+    step_peak = step_peak_bytes(model, step) if a.name == "chain" else None
 
     out = {
         "workload": a.name,
@@ -177,6 +224,7 @@ def main():
         "loss": loss,
         "checkpoint": a.checkpoint,
         "peak_rss_delta_bytes": peak_rss_delta,
+        "step_peak_bytes": step_peak,
     }
     print(json.dumps(out))
 
