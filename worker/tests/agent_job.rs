@@ -279,15 +279,26 @@ async fn missing_inputs_fail_with_the_key() {
 async fn a_checkpointed_job_trains_to_the_same_weights_and_checks_its_hash() {
     use adjoint_graph::checkpoint::Policy;
     let s = setup().await;
+    // Deep enough that recomputing the hidden layers lowers the peak.
+    let deep = zoo::mlp(&MlpConfig {
+        input: 4,
+        hidden: vec![64, 64, 64, 64],
+        classes: 3,
+        batch: None,
+    })
+    .unwrap();
+    let plan_hash = |p: &Policy| adjoint_worker::dist::plan_hash(&deep, 16, p).unwrap();
     let run = async |job: &str, checkpoint: &str, hash: String| {
         let mut a = assignment(job, hash);
-        a.spec.as_mut().unwrap().checkpoint = checkpoint.into();
+        let spec = a.spec.as_mut().unwrap();
+        spec.model = Some(Model::Graph(serialize::to_proto(&deep)));
+        spec.checkpoint = checkpoint.into();
         let (tx, _rx) = mpsc::unbounded_channel();
         run_job(&a, &s.ctx, Arc::new(AbortSignal::default()), &tx).await
     };
-    let sqrt_hash = adjoint_worker::dist::plan_hash(&graph(), 16, &Policy::Sqrt).unwrap();
-    assert_ne!(sqrt_hash, hash(), "sqrt must change the planned graph");
-    let plain = run("job6", "none", hash()).await;
+    let (none_hash, sqrt_hash) = (plan_hash(&Policy::None), plan_hash(&Policy::Sqrt));
+    assert_ne!(sqrt_hash, none_hash, "sqrt must change the planned graph");
+    let plain = run("job6", "none", none_hash.clone()).await;
     assert!(plain.ok, "{}", plain.error);
     let sqrt = run("job7", "sqrt", sqrt_hash.clone()).await;
     assert!(sqrt.ok, "{}", sqrt.error);
@@ -299,7 +310,7 @@ async fn a_checkpointed_job_trains_to_the_same_weights_and_checks_its_hash() {
         "recomputation changed the weights"
     );
     // A worker asked for sqrt but handed none's hash refuses to run.
-    let wrong = run("job8", "sqrt", hash()).await;
+    let wrong = run("job8", "sqrt", none_hash).await;
     assert!(
         !wrong.ok && wrong.error.contains("plan hash mismatch") && wrong.error.contains(&sqrt_hash),
         "{}",
