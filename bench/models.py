@@ -9,6 +9,7 @@ Every model's forward takes the workload's inputs and returns the scalar loss:
   mlp(x f32 [B, input], labels i64 [B])
   transformer(tokens i64 [B, T], targets i64 [B, T])
   chain(x f32 [B, width])
+  moe(x f32 [T, d], target f32 [T, d])
 """
 
 from __future__ import annotations
@@ -197,12 +198,71 @@ class Chain(nn.Module):
         return h.sum()
 
 
+# ---------------------------------------------------------------- moe
+
+
+@dataclass
+class MoeConfig:
+    experts: int = 16
+    top_k: int = 2
+    d_model: int = 256
+    hidden: int = 1024
+    aux_weight: float = 0.01
+    tokens: int | None = None
+
+
+class MoeGate(nn.Module):
+    def __init__(self, d, experts):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d, experts))
+        bound = 1.0 / math.sqrt(d)
+        nn.init.uniform_(self.weight, -bound, bound)
+
+
+class Moe(nn.Module):
+    """WORKLOADS.md `moe`: gate x @ Wg (no bias) -> softmax -> top-k, weights
+    renormalised over the k; expert e: gelu_tanh(x @ W1[e]) @ W2[e] (no bias);
+    out = sum of weight * expert(x); loss = MSE(out, target) + aux_weight *
+    Switch load-balancing loss (E * sum_e f_e * P_e, f_e the fraction of
+    tokens whose first choice is e, P_e the mean router probability of e).
+    The experts run in a Python loop over the tokens each one got (the way
+    MoE layers are commonly written in eager PyTorch)."""
+
+    def __init__(self, cfg: MoeConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, h, e = cfg.d_model, cfg.hidden, cfg.experts
+        self.gate = MoeGate(d, e)
+        self.w1 = nn.Parameter(torch.empty(e, d, h))
+        self.w2 = nn.Parameter(torch.empty(e, h, d))
+        nn.init.uniform_(self.w1, -1 / math.sqrt(d), 1 / math.sqrt(d))
+        nn.init.uniform_(self.w2, -1 / math.sqrt(h), 1 / math.sqrt(h))
+
+    def forward(self, x, target):
+        cfg = self.cfg
+        probs = torch.softmax(x @ self.gate.weight, dim=-1)
+        top_p, top_i = probs.topk(cfg.top_k, dim=-1)
+        weights = top_p / top_p.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(x)
+        for e in range(cfg.experts):
+            tok, slot = torch.where(top_i == e)
+            if tok.numel() == 0:
+                continue
+            w = weights.reshape(-1).index_select(0, tok * cfg.top_k + slot)
+            y = F.gelu(x.index_select(0, tok) @ self.w1[e], approximate="tanh") @ self.w2[e]
+            out = out.index_add(0, tok, y * w.unsqueeze(-1))
+        first = F.one_hot(top_i[:, 0], cfg.experts).float().mean(dim=0)
+        aux = cfg.experts * (first * probs.mean(dim=0)).sum()
+        return F.mse_loss(out, target) + cfg.aux_weight * aux
+
+
 # ---------------------------------------------------------------- registry
 
 MODELS = {
     "mlp": (Mlp, MlpConfig),
     "transformer": (Transformer, TransformerConfig),
     "chain": (Chain, ChainConfig),
+    "moe": (Moe, MoeConfig),
 }
 
 

@@ -55,6 +55,7 @@ WORKLOADS = {
     "transformer": dict(batch=16, optimizer=dict(name="adamw", lr=1e-3, betas=[0.9, 0.999],
                                                  eps=1e-8, weight_decay=0.01)),
     "chain": dict(batch=256, optimizer=None),
+    "moe": dict(batch=2048, optimizer=dict(name="sgd", lr=0.01, momentum=0.0)),
 }
 
 
@@ -67,6 +68,9 @@ def make_inputs(name, cfg, batch, gen, device):
         tok = torch.randint(0, cfg.vocab, (batch, cfg.seq), generator=gen)
         tgt = torch.randint(0, cfg.vocab, (batch, cfg.seq), generator=gen)
         args = [tok, tgt]
+    elif name == "moe":
+        args = [torch.randn(batch, cfg.d_model, generator=gen),
+                torch.randn(batch, cfg.d_model, generator=gen)]
     else:
         args = [torch.randn(batch, cfg.width, generator=gen)]
     return [a.to(device) for a in args]
@@ -134,6 +138,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--experts", type=int, default=None, help="moe only: experts (default 16)")
+    ap.add_argument("--tokens", type=int, default=None, help="moe only: tokens (default 2048)")
     ap.add_argument("--checkpoint", default="none",
                     help="chain only: none, sqrt or every:K (torch.utils.checkpoint)")
     a = ap.parse_args()
@@ -146,7 +152,15 @@ def main():
     w = WORKLOADS[a.name]
 
     torch.manual_seed(0)
-    model = models.build(a.name).to(dev)
+    if a.name == "moe":
+        cfg = models.MoeConfig()
+        if a.experts:
+            cfg.experts = a.experts
+        model = models.build("moe", cfg).to(dev)
+        if a.tokens:
+            w = dict(w, batch=a.tokens)
+    else:
+        model = models.build(a.name).to(dev)
     gen = torch.Generator().manual_seed(1)
     args = make_inputs(a.name, model.cfg, w["batch"], gen, dev)
     opt = make_optimizer(w["optimizer"], model.parameters())

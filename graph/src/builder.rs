@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ops::{
-    Binary, GeluApprox, Index, Loss, MatMul, Movement, Nn, Op, Reduce, ReduceKind, Unary,
+    Binary, GeluApprox, Index, Loss, MatMul, Moe, Movement, Nn, Op, Reduce, ReduceKind, Unary,
 };
 use crate::{
     DType, Dim, Error, Graph, Init, Input, InputRole, Node, NodeRef, Param, Result, Shape,
@@ -505,6 +505,52 @@ impl Builder {
     }
     pub fn one_hot(&mut self, indices: ValueId, depth: usize, dtype: DType) -> Result<ValueId> {
         self.node1(Op::Index(Index::OneHot { depth, dtype }), &[indices])
+    }
+
+    /// Indices of the k largest entries of each row (`Moe::TopK`).
+    pub fn top_k(&mut self, x: ValueId, k: usize) -> Result<ValueId> {
+        self.node1(Op::Moe(Moe::TopK { k }), &[x])
+    }
+    /// Packs slots by expert: `[row_token, slot_row, slot_keep, offsets]`
+    /// (`Moe::MoeRoute`).
+    pub fn moe_route(
+        &mut self,
+        ids: ValueId,
+        experts: usize,
+        capacity_factor: f64,
+    ) -> Result<[ValueId; 4]> {
+        let op = Op::Moe(Moe::MoeRoute {
+            experts,
+            capacity_factor,
+        });
+        let outs = self.node(op, &[ids])?;
+        Ok([outs[0], outs[1], outs[2], outs[3]])
+    }
+    /// Each row times its expert's weight (`Moe::GroupedMatMul`).
+    pub fn grouped_matmul(
+        &mut self,
+        x: ValueId,
+        w: ValueId,
+        offsets: ValueId,
+        transpose_w: bool,
+    ) -> Result<ValueId> {
+        self.node1(
+            Op::Moe(Moe::GroupedMatMul { transpose_w }),
+            &[x, w, offsets],
+        )
+    }
+    /// Per-expert weight gradients (`Moe::GroupedMatMulGradW`).
+    pub fn grouped_matmul_grad_w(
+        &mut self,
+        x: ValueId,
+        dy: ValueId,
+        offsets: ValueId,
+        transpose: bool,
+    ) -> Result<ValueId> {
+        self.node1(
+            Op::Moe(Moe::GroupedMatMulGradW { transpose }),
+            &[x, dy, offsets],
+        )
     }
 
     pub fn softmax(&mut self, x: ValueId, axis: i64) -> Result<ValueId> {

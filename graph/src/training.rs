@@ -7,8 +7,9 @@
 
 use crate::autodiff::{self, GradGraph};
 use crate::checkpoint::{self, Checkpointed, Policy};
+use crate::ops::Moe;
 use crate::plan::{MemoryPlan, PlanOptions, plan_hash, plan_memory};
-use crate::{Error, Graph, Result, ValueId};
+use crate::{Error, Graph, Op, Result, ValueId};
 
 /// The joint graph of one training step and its memory plan.
 #[derive(Debug, Clone)]
@@ -22,6 +23,22 @@ pub struct TrainingGraph {
     /// What the step keeps for backward and recomputes (for `none`: keeps
     /// everything backward reads, recomputes nothing).
     pub checkpoint: Checkpointed,
+    /// Parameters whose gradient comes straight from a
+    /// `GroupedMatMulGradW`, one slice per expert: their all-reduce can
+    /// skip the experts no token chose.
+    pub expert_grads: Vec<ExpertGrad>,
+}
+
+/// A per-expert gradient and the routing offsets that say which experts
+/// got rows this step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpertGrad {
+    pub param: ValueId,
+    pub grad: ValueId,
+    /// `offsets [E+1]` of the `MoeRoute` that grouped the rows; a graph
+    /// output of the joint graph, so it lives to the end of the step.
+    pub offsets: ValueId,
+    pub experts: usize,
 }
 
 impl TrainingGraph {
@@ -56,7 +73,13 @@ pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<Tr
     let loss = graph.loss.ok_or_else(|| {
         Error::Unsupported(format!("graph '{}' has no loss to train", graph.name))
     })?;
-    let joint = autodiff::grad(graph, loss, &graph.trainable_params())?;
+    let mut joint = autodiff::grad(graph, loss, &graph.trainable_params())?;
+    let expert_grads = expert_grads(&joint);
+    for e in &expert_grads {
+        if !joint.graph.outputs.contains(&e.offsets) {
+            joint.graph.outputs.push(e.offsets);
+        }
+    }
     let opts = PlanOptions::with_grads(&joint.grads);
     let checkpoint = checkpoint::checkpoint(&joint, policy, &opts)?;
     let (joint, plan) = match policy {
@@ -83,5 +106,28 @@ pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<Tr
         inputs,
         plan,
         checkpoint,
+        expert_grads,
     })
+}
+
+/// The gradients of `joint` produced directly by a `GroupedMatMulGradW`.
+fn expert_grads(joint: &GradGraph) -> Vec<ExpertGrad> {
+    let g = &joint.graph;
+    let producers = g.producers();
+    joint
+        .grads
+        .iter()
+        .filter_map(|&(param, grad)| {
+            let node = g.node(producers[grad.index()]?);
+            matches!(node.op, Op::Moe(Moe::GroupedMatMulGradW { .. })).then_some(())?;
+            let offsets = *node.inputs.get(2)?;
+            let experts = g.static_shape(offsets).first()?.checked_sub(1)?;
+            Some(ExpertGrad {
+                param,
+                grad,
+                offsets,
+                experts,
+            })
+        })
+        .collect()
 }

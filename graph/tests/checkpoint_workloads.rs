@@ -82,12 +82,14 @@ fn workload_report() {
                 Err(Error::BudgetTooSmall { minimum, .. }) => {
                     // Backward's own working set can exceed half the peak
                     // (mlp: two 1 MiB layers); report the floor and plan it.
+                    // moe is one layer whose routing is kept: no
+                    // recompute lowers its peak, the floor is none's.
                     println!(
                         "  {policy:<18} infeasible: smallest planned peak {}",
                         format_bytes(minimum)
                     );
                     assert!(
-                        minimum > half && minimum < none.peak_bytes(),
+                        minimum > half && minimum <= none.peak_bytes(),
                         "{name}: {minimum}"
                     );
                     run(&joint, Policy::Budget(minimum))
@@ -106,7 +108,8 @@ fn workload_report() {
             );
             if let Some(Policy::Budget(b)) = c.policy {
                 assert!(c.peak_bytes() <= b, "{name}: {} over {b}", c.peak_bytes());
-                assert!(c.recompute_flops > 0, "{name}: below none's peak for free?");
+                let free = c.recompute_flops == 0 && c.peak_bytes() < none.peak_bytes();
+                assert!(!free, "{name}: below none's peak for free?");
             }
             assert!(c.step_flops >= none.step_flops);
             assert_eq!(

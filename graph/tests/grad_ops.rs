@@ -9,6 +9,11 @@
 //! three on the op's gradient graph (second order). Dedicated tests cover
 //! repeated gather indices, ReduceMax ties, fixed broadcasting examples, and
 //! show that the harness fails on wrong rules.
+//!
+//! The grouped matmuls take their offsets as a fed, never-perturbed input
+//! (`Dom::Offsets`) with an empty expert and a dropped tail; TopK is checked
+//! through the MoE gate on well-separated logits, MoeRoute through the
+//! dispatch gather it drives.
 
 // Builder closures return the crate's `Result`, whose error is large.
 #![allow(clippy::result_large_err)]
@@ -21,7 +26,7 @@ use adjoint_graph::gradcheck::{self, Options};
 use adjoint_graph::interp::{EvalCx, Tensor};
 use adjoint_graph::ops::{GeluApprox, Loss, Movement, Nn};
 use adjoint_graph::{Builder, DType, Graph, InputRole, Op, Shape, ValueId};
-use common::Dom::{AwayFromZero, Distinct, Frozen, Index, Int, Pos, Real};
+use common::Dom::{AwayFromZero, Distinct, Frozen, Index, Int, Offsets, Pos, Real};
 use common::*;
 
 /// Default (rtol, atol) of the FD comparisons.
@@ -103,6 +108,42 @@ table! {
     softmax_cross_entropy: "SoftmaxCrossEntropy", "SoftmaxCrossEntropy", 2, cross_entropy(false), [Real, Index], T, |b, x, _| one(b.softmax_cross_entropy(x[0], x[1]));
     softmax_cross_entropy_grad: "SoftmaxCrossEntropyGrad", "SoftmaxCrossEntropyGrad", 3, cross_entropy(true), [Real, Index, Real], T, |b, x, _| b.node(Op::Loss(Loss::SoftmaxCrossEntropyGrad), x);
     mse:         "Mse",     "Mse",                 2, same(2, 0, 3),     [Real, Real],             T, |b, x, _| one(b.mse(x[0], x[1]));
+    grouped_matmul: "GroupedMatMul", "GroupedMatMul", 3, grouped(false, false), [Real, Real, Offsets], T, |b, x, c| one(b.grouped_matmul(x[0], x[1], x[2], c.trans_b));
+    grouped_matmul_t: "GroupedMatMul", "GroupedMatMul(transpose_w)", 3, grouped(false, true), [Real, Real, Offsets], T, |b, x, c| one(b.grouped_matmul(x[0], x[1], x[2], c.trans_b));
+    grouped_matmul_grad_w: "GroupedMatMulGradW", "GroupedMatMulGradW", 3, grouped(true, false), [Real, Real, Offsets], T, |b, x, c| one(b.grouped_matmul_grad_w(x[0], x[1], x[2], c.trans_b));
+    grouped_matmul_grad_w_t: "GroupedMatMulGradW", "GroupedMatMulGradW(transpose)", 3, grouped(true, true), [Real, Real, Offsets], T, |b, x, c| one(b.grouped_matmul_grad_w(x[0], x[1], x[2], c.trans_b));
+    top_k_gate:  "TopK",    "TopK(gate weights)",  1, moe_gate(),        [Distinct],               T, gate_weights;
+    moe_route:   "MoeRoute", "MoeRoute(dispatch)", 2, common::moe_route(), [Index, Real],          T, dispatch;
+}
+
+/// The MoE gate: softmax, top-k, the chosen probabilities (one-hot of the
+/// ids times the probabilities, summed over experts) renormalised over k.
+/// Distinct logits keep the top-k margin far above the FD step, so the
+/// routing never flips.
+fn gate_weights(b: &mut Builder, x: &[ValueId], c: &Case) -> adjoint_graph::Result<Vec<ValueId>> {
+    let (k, experts) = (c.lo, c.bound);
+    let probs = b.softmax(x[0], -1)?;
+    let ids = b.top_k(probs, k)?;
+    let hot = b.one_hot(ids, experts, DType::F64)?;
+    let mut dims = c.shapes[0].clone();
+    dims.insert(dims.len() - 1, 1);
+    let row = b.reshape(probs, Shape::of(&dims))?;
+    let picked = b.mul(hot, row)?;
+    let chosen = b.sum(picked, &[-1], false)?;
+    let total = b.sum(chosen, &[-1], true)?;
+    one(b.div(chosen, total))
+}
+
+/// Routing then dispatch: each packed row gathers its token; and each
+/// token scaled by how many of its slots were kept (capacity from the
+/// case). Neither the ids nor the routing outputs get a gradient.
+fn dispatch(b: &mut Builder, x: &[ValueId], c: &Case) -> adjoint_graph::Result<Vec<ValueId>> {
+    let [row_token, _, keep, _] = b.moe_route(x[0], c.bound, c.capacity_factor)?;
+    let packed = b.gather(x[1], row_token, 0)?;
+    let keep = b.cast(keep, DType::F64)?;
+    let kept = b.sum(keep, &[-1], true)?;
+    let scaled = b.mul(x[1], kept)?;
+    Ok(vec![packed, scaled])
 }
 
 /// Every op of the set (serialized names).
@@ -150,12 +191,16 @@ const ALL_OPS: &[&str] = &[
     "SoftmaxCrossEntropy",
     "SoftmaxCrossEntropyGrad",
     "Mse",
+    "TopK",
+    "MoeRoute",
+    "GroupedMatMul",
+    "GroupedMatMulGradW",
 ];
 
 #[test]
 fn every_op_has_a_row() {
     let rows = table();
-    assert_eq!(ALL_OPS.len(), 43);
+    assert_eq!(ALL_OPS.len(), 47);
     for &op in ALL_OPS {
         assert!(rows.iter().any(|r| r.op == op), "no row for {op}");
     }
@@ -193,6 +238,29 @@ fn close(a: &[f64], b: &[f64]) -> bool {
 }
 
 // ----- dedicated tests -----
+
+/// The grouped-matmul cases exercise an expert with no rows and rows past
+/// `offsets[E]`, and their offsets are valid.
+#[test]
+fn moe_offsets_have_an_empty_group_and_a_dropped_tail() {
+    let (mut empty, mut tail) = (0, 0);
+    for seed in 0..64 {
+        let mut mix = Mix(seed);
+        let (experts, rows) = (1 + mix.below(4), 1 + mix.below(8));
+        let o = moe_offsets(experts, rows, &mut mix);
+        assert_eq!((o.len(), o[0]), (experts + 1, 0));
+        assert!(o.windows(2).all(|w| w[0] <= w[1]) && o[experts] <= rows);
+        if rows >= 2 {
+            assert!(o[experts] >= 1 && o[experts] < rows, "{o:?} of {rows}");
+        }
+        empty += usize::from(o.windows(2).any(|w| w[0] == w[1]));
+        tail += usize::from(o[experts] < rows);
+        if experts >= 2 {
+            assert!(o.windows(2).any(|w| w[0] == w[1]), "{o:?}");
+        }
+    }
+    assert!(empty > 32 && tail > 32, "{empty} {tail}");
+}
 
 /// An embedding lookup where rows repeat: the gradient rows accumulate.
 #[test]

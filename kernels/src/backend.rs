@@ -125,6 +125,20 @@ pub struct MatMulDims<'a> {
     pub c_batch_strides: &'a [usize],
 }
 
+/// Shapes of a grouped matmul over rows packed by expert (see
+/// [`Backend::grouped_matmul`]): `rows` packed rows of width `d` in, `h`
+/// out, `experts` weight matrices. `transpose`: each expert's matrix is
+/// stored `[h, d]` (and read, or for the weight gradient written, as its
+/// transpose) instead of `[d, h]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupedMatMulDims {
+    pub experts: usize,
+    pub rows: usize,
+    pub d: usize,
+    pub h: usize,
+    pub transpose: bool,
+}
+
 /// What a random kernel draws from: (seed, step, rank, site, element).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RngKey {
@@ -407,4 +421,59 @@ pub trait Backend {
     // ----- optimizers (over flat buffers) -----
     fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()>;
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()>;
+
+    // ----- mixture of experts -----
+    // Packed rows: the `T·k` (token, slot) pairs of a routing, grouped by
+    // expert; expert `e` owns rows `offsets[e]..offsets[e + 1]` of an
+    // `offsets [E + 1]` (i64 or i32) that kernels read from device memory
+    // at run time (checked: `offsets[0] = 0`, non-decreasing,
+    // `offsets[E] ≤ rows`).
+    /// `x` (f32) as `[rows, n]`: `ids[r, j]` (i64, `[rows, k]`) is the index
+    /// of the `j`-th largest entry of row `r`, in descending order of value,
+    /// ties to the lower index; NaN ranks below every number. `k ≤ n`.
+    fn top_k(&mut self, x: View, ids: View, rows: usize, n: usize, k: usize) -> Result<()>;
+    /// Routes the slots of `ids` (i64 or i32 `[T, k]`, an expert in `[0, experts)`
+    /// per slot; slot `s = t·k + j`) into packed rows: kept slots grouped by
+    /// expert ascending, slot order within an expert, then the dropped slots
+    /// in slot order. An expert keeps its first `capacity` slots (`None`:
+    /// all). Writes `row_token` (i64 `[T·k]`: the token of each row),
+    /// `slot_row` (i64 `[T·k]`: the row of each slot), `slot_keep` (f32
+    /// `[T·k]`: 1 kept, 0 dropped) and `offsets` (i64 `[experts + 1]`,
+    /// `offsets[experts]` = kept rows). An id out of range is an error.
+    #[allow(clippy::too_many_arguments)]
+    fn moe_route(
+        &mut self,
+        ids: View,
+        row_token: View,
+        slot_row: View,
+        slot_keep: View,
+        offsets: View,
+        k: usize,
+        experts: usize,
+        capacity: Option<usize>,
+    ) -> Result<()>;
+    /// `y_r = x_r · w_e` for the rows `r` of group `e` (`x [rows, d]`,
+    /// `w [experts, d, h]` or `[experts, h, d]` read transposed, `y [rows,
+    /// h]`, f32); rows from `offsets[experts]` on are zero. One GEMM per
+    /// non-empty group.
+    fn grouped_matmul(
+        &mut self,
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: &GroupedMatMulDims,
+    ) -> Result<()>;
+    /// `dw_e = Σ_{r in group e} x_rᵀ · dy_r` (`x [rows, d]`, `dy [rows, h]`,
+    /// `dw [experts, d, h]`, or each `dw_e` transposed `[experts, h, d]`);
+    /// experts without rows get zeros. Rows from `offsets[experts]` on are
+    /// ignored.
+    fn grouped_matmul_grad_w(
+        &mut self,
+        x: View,
+        dy: View,
+        offsets: View,
+        dw: View,
+        dims: &GroupedMatMulDims,
+    ) -> Result<()>;
 }

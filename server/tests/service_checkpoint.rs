@@ -15,19 +15,19 @@ use common::{Sandbox, spec};
 async fn a_job_too_big_for_its_worker_is_checkpointed_to_fit() {
     let sandbox = Sandbox::start(60_000).await;
     let mut client = sandbox.client().await;
-    // Inputs named as the common dataset's: x [samples, 4]; a chain has no
-    // labels, so upload its own data.
+    // A chain (no labels) with its own data: x [16 samples, 16]; its
+    // activations are big enough (256 B) to be worth recomputing.
     let graph = chain(&ChainConfig {
         layers: 12,
-        width: 4,
+        width: 16,
         batch: None,
     })
     .unwrap();
-    let x: Vec<u8> = (0..16 * 4)
+    let x: Vec<u8> = (0..16 * 16)
         .flat_map(|i| (i as f32 * 0.1).to_le_bytes())
         .collect();
     let header = format!(
-        r#"{{"x":{{"dtype":"F32","shape":[16,4],"data_offsets":[0,{}]}}}}"#,
+        r#"{{"x":{{"dtype":"F32","shape":[16,16],"data_offsets":[0,{}]}}}}"#,
         x.len()
     );
     let mut file = (header.len() as u64).to_le_bytes().to_vec();

@@ -183,6 +183,12 @@ impl<B: Backend> Executor<B> {
         Ok(())
     }
 
+    /// Where value `v` lives (an arena offset, a parameter or input
+    /// buffer, the gradient buffer).
+    pub fn view_of(&self, v: ValueId) -> Result<View> {
+        self.views.view(&self.graph, v)
+    }
+
     /// Sets parameters from tensors named as in the graph (others keep
     /// their values); a tensor whose shape or dtype differs is an error.
     pub fn load_params(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {

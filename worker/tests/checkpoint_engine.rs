@@ -300,6 +300,7 @@ fn keep_nothing(g: &Graph, batch: usize) -> TrainingGraph {
         inputs: none.inputs,
         plan: c.plan.clone(),
         checkpoint: c,
+        expert_grads: none.expert_grads,
     }
 }
 

@@ -5,10 +5,8 @@
 
 mod common;
 
-use adjoint_graph::interp::Tensor;
 use adjoint_graph::ops::GeluApprox;
 use adjoint_graph::{Builder, DType, Graph, Init, InputRole, Shape, ValueId};
-use adjoint_worker::ExecOptions;
 use common::*;
 
 const NORMAL: Init = Init::Normal {
@@ -46,38 +44,11 @@ fn p(b: &mut Builder, name: &str, shape: &[usize], init: Init) -> ValueId {
     b.param(name, DType::F32, shape, init).unwrap()
 }
 
-/// Compares engine and reference on `graph`, with int inputs from `ints`.
-fn check(graph: Graph, ints: &[(&str, Vec<f64>)]) {
-    let vals = values(&graph, 11);
-    let j = joint(&graph);
-    let mut feeds = joint_feeds(&graph, &j.graph, &vals);
-    for (name, data) in ints {
-        let v = j.graph.find(name).unwrap();
-        feeds.insert(v, Tensor::new(j.graph.static_shape(v), data.clone()));
-    }
-    let want = run_reference(&j, &feeds);
-    let got = run_engine(&j, &feeds, ExecOptions::default());
-    assert_close(&graph.name, &got, &want, 2e-4, 2e-5);
-    let poisoned = run_engine(
-        &j,
-        &feeds,
-        ExecOptions {
-            poison_freed: true,
-            ..ExecOptions::default()
-        },
-    );
-    assert_eq!(
-        got, poisoned,
-        "{}: results changed when freed buffers were poisoned",
-        graph.name
-    );
-}
-
 macro_rules! unary_case {
     ($test:ident, $method:ident, $init:expr) => {
         #[test]
         fn $test() {
-            check(
+            check_engine(
                 model(stringify!($method), |b| {
                     let x = p(b, "x", &[3, 70], $init);
                     vec![b.$method(x).unwrap()]
@@ -101,7 +72,7 @@ unary_case!(erf, erf, NORMAL);
 #[test]
 fn gelu_both_forms() {
     for approx in [GeluApprox::Tanh, GeluApprox::Erf] {
-        check(
+        check_engine(
             model("gelu", |b| {
                 let x = p(b, "x", &[4, 33], NORMAL);
                 vec![b.gelu(x, approx).unwrap()]
@@ -120,7 +91,7 @@ fn binary_ops_with_broadcasting() {
         (&[2, 3], &[]),
     ];
     for (sa, sb) in shapes {
-        check(
+        check_engine(
             model("add_sub_mul", |b| {
                 let x = p(b, "x", sa, NORMAL);
                 let y = p(b, "y", sb, NORMAL);
@@ -132,7 +103,7 @@ fn binary_ops_with_broadcasting() {
             }),
             &[],
         );
-        check(
+        check_engine(
             model("div_pow", |b| {
                 let x = p(b, "x", sa, POSITIVE);
                 let y = p(b, "y", sb, POSITIVE);
@@ -145,7 +116,7 @@ fn binary_ops_with_broadcasting() {
 
 #[test]
 fn comparisons_and_select() {
-    check(
+    check_engine(
         model("where", |b| {
             let x = p(b, "x", &[4, 5], NORMAL);
             let y = p(b, "y", &[5], NORMAL);
@@ -162,7 +133,7 @@ fn comparisons_and_select() {
 #[test]
 fn matmul_all_flag_combinations_and_broadcast_batches() {
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-        check(
+        check_engine(
             model("matmul", |b| {
                 let a_shape: &[usize] = if ta { &[2, 1, 5, 3] } else { &[2, 1, 3, 5] };
                 let b_shape: &[usize] = if tb { &[3, 4, 5] } else { &[3, 5, 4] };
@@ -173,7 +144,7 @@ fn matmul_all_flag_combinations_and_broadcast_batches() {
             &[],
         );
     }
-    check(
+    check_engine(
         model("linear", |b| {
             let x = p(b, "x", &[2, 7, 6], NORMAL);
             let w = p(b, "w", &[6, 9], NORMAL);
@@ -187,7 +158,7 @@ fn matmul_all_flag_combinations_and_broadcast_batches() {
 fn reductions() {
     for axes in [&[0i64][..], &[1], &[-1], &[0, 2], &[0, 1, 2]] {
         for keep in [false, true] {
-            check(
+            check_engine(
                 model("reduce", |b| {
                     let x = p(b, "x", &[3, 4, 5], NORMAL);
                     vec![
@@ -204,7 +175,7 @@ fn reductions() {
 
 #[test]
 fn movement_ops() {
-    check(
+    check_engine(
         model("movement", |b| {
             let x = p(b, "x", &[2, 3, 4], NORMAL);
             let y = p(b, "y", &[2, 5, 4], NORMAL);
@@ -237,7 +208,7 @@ fn gather_scatter_with_repeated_indices_and_one_hot() {
     let prod = bld.mul(both, w).unwrap();
     let loss = bld.sum_all(prod).unwrap();
     bld.loss(loss);
-    check(
+    check_engine(
         bld.finish().unwrap(),
         &[("ids", vec![1.0, 3.0, 1.0, 1.0, 0.0, 4.0, 3.0, 1.0])],
     );
@@ -246,7 +217,7 @@ fn gather_scatter_with_repeated_indices_and_one_hot() {
 #[test]
 fn softmax_log_softmax_on_every_axis() {
     for axis in [0i64, 1, -1] {
-        check(
+        check_engine(
             model("softmax", |b| {
                 let x = p(b, "x", &[3, 4, 5], NORMAL);
                 vec![b.softmax(x, axis).unwrap(), b.log_softmax(x, axis).unwrap()]
@@ -258,7 +229,7 @@ fn softmax_log_softmax_on_every_axis() {
 
 #[test]
 fn layer_norm_and_its_gradients() {
-    check(
+    check_engine(
         model("layer_norm", |b| {
             let x = p(b, "x", &[2, 3, 16], NORMAL);
             let g = p(b, "gamma", &[16], POSITIVE);
@@ -271,7 +242,7 @@ fn layer_norm_and_its_gradients() {
 
 #[test]
 fn dropout_replays_the_reference_mask() {
-    check(
+    check_engine(
         model("dropout", |b| {
             let x = p(b, "x", &[8, 40], NORMAL);
             vec![b.dropout(x, 0.3, 1234).unwrap()]
@@ -282,7 +253,7 @@ fn dropout_replays_the_reference_mask() {
 
 #[test]
 fn causal_attention_scores() {
-    check(
+    check_engine(
         model("attention", |b| {
             let q = p(b, "q", &[2, 6, 4], NORMAL);
             let k = p(b, "k", &[2, 6, 4], NORMAL);
@@ -303,7 +274,7 @@ fn losses() {
         .unwrap();
     let loss = bld.softmax_cross_entropy(logits, labels).unwrap();
     bld.loss(loss);
-    check(
+    check_engine(
         bld.finish().unwrap(),
         &[("labels", vec![0.0, 6.0, 3.0, 3.0, 1.0, 5.0])],
     );
@@ -313,5 +284,5 @@ fn losses() {
     let target = p(&mut bld, "target", &[4, 5], NORMAL);
     let loss = bld.mse(pred, target).unwrap();
     bld.loss(loss);
-    check(bld.finish().unwrap(), &[]);
+    check_engine(bld.finish().unwrap(), &[]);
 }

@@ -43,6 +43,12 @@ pub struct BenchArgs {
     /// selective or budget:BYTES.
     #[arg(long, default_value = "none")]
     checkpoint: String,
+    /// moe: experts (default 16).
+    #[arg(long)]
+    experts: Option<usize>,
+    /// moe: tokens per step (default 2048).
+    #[arg(long)]
+    tokens: Option<usize>,
 }
 
 fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
@@ -113,11 +119,23 @@ fn measure(args: &BenchArgs) -> Result<()> {
             zoo::MODELS.join(", ")
         );
     };
-    let graph = zoo::by_name(&args.workload)
-        .context("zoo")??
-        .bind_batch(batch);
+    let (graph, batch) = match args.workload.as_str() {
+        "moe" => {
+            let mut cfg = zoo::MoeConfig::default();
+            if let Some(e) = args.experts {
+                cfg.layer.experts = e;
+            }
+            let tokens = args.tokens.unwrap_or(batch);
+            cfg.tokens = Some(tokens);
+            (zoo::moe(&cfg)?, tokens)
+        }
+        _ if args.experts.is_some() || args.tokens.is_some() => {
+            bail!("--experts and --tokens apply to the moe workload only")
+        }
+        name => (zoo::by_name(name).context("zoo")??.bind_batch(batch), batch),
+    };
     let (classes, optimizer) = match args.workload.as_str() {
-        "mlp" => (10, Some(OptimizerConfig::sgd(0.01))),
+        "mlp" | "moe" => (10, Some(OptimizerConfig::sgd(0.01))),
         "transformer" => (256, Some(OptimizerConfig::adamw(1e-3))),
         _ => (1, None),
     };
@@ -181,6 +199,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
         "device": "cpu",
         "threads": CpuBackend::threads(),
         "batch": batch,
+        "experts": (args.workload == "moe").then(|| args.experts.unwrap_or(16)),
         "fwd_ms": round(fwd_ms),
         "fwdbwd_ms": round(fwdbwd_ms),
         "step_ms": round(step_ms),

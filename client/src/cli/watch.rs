@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
 
-use super::service::{Addr, with_client};
+use super::service::{Addr, human_bytes, with_client};
 
 /// Watch a job: step, loss, samples/s and ETA, until it ends.
 #[derive(Debug, Args)]
@@ -62,8 +62,17 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
                         .last_eval
                         .map(|(step, e)| format!("  eval {e:.4} (step {step})"))
                         .unwrap_or_default();
+                    let experts = match m.expert_rows.len() {
+                        0 => String::new(),
+                        n => format!(
+                            "  experts used {}/{n} (busiest {} rows), sparse all-reduce saved {}",
+                            m.expert_rows.iter().filter(|&&r| r > 0).count(),
+                            m.expert_rows.iter().max().copied().unwrap_or(0),
+                            human_bytes(m.allreduce_bytes_saved)
+                        ),
+                    };
                     bar.set_message(format!(
-                        "loss {:.4}{eval}  {:.0} samples/s",
+                        "loss {:.4}{eval}  {:.0} samples/s{experts}",
                         m.loss, m.samples_per_sec
                     ));
                 }

@@ -13,8 +13,11 @@
 //! segment `L` (the tail) ends with the loss.
 
 use crate::autodiff::GradGraph;
-use crate::ops::Recompute;
+use crate::ops::{Recompute, bytes};
 use crate::{Graph, NodeId, ValueId};
+
+/// Forward values this small are always kept (one cache line).
+pub const TINY_BYTES: usize = 64;
 
 /// The forward/backward structure of a joint graph.
 #[derive(Debug, Clone)]
@@ -28,8 +31,8 @@ pub struct Structure {
     /// Per value: a forward value some backward node reads.
     pub needed: Vec<bool>,
     /// Per value: a forward value every plan keeps: outputs of
-    /// `Recompute::Never` ops, graph outputs, the loss, state updates and
-    /// gradients.
+    /// `Recompute::Never` ops, graph outputs, the loss, state updates,
+    /// gradients, and values of at most [`TINY_BYTES`].
     pub forced: Vec<bool>,
     /// Per value: the last position of a forward node reading it (its
     /// producer's position when none does).
@@ -71,6 +74,14 @@ impl Structure {
             .chain(joint.grads.iter().map(|&(_, gv)| gv));
         for v in pinned {
             forced[v.index()] |= forward_value[v.index()];
+        }
+        // Scalars and other tiny values (running loss terms, say) are
+        // kept: recomputing them saves nothing, and leaving them out of the
+        // frontier lets the big values around them form boundaries.
+        for (v, f) in forced.iter_mut().enumerate() {
+            if forward_value[v] && bytes(g.ty(ValueId(v as u32))) <= TINY_BYTES as u64 {
+                *f = true;
+            }
         }
         let mut needed = vec![false; nv];
         let mut last_forward_use: Vec<usize> = producers
@@ -129,8 +140,9 @@ impl Structure {
             for &o in &node.outputs {
                 self.segment_of[o.index()] = Some(self.boundaries.len());
                 let last = self.last_forward_use[o.index()];
-                // Constants are free to remake: they never pin a frontier.
-                if last > n && !node.inputs.is_empty() {
+                // Constants are free to remake, and forced values are kept
+                // anyway: neither pins a frontier.
+                if last > n && !node.inputs.is_empty() && !self.forced[o.index()] {
                     open += 1;
                     closes_at[last] += 1;
                     opened.push(o);

@@ -13,6 +13,7 @@ pub mod binary;
 pub mod index;
 pub mod loss;
 pub mod matmul;
+pub mod moe;
 pub mod movement;
 pub mod nn;
 pub mod reduce;
@@ -25,6 +26,7 @@ pub use binary::Binary;
 pub use index::Index;
 pub use loss::Loss;
 pub use matmul::MatMul;
+pub use moe::Moe;
 pub use movement::Movement;
 pub use nn::{GeluApprox, Nn};
 pub use reduce::{Reduce, ReduceKind};
@@ -137,6 +139,7 @@ pub enum Op {
     Index(Index),
     Nn(Nn),
     Loss(Loss),
+    Moe(Moe),
 }
 
 macro_rules! each_family {
@@ -150,6 +153,7 @@ macro_rules! each_family {
             Op::Index($op) => $body,
             Op::Nn($op) => $body,
             Op::Loss($op) => $body,
+            Op::Moe($op) => $body,
         }
     };
 }
@@ -177,6 +181,7 @@ impl Op {
         try_family!(Index);
         try_family!(Nn);
         try_family!(Loss);
+        try_family!(Moe);
         Ok(None)
     }
 
@@ -222,6 +227,7 @@ impl Op {
             Op::Index(o) => Op::Index(o.bind_batch(batch)),
             Op::Nn(o) => Op::Nn(o.bind_batch(batch)),
             Op::Loss(o) => Op::Loss(o.bind_batch(batch)),
+            Op::Moe(o) => Op::Moe(o.bind_batch(batch)),
         }
     }
 

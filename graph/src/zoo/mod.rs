@@ -1,5 +1,7 @@
 //! The reference workload models of `WORKLOADS.md`, built with the
-//! [`crate::Builder`]: [`mlp`], [`transformer`] and [`chain`].
+//! [`crate::Builder`]: [`mlp`], [`transformer`], [`chain`], [`moe`] and
+//! [`moe_transformer`] (the transformer with MoE layers; [`moe_layer`] is
+//! the reusable layer).
 //!
 //! Each model has a config whose `Default` is the workload's size; smaller
 //! configs serve tests. The batch dimension is left symbolic unless the
@@ -9,16 +11,20 @@
 
 mod chain;
 mod mlp;
+mod moe;
 mod transformer;
 
 pub use chain::{ChainConfig, chain};
 pub use mlp::{MlpConfig, mlp};
+pub use moe::{
+    MoeConfig, MoeLayerConfig, MoeOut, MoeTransformerConfig, moe, moe_layer, moe_transformer,
+};
 pub use transformer::{TransformerConfig, transformer};
 
 use crate::{Builder, DType, Dim, Distribution, FanMode, Init, Result, ValueId};
 
 /// The names of the zoo's models, as the CLI accepts them.
-pub const MODELS: [&str; 3] = ["mlp", "transformer", "chain"];
+pub const MODELS: [&str; 5] = ["mlp", "transformer", "chain", "moe", "moe-transformer"];
 
 /// Builds a zoo model with its default (workload) config.
 pub fn by_name(name: &str) -> Option<Result<crate::Graph>> {
@@ -26,6 +32,8 @@ pub fn by_name(name: &str) -> Option<Result<crate::Graph>> {
         "mlp" => Some(mlp(&MlpConfig::default())),
         "transformer" => Some(transformer(&TransformerConfig::default())),
         "chain" => Some(chain(&ChainConfig::default())),
+        "moe" => Some(moe(&MoeConfig::default())),
+        "moe-transformer" => Some(moe_transformer(&MoeTransformerConfig::default())),
         _ => None,
     }
 }
@@ -34,7 +42,8 @@ pub fn by_name(name: &str) -> Option<Result<crate::Graph>> {
 pub fn workload_batch(name: &str) -> Option<usize> {
     match name {
         "mlp" | "chain" => Some(256),
-        "transformer" => Some(16),
+        "transformer" | "moe-transformer" => Some(16),
+        "moe" => Some(2048),
         _ => None,
     }
 }

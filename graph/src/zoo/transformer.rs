@@ -40,15 +40,34 @@ fn gpt_init() -> Init {
     }
 }
 
+/// The feed-forward half of a block: `ffn(builder, block name, ln_2(x))`
+/// gives what is added to the residual stream.
+pub(super) type Ffn<'a> = dyn FnMut(&mut Builder, &str, ValueId) -> Result<ValueId> + 'a;
+
 /// Inputs `tokens` and `targets` `[batch, seq]` (i64); output `loss`.
 pub fn transformer(cfg: &TransformerConfig) -> Result<Graph> {
+    let mut b = Builder::new("transformer");
+    let d = cfg.d_model;
+    let loss = decoder(&mut b, cfg, &mut |b, name, h| mlp(b, name, h, d))?;
+    b.rename(loss, "loss")?;
+    b.loss(loss);
+    b.finish()
+}
+
+/// The decoder with `ffn` as every block's feed-forward half: declares the
+/// inputs and parameters and returns the cross-entropy (not yet named or
+/// marked as the loss).
+pub(super) fn decoder(
+    b: &mut Builder,
+    cfg: &TransformerConfig,
+    ffn: &mut Ffn<'_>,
+) -> Result<ValueId> {
     if cfg.heads == 0 || !cfg.d_model.is_multiple_of(cfg.heads) {
         return Err(crate::Error::Unsupported(format!(
             "transformer: d_model {} is not divisible by heads {}",
             cfg.d_model, cfg.heads
         )));
     }
-    let mut b = Builder::new("transformer");
     let batch = batch_dim(cfg.batch);
     let tokens_shape = Shape(vec![batch, cfg.seq.into()]);
     let tokens = b.input("tokens", DType::I64, tokens_shape.clone(), InputRole::Data)?;
@@ -59,9 +78,9 @@ pub fn transformer(cfg: &TransformerConfig) -> Result<Graph> {
     let tok = b.gather(wte, tokens, 0)?;
     let mut x = b.add(tok, wpe)?;
     for layer in 0..cfg.layers {
-        x = block(&mut b, cfg, &format!("h.{layer}"), x)?;
+        x = block(b, cfg, &format!("h.{layer}"), x, ffn)?;
     }
-    let x = layer_norm(&mut b, "ln_f", x, cfg.d_model)?;
+    let x = layer_norm(b, "ln_f", x, cfg.d_model)?;
     let head = b.param(
         "head.weight",
         DType::F32,
@@ -71,26 +90,34 @@ pub fn transformer(cfg: &TransformerConfig) -> Result<Graph> {
     b.set_provenance("head");
     let logits = b.matmul(x, head)?;
     b.set_provenance("loss");
-    let loss = b.softmax_cross_entropy(logits, targets)?;
-    b.rename(loss, "loss")?;
-    b.loss(loss);
-    b.finish()
+    b.softmax_cross_entropy(logits, targets)
 }
 
-/// One pre-LN block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
-fn block(b: &mut Builder, cfg: &TransformerConfig, name: &str, x: ValueId) -> Result<ValueId> {
+/// One pre-LN block: `x + attn(ln1(x))`, then `x + ffn(ln2(x))`.
+fn block(
+    b: &mut Builder,
+    cfg: &TransformerConfig,
+    name: &str,
+    x: ValueId,
+    ffn: &mut Ffn<'_>,
+) -> Result<ValueId> {
     let d = cfg.d_model;
     let h = layer_norm(b, &format!("{name}.ln_1"), x, d)?;
     let a = attention(b, cfg, &format!("{name}.attn"), h)?;
     b.set_provenance(name);
     let x = b.add(x, a)?;
     let h = layer_norm(b, &format!("{name}.ln_2"), x, d)?;
+    let h = ffn(b, name, h)?;
+    b.set_provenance(name);
+    b.add(x, h)
+}
+
+/// The d→4d→d tanh-GELU MLP of block `name`.
+fn mlp(b: &mut Builder, name: &str, h: ValueId, d: usize) -> Result<ValueId> {
     let h = dense(b, &format!("{name}.mlp.fc"), h, d, 4 * d)?;
     b.set_provenance(&format!("{name}.mlp.gelu"));
     let h = b.gelu(h, GeluApprox::Tanh)?;
-    let h = dense(b, &format!("{name}.mlp.proj"), h, 4 * d, d)?;
-    b.set_provenance(name);
-    b.add(x, h)
+    dense(b, &format!("{name}.mlp.proj"), h, 4 * d, d)
 }
 
 /// Causal multi-head self-attention with a fused QKV projection.

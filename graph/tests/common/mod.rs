@@ -30,6 +30,9 @@ pub enum Dom {
     Index,
     /// i64 in `[0, n)`.
     Int(u32),
+    /// i64 group offsets `[E+1]` of a grouped matmul, from `case.offsets`
+    /// (fed, never perturbed by finite differences).
+    Offsets,
 }
 
 impl Dom {
@@ -42,7 +45,7 @@ impl Dom {
 
     pub fn dtype(self) -> DType {
         match self {
-            Dom::Index | Dom::Int(_) => DType::I64,
+            Dom::Index | Dom::Int(_) | Dom::Offsets => DType::I64,
             _ => DType::F64,
         }
     }
@@ -66,6 +69,10 @@ pub struct Case {
     pub hi: usize,
     pub trans_a: bool,
     pub trans_b: bool,
+    /// Group offsets `[E+1]` of a grouped matmul (`Dom::Offsets`).
+    pub offsets: Vec<usize>,
+    /// MoeRoute's capacity factor (0: dropless).
+    pub capacity_factor: f64,
     /// Upper bound of `Dom::Index` values; ScatterAdd size, OneHot depth.
     pub bound: usize,
     /// Seed of the input values and of the check's directions.
@@ -151,6 +158,7 @@ pub fn values(dom: Dom, shape: &[usize], case: &Case, mix: &mut Mix) -> Tensor {
         }
         Dom::Index => (0..n).map(|_| mix.below(case.bound) as f64).collect(),
         Dom::Int(k) => (0..n).map(|_| mix.below(k as usize) as f64).collect(),
+        Dom::Offsets => case.offsets.iter().map(|&o| o as f64).collect(),
     };
     Tensor::new(shape.to_vec(), data)
 }
@@ -571,6 +579,95 @@ pub fn cross_entropy(dloss: bool) -> BoxedStrategy<Case> {
                 seed,
                 ..Case::of(shapes)
             }
+        })
+        .boxed()
+}
+
+// ----- mixture of experts -----
+
+/// Offsets `[E+1]` over `rows` packed rows: with two or more rows a
+/// dropped tail (1 to rows-1 rows past `offsets[E]`), with two or more
+/// experts one empty group, the kept rows spread at random over the rest.
+pub fn moe_offsets(experts: usize, rows: usize, mix: &mut Mix) -> Vec<usize> {
+    let kept = if rows >= 2 {
+        1 + mix.below(rows - 1)
+    } else {
+        rows
+    };
+    let empty = mix.below(experts);
+    let mut sizes = vec![0usize; experts];
+    for _ in 0..kept {
+        let mut e = mix.below(experts);
+        if experts >= 2 && e == empty {
+            e = (e + 1 + mix.below(experts - 1)) % experts;
+        }
+        sizes[e] += 1;
+    }
+    let mut offsets = vec![0];
+    for s in sizes {
+        offsets.push(offsets.last().unwrap() + s);
+    }
+    offsets
+}
+
+/// GroupedMatMul (`grad_w` false): x `[..., D]`, w `[E, D, H]` (`[E, H, D]`
+/// with `trans_b`), offsets; GroupedMatMulGradW (`grad_w` true): x
+/// `[..., D]`, dy `[..., H]`, offsets (`trans_b`: the transposed layout).
+/// Offsets come from [`moe_offsets`].
+pub fn grouped(grad_w: bool, transpose: bool) -> BoxedStrategy<Case> {
+    (shape(1, 2), 1usize..=4, 1usize..=4, 1usize..=4, seed())
+        .prop_map(move |(lead, experts, d, h, seed)| {
+            let mut mix = Mix(seed ^ 0x9e0e);
+            let rows = lead.iter().product();
+            let offsets = moe_offsets(experts, rows, &mut mix);
+            let x = [lead.as_slice(), &[d]].concat();
+            let second = match (grad_w, transpose) {
+                (true, _) => [lead.as_slice(), &[h]].concat(),
+                (false, false) => vec![experts, d, h],
+                (false, true) => vec![experts, h, d],
+            };
+            Case {
+                trans_b: transpose,
+                offsets,
+                seed,
+                ..Case::of(vec![x, second, vec![experts + 1]])
+            }
+        })
+        .boxed()
+}
+
+/// Gate logits `[..., E]` (E in 1..=5) and `k` (`case.lo`) in 1..=E;
+/// `case.bound` is E.
+pub fn moe_gate() -> BoxedStrategy<Case> {
+    (shape(0, 2), 1usize..=5, seed())
+        .prop_map(|(lead, experts, seed)| {
+            let k = 1 + Mix(seed ^ 0x6a7e).below(experts);
+            Case {
+                lo: k,
+                bound: experts,
+                seed,
+                ..Case::of(vec![[lead.as_slice(), &[experts]].concat()])
+            }
+        })
+        .boxed()
+}
+
+/// Routing: ids `[T, k]` in `0..E` (`case.bound`), tokens x `[T, d]` and a
+/// capacity factor of 0 (dropless), 0.5 or 1.
+pub fn moe_route() -> BoxedStrategy<Case> {
+    (
+        1usize..=5,
+        1usize..=3,
+        1usize..=4,
+        1usize..=3,
+        0usize..3,
+        seed(),
+    )
+        .prop_map(|(t, k, experts, d, cf, seed)| Case {
+            bound: experts,
+            capacity_factor: [0.0, 0.5, 1.0][cf],
+            seed,
+            ..Case::of(vec![vec![t, k], vec![t, d]])
         })
         .boxed()
 }

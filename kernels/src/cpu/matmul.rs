@@ -28,7 +28,7 @@ const MAX_RANK: usize = 8;
 const GEMM_PARALLEL_WORK: usize = 2 * 64 * 64 * 64;
 
 /// Total multiply-adds above which small batch entries run in parallel.
-const BATCH_PARALLEL_WORK: usize = 64 * 64 * 64;
+pub(super) const BATCH_PARALLEL_WORK: usize = 64 * 64 * 64;
 
 /// Multiply-adds per entry below which a batch of at least four entries
 /// per thread runs one entry per task rather than each entry threaded.
@@ -36,13 +36,13 @@ const BATCH_ENTRY_MAX_WORK: usize = 256 * 256 * 256;
 
 /// Element strides of one GEMM's operands, as `gemm` takes them.
 #[derive(Debug, Clone, Copy)]
-struct Strides {
-    lhs_cs: isize,
-    lhs_rs: isize,
-    rhs_cs: isize,
-    rhs_rs: isize,
-    dst_cs: isize,
-    dst_rs: isize,
+pub(super) struct Strides {
+    pub(super) lhs_cs: isize,
+    pub(super) lhs_rs: isize,
+    pub(super) rhs_cs: isize,
+    pub(super) rhs_rs: isize,
+    pub(super) dst_cs: isize,
+    pub(super) dst_rs: isize,
 }
 
 /// `c = op(a)·op(b)` for every batch entry (see [`MatMulDims`]).
@@ -175,7 +175,7 @@ fn product(xs: &[usize]) -> Option<usize> {
     xs.iter().try_fold(1usize, |p, &x| p.checked_mul(x))
 }
 
-fn parallelism(work: usize) -> gemm::Parallelism {
+pub(super) fn parallelism(work: usize) -> gemm::Parallelism {
     if work >= GEMM_PARALLEL_WORK && rayon::current_num_threads() > 1 {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
@@ -332,8 +332,11 @@ fn batch_parallel(
 
 /// One GEMM over slices that hold exactly the operands: `a` the `m·k`
 /// elements of `op(a)`, `b` the `k·n` of `op(b)`, `c` the `m·n` of `c`.
+/// `st` must describe each operand as a row-major matrix of that size or
+/// its transpose (as [`strides`] does; the grouped matmuls of `moe.rs` also
+/// write `c` transposed).
 #[allow(clippy::too_many_arguments)]
-fn gemm_checked(
+pub(super) fn gemm_checked(
     m: usize,
     n: usize,
     k: usize,

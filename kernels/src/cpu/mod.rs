@@ -12,6 +12,7 @@ mod layout;
 mod loss;
 mod matmul;
 mod memory;
+mod moe;
 mod nn;
 mod optim;
 mod reduce;
@@ -646,5 +647,100 @@ impl Backend for CpuBackend {
         let (w, g) = (self.w("adamw param", param)?, self.r("adamw grad", grad)?);
         optim::adamw(w, g, self.w("adamw m", m)?, self.w("adamw v", v)?, p);
         Ok(())
+    }
+
+    fn top_k(&mut self, x: View, ids: View, rows: usize, n: usize, k: usize) -> Result<()> {
+        disjoint("top_k", &[ids], &[x])?;
+        moe::top_k(self.r("top_k x", x)?, self.w("top_k ids", ids)?, rows, n, k)
+    }
+
+    fn moe_route(
+        &mut self,
+        ids: View,
+        row_token: View,
+        slot_row: View,
+        slot_keep: View,
+        offsets: View,
+        k: usize,
+        experts: usize,
+        capacity: Option<usize>,
+    ) -> Result<()> {
+        disjoint(
+            "moe_route",
+            &[row_token, slot_row, slot_keep, offsets],
+            &[ids],
+        )?;
+        let route = moe::Route {
+            row_token: self.w("moe_route row_token", row_token)?,
+            slot_row: self.w("moe_route slot_row", slot_row)?,
+            slot_keep: self.w("moe_route slot_keep", slot_keep)?,
+            offsets: self.w("moe_route offsets", offsets)?,
+        };
+        match ids.elem {
+            ElemType::I32 => moe::moe_route(
+                self.r::<i32>("moe_route ids", ids)?,
+                k,
+                experts,
+                capacity,
+                route,
+            ),
+            _ => moe::moe_route(
+                self.r::<i64>("moe_route ids", ids)?,
+                k,
+                experts,
+                capacity,
+                route,
+            ),
+        }
+    }
+
+    fn grouped_matmul(
+        &mut self,
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: &GroupedMatMulDims,
+    ) -> Result<()> {
+        disjoint("grouped_matmul", &[y], &[x, w, offsets])?;
+        let (xs, ws) = (
+            self.r("grouped_matmul x", x)?,
+            self.r("grouped_matmul w", w)?,
+        );
+        let ys = self.w("grouped_matmul y", y)?;
+        match offsets.elem {
+            ElemType::I32 => {
+                let o = self.r::<i32>("grouped_matmul offsets", offsets)?;
+                moe::grouped_matmul(xs, ws, o, ys, dims)
+            }
+            _ => {
+                let o = self.r::<i64>("grouped_matmul offsets", offsets)?;
+                moe::grouped_matmul(xs, ws, o, ys, dims)
+            }
+        }
+    }
+
+    fn grouped_matmul_grad_w(
+        &mut self,
+        x: View,
+        dy: View,
+        offsets: View,
+        dw: View,
+        dims: &GroupedMatMulDims,
+    ) -> Result<()> {
+        disjoint("grouped_matmul_grad_w", &[dw], &[x, dy, offsets])?;
+        let xs = self.r("grouped_matmul_grad_w x", x)?;
+        let dys = self.r("grouped_matmul_grad_w dy", dy)?;
+        let dws = self.w("grouped_matmul_grad_w dw", dw)?;
+        match offsets.elem {
+            ElemType::I32 => {
+                let o = self.r::<i32>("grouped_matmul_grad_w offsets", offsets)?;
+                moe::grouped_matmul_grad_w(xs, dys, o, dws, dims)
+            }
+            _ => {
+                let o = self.r::<i64>("grouped_matmul_grad_w offsets", offsets)?;
+                moe::grouped_matmul_grad_w(xs, dys, o, dws, dims)
+            }
+        }
     }
 }

@@ -86,8 +86,9 @@ impl AbortSignal {
 /// What the training thread hands the async side.
 #[derive(Debug)]
 enum Event {
-    /// A step's metrics, with the eval loss on evaluation steps.
-    Metrics(StepMetrics, Option<f32>),
+    /// A step's metrics, with the eval loss on evaluation steps and the
+    /// rows routed to each expert.
+    Metrics(StepMetrics, Option<f32>, Vec<u64>),
     Log(String),
     Put {
         key: String,
@@ -153,9 +154,10 @@ pub async fn run_job(
     let job_prefix = format!("jobs/{job}/");
     while let Some(event) = rx.recv().await {
         match event {
-            Event::Metrics(m, eval) => {
+            Event::Metrics(m, eval, load) => {
                 let mut m = metrics(&m, rank);
                 m.eval_loss = eval.map(f64::from);
+                m.expert_rows = load;
                 let _ = out.send(v1::WorkerMessage {
                     kind: Some(Kind::Metrics(m)),
                 });
@@ -207,6 +209,8 @@ pub fn metrics(m: &StepMetrics, rank: usize) -> v1::StepMetrics {
         allreduce_ms: m.allreduce_ms,
         allreduce_bytes: m.allreduce_bytes,
         eval_loss: None,
+        expert_rows: Vec::new(),
+        allreduce_bytes_saved: m.allreduce_bytes_saved,
     }
 }
 
@@ -523,7 +527,7 @@ fn train_steps(
             _ => None,
         };
         if p.rank == 0 {
-            let _ = tx.send(Event::Metrics(m, eval_loss));
+            let _ = tx.send(Event::Metrics(m, eval_loss, t.expert_load().to_vec()));
             if p.checkpoint_every > 0 && m.step % p.checkpoint_every == 0 {
                 let bytes = t.checkpoint().map_err(|e| e.to_string())?;
                 let key = format!("jobs/{}/checkpoints/step-{}.safetensors", p.job_id, m.step);

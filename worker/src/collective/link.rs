@@ -136,6 +136,8 @@ pub(super) struct Link {
     stage: Vec<u8>,
     staged: Vec<Staged>,
     threads: Vec<JoinHandle<()>>,
+    /// Bytes written to `next` (frames and their headers).
+    sent: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,6 +222,7 @@ impl Link {
             stage: Vec::new(),
             staged: Vec::new(),
             threads: vec![receiver, watcher],
+            sent: 0,
         })
     }
 
@@ -261,6 +264,11 @@ impl Link {
     }
 
     /// Writes one frame to `next`.
+    /// Bytes this rank has written to its successor so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
     fn write_frame(&mut self, header: &Header, payload: &[u8]) -> Result<()> {
         let mut head = [0u8; HEADER];
         header.encode(&mut head);
@@ -272,6 +280,7 @@ impl Link {
                 Ok(0) => io::ErrorKind::WriteZero.into(),
                 Ok(n) => {
                     left -= n;
+                    self.sent += n as u64;
                     IoSlice::advance_slices(&mut rest, n);
                     continue;
                 }

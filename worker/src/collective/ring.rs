@@ -192,6 +192,14 @@ fn ring_step(rank: usize, world: usize, len: usize, s: usize, first: usize) -> S
     }
 }
 
+impl RingCollective {
+    /// Bytes this rank has written to the socket of its successor (frames
+    /// and headers) since it joined: what the network really carried.
+    pub fn bytes_sent(&self) -> u64 {
+        self.link.as_ref().map_or(0, Link::bytes_sent)
+    }
+}
+
 impl Collective for RingCollective {
     fn rank(&self) -> usize {
         self.rank

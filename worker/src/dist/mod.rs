@@ -26,6 +26,7 @@ pub mod checkpoint;
 mod eval;
 mod sampler;
 mod schedule;
+mod sparse;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -44,6 +45,7 @@ use crate::{
 pub use eval::{EvalResult, Evaluator};
 pub use sampler::{BatchBuffers, DataPosition, Sampler, shuffle};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub use sparse::SparseExperts;
 
 // Gradient buckets are read from and written to the backend through f32
 // slices viewed as bytes; backends store little-endian values.
@@ -67,6 +69,9 @@ pub struct DistConfig {
     pub clip_grad_norm: f32,
     /// Which activations backward keeps and which it recomputes.
     pub checkpoint: Policy,
+    /// All-reduce only the expert gradient slices some rank routed rows to
+    /// ([`SparseExperts`]); off, expert gradients go dense like the rest.
+    pub sparse_experts: bool,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -85,6 +90,7 @@ impl DistConfig {
             schedule: LrSchedule::constant(),
             clip_grad_norm: 0.0,
             checkpoint: Policy::None,
+            sparse_experts: true,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -114,6 +120,9 @@ pub struct StepMetrics {
     pub allreduce_ms: f64,
     /// Bytes this rank handed to all-reduce.
     pub allreduce_bytes: u64,
+    /// Bytes of expert gradients the sparse all-reduce did not send
+    /// (experts no rank routed a row to).
+    pub allreduce_bytes_saved: u64,
     /// Where the step's samples came from.
     pub position: DataPosition,
 }
@@ -204,6 +213,7 @@ enum Phase {
 struct Totals {
     allreduce_secs: f64,
     allreduce_bytes: u64,
+    allreduce_saved: u64,
     sumsq: f64,
 }
 
@@ -227,6 +237,7 @@ pub struct DistTrainer<B: Backend> {
     accum: Vec<f32>,
     events: EventLog,
     logs: Vec<String>,
+    sparse: SparseExperts,
 }
 
 impl<B: Backend> DistTrainer<B> {
@@ -252,7 +263,19 @@ impl<B: Backend> DistTrainer<B> {
             logs.push(t.checkpoint.summary());
         }
         let inputs = t.inputs;
+        let experts = if cfg.sparse_experts {
+            t.expert_grads
+        } else {
+            Vec::new()
+        };
         let mut exec = Executor::new(backend, t.joint.graph, &t.joint.grads, cfg.exec)?;
+        let largest_bucket = exec
+            .buckets()
+            .iter()
+            .map(|b| b.bytes / 4)
+            .max()
+            .unwrap_or(0);
+        let sparse = SparseExperts::new(&exec, &experts, largest_bucket)?;
         exec.init_params(cfg.seed)?;
         let elements = exec.grads_view().len;
         let optimizer = Optimizer::new(&mut exec.backend, cfg.optimizer, elements)?;
@@ -292,6 +315,7 @@ impl<B: Backend> DistTrainer<B> {
             sampler,
             batch_bufs,
             logs,
+            sparse,
         })
     }
 
@@ -334,6 +358,13 @@ impl<B: Backend> DistTrainer<B> {
     }
 
     /// The events of the last step.
+    /// Rows routed to each expert in the last step, summed over the MoE
+    /// layers and micro-steps of this rank (empty without experts or with
+    /// sparse all-reduce off).
+    pub fn expert_load(&self) -> &[u64] {
+        self.sparse.load()
+    }
+
     pub fn events(&self) -> &EventLog {
         &self.events
     }
@@ -457,6 +488,7 @@ impl<B: Backend> DistTrainer<B> {
             host,
             accum,
             events,
+            sparse,
             ..
         } = self;
         let step = *steps;
@@ -474,6 +506,7 @@ impl<B: Backend> DistTrainer<B> {
         let scale = 1.0 / (cfg.world * cfg.grad_accum) as f32;
         let mut totals = Totals::default();
         let mut loss_sum = 0f64;
+        sparse.begin_step();
         for m in 0..cfg.grad_accum {
             let start = (m * cfg.world + cfg.rank) * cfg.batch;
             batch_bufs.gather(data, &window[start..start + cfg.batch])?;
@@ -506,6 +539,7 @@ impl<B: Backend> DistTrainer<B> {
                     host: host.as_mut_slice(),
                     accum: accum.as_mut_slice(),
                     scale,
+                    sparse: &mut *sparse,
                 };
                 match hook.run(backend, bucket, phase, coll, &mut totals) {
                     Ok(Some(event)) => events.buckets.push(event),
@@ -515,6 +549,9 @@ impl<B: Backend> DistTrainer<B> {
             })?;
             if let Some(e) = failed {
                 return Err(e);
+            }
+            if phase != Phase::Last && !sparse.is_empty() {
+                sparse.observe(&mut exec.backend)?;
             }
             loss_sum += f64::from(exec.loss()?);
         }
@@ -557,6 +594,7 @@ impl<B: Backend> DistTrainer<B> {
             samples_per_sec: cfg.global_batch() as f64 / secs.max(1e-9),
             allreduce_ms: totals.allreduce_secs * 1e3,
             allreduce_bytes: totals.allreduce_bytes,
+            allreduce_bytes_saved: totals.allreduce_saved,
             position,
         })
     }
@@ -568,6 +606,7 @@ struct BucketHook<'a> {
     host: &'a mut [f32],
     accum: &'a mut [f32],
     scale: f32,
+    sparse: &'a mut SparseExperts,
 }
 
 impl BucketHook<'_> {
@@ -607,7 +646,20 @@ impl BucketHook<'_> {
                     }
                 }
                 let t0 = Instant::now();
-                coll.all_reduce_sum(host).map_err(collective_error)?;
+                let sent = if self.sparse.overlaps(start, len) {
+                    // The marks of this (last) micro-step are read once, when
+                    // the first expert bucket comes; every rank gets here at
+                    // the same bucket.
+                    let mut sent = 0;
+                    if self.sparse.agree_pending() {
+                        self.sparse.observe(backend)?;
+                        sent += self.sparse.agree(coll)?;
+                    }
+                    sent + self.sparse.all_reduce(host, start, coll)?
+                } else {
+                    coll.all_reduce_sum(host).map_err(collective_error)?;
+                    bucket.bytes as u64
+                };
                 let t1 = Instant::now();
                 let mut sumsq = 0f64;
                 for g in host.iter_mut() {
@@ -616,7 +668,8 @@ impl BucketHook<'_> {
                 }
                 backend.write(view, bytemuck::cast_slice(host))?;
                 totals.allreduce_secs += (t1 - t0).as_secs_f64();
-                totals.allreduce_bytes += bucket.bytes as u64;
+                totals.allreduce_bytes += sent;
+                totals.allreduce_saved += (bucket.bytes as u64).saturating_sub(sent);
                 totals.sumsq += sumsq;
                 Ok(Some(BucketEvent {
                     bucket: bucket.index,

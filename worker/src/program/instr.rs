@@ -1,5 +1,6 @@
 //! One backend call with its arguments resolved.
 
+use adjoint_kernels::backend::GroupedMatMulDims;
 use adjoint_kernels::{Backend, BinaryOp, CompareOp, MatMulDims, ReduceOp, RngKey, UnaryOp, View};
 
 /// A backend call. Shapes and strides are owned here, computed once at
@@ -153,6 +154,38 @@ pub enum Instr {
         pred: View,
         target: View,
         loss: View,
+    },
+    TopK {
+        x: View,
+        ids: View,
+        rows: usize,
+        n: usize,
+        k: usize,
+    },
+    MoeRoute {
+        ids: View,
+        row_token: View,
+        slot_row: View,
+        slot_keep: View,
+        offsets: View,
+        k: usize,
+        experts: usize,
+        /// Slots an expert keeps; `None`: all (dropless).
+        capacity: Option<usize>,
+    },
+    GroupedMatMul {
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: GroupedMatMulDims,
+    },
+    GroupedMatMulGradW {
+        x: View,
+        dy: View,
+        offsets: View,
+        dw: View,
+        dims: GroupedMatMulDims,
     },
 }
 
@@ -337,6 +370,33 @@ impl Instr {
             } => backend
                 .softmax_cross_entropy_grad(*logits, *labels, *dloss, *dlogits, *rows, *classes),
             Instr::Mse { pred, target, loss } => backend.mse(*pred, *target, *loss),
+            Instr::TopK { x, ids, rows, n, k } => backend.top_k(*x, *ids, *rows, *n, *k),
+            Instr::MoeRoute {
+                ids,
+                row_token,
+                slot_row,
+                slot_keep,
+                offsets,
+                k,
+                experts,
+                capacity,
+            } => backend.moe_route(
+                *ids, *row_token, *slot_row, *slot_keep, *offsets, *k, *experts, *capacity,
+            ),
+            Instr::GroupedMatMul {
+                x,
+                w,
+                offsets,
+                y,
+                dims,
+            } => backend.grouped_matmul(*x, *w, *offsets, *y, dims),
+            Instr::GroupedMatMulGradW {
+                x,
+                dy,
+                offsets,
+                dw,
+                dims,
+            } => backend.grouped_matmul_grad_w(*x, *dy, *offsets, *dw, dims),
         }
     }
 
@@ -364,6 +424,16 @@ impl Instr {
             } => vec![*dx, *dgamma, *dbeta],
             Instr::SoftmaxCrossEntropy { loss, .. } | Instr::Mse { loss, .. } => vec![*loss],
             Instr::SoftmaxCrossEntropyGrad { dlogits, .. } => vec![*dlogits],
+            Instr::TopK { ids, .. } => vec![*ids],
+            Instr::MoeRoute {
+                row_token,
+                slot_row,
+                slot_keep,
+                offsets,
+                ..
+            } => vec![*row_token, *slot_row, *slot_keep, *offsets],
+            Instr::GroupedMatMul { y, .. } => vec![*y],
+            Instr::GroupedMatMulGradW { dw, .. } => vec![*dw],
         }
     }
 }

@@ -1,8 +1,12 @@
 //! Lowering: one graph node to backend calls.
 
 use adjoint_graph::interp::strides as contiguous_strides;
-use adjoint_graph::ops::{Binary, GeluApprox, Index, Loss, Movement, Nn, Op, ReduceKind, Unary};
+use adjoint_graph::ops::moe;
+use adjoint_graph::ops::{
+    Binary, GeluApprox, Index, Loss, Moe, Movement, Nn, Op, ReduceKind, Unary,
+};
 use adjoint_graph::{Graph, Node, ValueId};
+use adjoint_kernels::backend::GroupedMatMulDims;
 use adjoint_kernels::{BinaryOp, CompareOp, ReduceOp, UnaryOp, View};
 
 use super::instr::{Instr, MatMulInstr};
@@ -26,6 +30,7 @@ pub fn lower_node(
         Op::Index(i) => cx.index(i, out),
         Op::Nn(n) => cx.nn(n, out),
         Op::Loss(l) => cx.loss(l, out),
+        Op::Moe(m) => cx.moe(m, out),
     }
 }
 
@@ -448,5 +453,95 @@ impl Cx<'_> {
         };
         out.push(instr);
         Ok(())
+    }
+
+    /// `shape` as (rows, last dim): every leading dim is a row.
+    fn rows_and_width(&self, shape: &[usize], what: &str) -> Result<(usize, usize)> {
+        let width = *shape
+            .last()
+            .ok_or_else(|| self.unsupported(format!("{what} must have a last dim")))?;
+        let rows = shape[..shape.len() - 1].iter().product();
+        Ok((rows, width))
+    }
+
+    fn moe(&self, m: &Moe, out: &mut Vec<Instr>) -> Result<()> {
+        let instr = match *m {
+            Moe::TopK { k } => {
+                let (rows, n) = self.rows_and_width(&self.in_shape(0), "top_k input")?;
+                Instr::TopK {
+                    x: self.input(0)?,
+                    ids: self.output(0)?,
+                    rows,
+                    n,
+                    k,
+                }
+            }
+            Moe::MoeRoute {
+                experts,
+                capacity_factor,
+            } => {
+                let (tokens, k) = self.rows_and_width(&self.in_shape(0), "moe_route ids")?;
+                // The graph's own rule, so engine and interpreter drop alike.
+                let capacity = (capacity_factor > 0.0)
+                    .then(|| moe::capacity(capacity_factor, tokens * k, experts));
+                Instr::MoeRoute {
+                    ids: self.input(0)?,
+                    row_token: self.output(0)?,
+                    slot_row: self.output(1)?,
+                    slot_keep: self.output(2)?,
+                    offsets: self.output(3)?,
+                    k,
+                    experts,
+                    capacity,
+                }
+            }
+            Moe::GroupedMatMul { transpose_w } => {
+                let (rows, d) = self.rows_and_width(&self.in_shape(0), "grouped_matmul x")?;
+                let (_, h) = self.rows_and_width(&self.out_shape(0), "grouped_matmul y")?;
+                Instr::GroupedMatMul {
+                    x: self.input(0)?,
+                    w: self.input(1)?,
+                    offsets: self.input(2)?,
+                    y: self.output(0)?,
+                    dims: GroupedMatMulDims {
+                        experts: self.experts()?,
+                        rows,
+                        d,
+                        h,
+                        transpose: transpose_w,
+                    },
+                }
+            }
+            Moe::GroupedMatMulGradW { transpose } => {
+                let (rows, d) =
+                    self.rows_and_width(&self.in_shape(0), "grouped_matmul_grad_w x")?;
+                let (_, h) = self.rows_and_width(&self.in_shape(1), "grouped_matmul_grad_w dy")?;
+                Instr::GroupedMatMulGradW {
+                    x: self.input(0)?,
+                    dy: self.input(1)?,
+                    offsets: self.input(2)?,
+                    dw: self.output(0)?,
+                    dims: GroupedMatMulDims {
+                        experts: self.experts()?,
+                        rows,
+                        d,
+                        h,
+                        transpose,
+                    },
+                }
+            }
+        };
+        out.push(instr);
+        Ok(())
+    }
+
+    /// Experts of a grouped matmul: its offsets (input 2) are `[E + 1]`.
+    fn experts(&self) -> Result<usize> {
+        match self.in_shape(2)[..] {
+            [n] if n >= 1 => Ok(n - 1),
+            ref other => Err(self.unsupported(format!(
+                "expected offsets [experts + 1], found shape {other:?}"
+            ))),
+        }
     }
 }

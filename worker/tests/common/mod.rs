@@ -100,3 +100,32 @@ pub fn joint_feeds(
         .filter_map(|(&v, t)| joint.find(forward.name_of(v)).map(|j| (j, t.clone())))
         .collect()
 }
+
+/// Engine vs interpreter on the joint graph of `graph`: loss and every
+/// gradient, with extra inputs (indices, routing biases) fed by name; then
+/// the same with freed buffers poisoned, which must change nothing.
+pub fn check_engine(graph: Graph, extra: &[(&str, Vec<f64>)]) {
+    let vals = values(&graph, 11);
+    let j = joint(&graph);
+    let mut feeds = joint_feeds(&graph, &j.graph, &vals);
+    for (name, data) in extra {
+        let v = j.graph.find(name).unwrap();
+        feeds.insert(v, Tensor::new(j.graph.static_shape(v), data.clone()));
+    }
+    let want = run_reference(&j, &feeds);
+    let got = run_engine(&j, &feeds, ExecOptions::default());
+    assert_close(&graph.name, &got, &want, 2e-4, 2e-5);
+    let poisoned = run_engine(
+        &j,
+        &feeds,
+        ExecOptions {
+            poison_freed: true,
+            ..ExecOptions::default()
+        },
+    );
+    assert_eq!(
+        got, poisoned,
+        "{}: results changed when freed buffers were poisoned",
+        graph.name
+    );
+}
