@@ -1,6 +1,7 @@
 //! The bundled example `adjoint demo` trains: a small GPT-style transformer
-//! learning a synthetic sequence rule, `next = (5·t + 7) mod vocab`, from
-//! sequences that start at random tokens. Chance is `ln vocab` nats per
+//! whose MLPs are mixture-of-experts layers (8 experts, top-2), learning a
+//! synthetic sequence rule, `next = (5·t + 7) mod vocab`, from sequences
+//! that start at random tokens. Chance is `ln vocab` nats per
 //! token; a model that has learnt the rule gets close to zero, so the loss
 //! falls visibly within a hundred steps. Everything is generated from a
 //! seed: nothing is downloaded.
@@ -9,21 +10,32 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use adjoint_graph::rng::Stream;
-use adjoint_graph::zoo::{self, TransformerConfig};
+use adjoint_graph::zoo::{self, MoeLayerConfig, MoeTransformerConfig, TransformerConfig};
 use adjoint_worker::data::{HostTensor, write_safetensors};
 use anyhow::{Context, Result};
 
 use crate::graph_file;
 
-/// The model of the example, with a symbolic batch.
-pub fn gpt_config() -> TransformerConfig {
-    TransformerConfig {
-        vocab: 64,
-        d_model: 128,
-        layers: 2,
-        heads: 4,
-        seq: 64,
-        batch: None,
+/// The model of the example, for `batch` sequences per step and worker
+/// (routing needs a fixed token count).
+pub fn moe_gpt_config(batch: usize) -> MoeTransformerConfig {
+    MoeTransformerConfig {
+        transformer: TransformerConfig {
+            vocab: 64,
+            d_model: 128,
+            layers: 2,
+            heads: 4,
+            seq: 64,
+            batch: Some(batch),
+        },
+        layer: MoeLayerConfig {
+            experts: 8,
+            top_k: 2,
+            hidden: 256,
+            capacity_factor: 0.0,
+            aux_weight: 0.01,
+            z_weight: 0.0,
+        },
     }
 }
 
@@ -36,15 +48,21 @@ pub struct Example {
     pub train: PathBuf,
     /// `eval.safetensors`: a held-out split drawn from another stream.
     pub eval: PathBuf,
-    pub config: TransformerConfig,
+    pub config: MoeTransformerConfig,
 }
 
-/// Writes the example into `dir`: `train` training and `eval` held-out
-/// sequences.
-pub fn write_gpt_example(dir: &Path, seed: u64, train: usize, eval: usize) -> Result<Example> {
+/// Writes the example into `dir`: the model for `batch` sequences per
+/// worker and step, `train` training and `eval` held-out sequences.
+pub fn write_moe_gpt_example(
+    dir: &Path,
+    seed: u64,
+    batch: usize,
+    train: usize,
+    eval: usize,
+) -> Result<Example> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = gpt_config();
-    let graph = zoo::transformer(&config)?;
+    let config = moe_gpt_config(batch);
+    let graph = zoo::moe_transformer(&config)?;
     let example = Example {
         graph: dir.join("model.json"),
         train: dir.join("train.safetensors"),
@@ -53,7 +71,8 @@ pub fn write_gpt_example(dir: &Path, seed: u64, train: usize, eval: usize) -> Re
     };
     graph_file::save(&example.graph, &graph)?;
     for (path, samples, site) in [(&example.train, train, 99), (&example.eval, eval, 100)] {
-        let bytes = write_safetensors(&sequences(&example.config, samples, seed, site))?;
+        let bytes =
+            write_safetensors(&sequences(&example.config.transformer, samples, seed, site))?;
         std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(example)

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adjoint_client::example::write_gpt_example;
+use adjoint_client::example::write_moe_gpt_example;
 use adjoint_client::local::LocalCluster;
 use adjoint_client::spec::SpecFields;
 use adjoint_graph::gradcheck::{self, Options, Report};
@@ -66,8 +66,9 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("adjoint-demo-{}", std::process::id())),
     };
-    let example = write_gpt_example(&dir.join("example"), args.seed, 512, 128)?;
-    let cfg = &example.config;
+    let batch = (16 / args.workers.max(1)).max(1);
+    let example = write_moe_gpt_example(&dir.join("example"), args.seed, batch, 512, 128)?;
+    let (cfg, moe) = (&example.config.transformer, &example.config.layer);
     println!(
         "service: a coordinator and {} workers on this machine (data in {})",
         args.workers,
@@ -81,7 +82,6 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
         args.workers,
         started.elapsed().as_secs_f64()
     );
-    let batch = (16 / args.workers.max(1)).max(1) as u64;
     let fields = SpecFields {
         name: Some("demo-gpt".into()),
         graph: Some(example.graph.clone()),
@@ -89,7 +89,7 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
         eval: Some(example.eval.clone()),
         eval_every: Some(args.steps.div_ceil(4)),
         workers: Some(args.workers as u32),
-        batch_size: Some(batch),
+        batch_size: Some(batch as u64),
         steps: Some(args.steps),
         optimizer: Some("adamw:lr=3e-3".into()),
         schedule: Some(format!("cosine:warmup={},min_lr=3e-4", args.steps / 10)),
@@ -102,8 +102,17 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
         addr: cluster.addr.clone(),
     };
     println!(
-        "  job: GPT (d {}, {} layers, {} heads, seq {}, vocab {}) learning next = (5t + 7) mod {}; {} workers x batch {batch}, AdamW, warm-up + cosine, {} steps",
-        cfg.d_model, cfg.layers, cfg.heads, cfg.seq, cfg.vocab, cfg.vocab, args.workers, args.steps
+        "  job: GPT with mixture-of-experts MLPs (d {}, {} layers, {} heads, {} experts top-{}, seq {}, vocab {}) learning next = (5t + 7) mod {}; {} workers x batch {batch}, AdamW, warm-up + cosine, {} steps",
+        cfg.d_model,
+        cfg.layers,
+        cfg.heads,
+        moe.experts,
+        moe.top_k,
+        cfg.seq,
+        cfg.vocab,
+        cfg.vocab,
+        args.workers,
+        args.steps
     );
     let (job, estimate) = with_client(&addr, async |client| {
         let spec = fields.build(client).await?;
@@ -141,6 +150,13 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
             .map(|(step, e)| format!("; held-out loss {e:.4} at step {step}"))
             .unwrap_or_default()
     );
+    if !watched.expert_rows.is_empty() {
+        println!(
+            "  rows per expert in the last step (rank 0, both layers): {:?}; the sparse all-reduce skipped {} of expert gradients over the job",
+            watched.expert_rows,
+            human_bytes(watched.bytes_saved)
+        );
+    }
     println!(
         "  pulled {} ({}); `adjoint check {}` shows the model",
         weights.display(),

@@ -22,13 +22,17 @@ pub fn run(args: WatchArgs) -> Result<()> {
 }
 
 /// The losses a watched job reported.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Watched {
     /// Loss of the first step reported, and of the last.
     pub first_loss: Option<f64>,
     pub last_loss: Option<f64>,
     /// The last eval loss reported, and at which step.
     pub last_eval: Option<(u64, f64)>,
+    /// Rows per expert in the last step (rank 0), and the expert-gradient
+    /// bytes the sparse all-reduce skipped over the whole job.
+    pub expert_rows: Vec<u64>,
+    pub bytes_saved: u64,
 }
 
 /// Streams the job's events into a progress bar; fails if the job does not
@@ -58,6 +62,8 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
                     if let Some(e) = m.eval_loss {
                         watched.last_eval = Some((m.step, e));
                     }
+                    watched.bytes_saved += m.allreduce_bytes_saved;
+                    watched.expert_rows.clone_from(&m.expert_rows);
                     let eval = watched
                         .last_eval
                         .map(|(step, e)| format!("  eval {e:.4} (step {step})"))
@@ -81,7 +87,7 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
             }
         }
         bar.finish();
-        Ok((last.0, last.1, watched))
+        Ok((last.0, last.1, watched.clone()))
     })?;
     match state {
         JobState::Succeeded => {

@@ -313,10 +313,9 @@ impl Default for MoeTransformerConfig {
 /// cross-entropy + every layer's aux loss. Block i's experts are
 /// `h.{i}.moe.gate.weight`, `h.{i}.moe.w1`, `h.{i}.moe.w2`.
 ///
-/// Checkpointing: each layer's aux loss is a forward value live until the
-/// final sum, beside the residual stream, so no later block boundary is a
-/// single-value frontier and the fixed policies find nothing to cut after
-/// the first router; with `aux_weight` and `z_weight` 0 the blocks
+/// Checkpointing: each layer's aux loss is a scalar live until the final
+/// sum, beside the residual stream; the checkpoint analysis keeps such
+/// tiny values and does not let them pin the frontier, so the blocks
 /// segment as in the dense transformer.
 pub fn moe_transformer(cfg: &MoeTransformerConfig) -> Result<Graph> {
     let tc = &cfg.transformer;
