@@ -225,18 +225,23 @@ class Moe(nn.Module):
     out = sum of weight * expert(x); loss = MSE(out, target) + aux_weight *
     Switch load-balancing loss (E * sum_e f_e * P_e, f_e the fraction of
     tokens whose first choice is e, P_e the mean router probability of e).
-    The experts run in a Python loop over the tokens each one got (the way
-    MoE layers are commonly written in eager PyTorch)."""
+    The experts run in a Python loop over the tokens each one got, each
+    expert's weights a parameter of its own (the way MoE layers are commonly
+    written in eager PyTorch, e.g. a ModuleList of experts; slicing one
+    stacked [E, d, h] tensor instead would make every expert's backward
+    write a full-size gradient)."""
 
     def __init__(self, cfg: MoeConfig):
         super().__init__()
         self.cfg = cfg
         d, h, e = cfg.d_model, cfg.hidden, cfg.experts
         self.gate = MoeGate(d, e)
-        self.w1 = nn.Parameter(torch.empty(e, d, h))
-        self.w2 = nn.Parameter(torch.empty(e, h, d))
-        nn.init.uniform_(self.w1, -1 / math.sqrt(d), 1 / math.sqrt(d))
-        nn.init.uniform_(self.w2, -1 / math.sqrt(h), 1 / math.sqrt(h))
+        self.w1 = nn.ParameterList(
+            [nn.Parameter(torch.empty(d, h).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d)))
+             for _ in range(e)])
+        self.w2 = nn.ParameterList(
+            [nn.Parameter(torch.empty(h, d).uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h)))
+             for _ in range(e)])
 
     def forward(self, x, target):
         cfg = self.cfg

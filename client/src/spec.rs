@@ -21,6 +21,7 @@
 //! bucket_mb = 25                 # gradient bucket size for the all-reduce
 //! checkpoint = "auto"            # or none, every:2, sqrt, selective, budget:1GiB
 //! memory_budget = "8GiB"         # per worker; auto recomputes to fit
+//! lazy_experts = false           # MoE: untouched experts skip the update
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -103,6 +104,9 @@ pub struct SpecFields {
     /// checkpointing, activations are recomputed to fit it.
     #[arg(long)]
     pub memory_budget: Option<String>,
+    /// Experts no token chose keep their weights and optimizer state.
+    #[arg(long)]
+    pub lazy_experts: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -160,7 +164,8 @@ impl SpecFields {
             resume_from,
             bucket_mb,
             checkpoint,
-            memory_budget
+            memory_budget,
+            lazy_experts
         );
         self
     }
@@ -198,6 +203,7 @@ impl SpecFields {
             bucket_mb: self.bucket_mb.unwrap_or(0.0),
             checkpoint: self.checkpoint.clone().unwrap_or_default(),
             memory_budget: self.memory_budget.clone().unwrap_or_default(),
+            lazy_experts: self.lazy_experts.unwrap_or(false),
             ..JobSpec::default()
         };
         if let Some(eval) = &self.eval {

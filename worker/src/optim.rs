@@ -191,7 +191,49 @@ impl Optimizer {
 
     /// Updates `params` from `grads` (flat f32 views of equal length).
     pub fn step<B: Backend>(&mut self, backend: &mut B, params: View, grads: View) -> Result<()> {
+        self.step_ranges(backend, params, grads, &[(0, self.elements)])
+    }
+
+    /// [`Optimizer::step`] on element ranges `(start, end)` of the flat
+    /// views only: elements outside them keep their values and optimizer
+    /// state (a lazy update, for experts no token chose). The step count,
+    /// and so AdamW's bias correction, advances for all. SGD's first-step
+    /// rule (the momentum buffer starts as the gradient) applies on the
+    /// first step of the optimizer, not of each range.
+    pub fn step_ranges<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        params: View,
+        grads: View,
+        ranges: &[(usize, usize)],
+    ) -> Result<()> {
         self.step += 1;
+        for &(lo, hi) in ranges {
+            let sub = |v: View| View {
+                offset: v.offset + 4 * lo,
+                len: hi - lo,
+                ..v
+            };
+            self.update(backend, sub(params), sub(grads), lo, hi)?;
+        }
+        Ok(())
+    }
+
+    /// One fused update of elements `lo..hi`, given as `params` and
+    /// `grads`.
+    fn update<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        params: View,
+        grads: View,
+        lo: usize,
+        hi: usize,
+    ) -> Result<()> {
+        let state = |i: usize| View {
+            offset: 4 * lo,
+            len: hi - lo,
+            ..self.state_view(i)
+        };
         match self.config {
             OptimizerConfig::Sgd {
                 lr,
@@ -209,7 +251,7 @@ impl Optimizer {
                     first_step: self.step == 1,
                 };
                 let buf = if momentum != 0.0 {
-                    self.state_view(0)
+                    state(0)
                 } else {
                     View { len: 0, ..params }
                 };
@@ -230,7 +272,7 @@ impl Optimizer {
                     weight_decay,
                     step: self.step,
                 };
-                backend.adamw(params, grads, self.state_view(0), self.state_view(1), &p)?;
+                backend.adamw(params, grads, state(0), state(1), &p)?;
             }
         }
         Ok(())

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::thread;
 
 use adjoint_graph::{Builder, DType, Graph, Init, InputRole, Shape, TensorData};
-use adjoint_kernels::{Backend, CpuBackend};
+use adjoint_kernels::CpuBackend;
 use adjoint_worker::OptimizerConfig;
 use adjoint_worker::collective::{Collective, RingCollective, RingOptions};
 use adjoint_worker::data::{Dataset, HostTensor};
@@ -111,6 +111,10 @@ struct Run {
 
 /// Two ranks over the loopback TCP ring, 5 SGD steps.
 fn train(sparse: bool) -> Run {
+    train_with(sparse, false, "sgd:lr=0.1,momentum=0.9")
+}
+
+fn train_with(sparse: bool, lazy: bool, optimizer: &'static str) -> Run {
     let g = moe_model();
     let rings = RingCollective::loopback(2, RingOptions::default()).unwrap();
     let handles: Vec<_> = rings
@@ -118,31 +122,31 @@ fn train(sparse: bool) -> Run {
         .enumerate()
         .map(|(rank, mut ring)| {
             let g = g.clone();
+            // Plain threads, not the kernel pool: a rank blocked in a
+            // collective must not hold a pool thread the others need.
             thread::spawn(move || {
-                CpuBackend::in_context(move || {
-                    let cfg = DistConfig {
-                        optimizer: OptimizerConfig::parse("sgd:lr=0.1,momentum=0.9").unwrap(),
-                        sparse_experts: sparse,
-                        seed: 3,
-                        ..DistConfig::new(rank, 2, TOKENS)
-                    };
-                    let mut t =
-                        DistTrainer::new(CpuBackend::new(), &g, dataset(&g, 64), cfg).unwrap();
-                    let initial = t.params().unwrap();
-                    let handed = (0..5)
-                        .map(|_| {
-                            t.step(&mut ring as &mut dyn Collective)
-                                .unwrap()
-                                .allreduce_bytes
-                        })
-                        .collect();
-                    Run {
-                        initial,
-                        params: t.params().unwrap(),
-                        handed,
-                        socket: ring.bytes_sent(),
-                    }
-                })
+                let cfg = DistConfig {
+                    optimizer: OptimizerConfig::parse(optimizer).unwrap(),
+                    sparse_experts: sparse,
+                    lazy_experts: lazy,
+                    seed: 3,
+                    ..DistConfig::new(rank, 2, TOKENS)
+                };
+                let mut t = DistTrainer::new(CpuBackend::new(), &g, dataset(&g, 64), cfg).unwrap();
+                let initial = t.params().unwrap();
+                let handed = (0..5)
+                    .map(|_| {
+                        t.step(&mut ring as &mut dyn Collective)
+                            .unwrap()
+                            .allreduce_bytes
+                    })
+                    .collect();
+                Run {
+                    initial,
+                    params: t.params().unwrap(),
+                    handed,
+                    socket: ring.bytes_sent(),
+                }
             })
         })
         .collect();
@@ -202,4 +206,41 @@ fn sparse_all_reduce_matches_dense_and_moves_only_touched_experts() {
         sparse.socket,
         dense.socket
     );
+}
+
+#[test]
+fn lazy_experts_keep_untouched_weights_and_update_the_rest_the_same() {
+    // AdamW with weight decay moves every weight each step, gradient or not.
+    let adamw = "adamw:lr=1e-2,wd=0.1";
+    let eager = train_with(true, false, adamw);
+    let lazy = train_with(true, true, adamw);
+    assert_eq!(
+        lazy.params["gate"], eager.params["gate"],
+        "dense parameters differ"
+    );
+    for name in ["w1", "w2"] {
+        let (l, e, before) = (
+            lazy.params[name].to_f32().unwrap(),
+            eager.params[name].to_f32().unwrap(),
+            lazy.initial[name].to_f32().unwrap(),
+        );
+        let per = l.len() / EXPERTS;
+        for x in 0..EXPERTS {
+            let r = x * per..(x + 1) * per;
+            if FAVOURED.contains(&x) {
+                assert_eq!(l[r.clone()], e[r], "{name}: touched expert {x} differs");
+            } else {
+                assert_eq!(
+                    l[r.clone()],
+                    before[r.clone()],
+                    "{name}: lazy expert {x} moved"
+                );
+                assert_ne!(
+                    e[r.clone()],
+                    before[r],
+                    "{name}: eager expert {x} did not decay"
+                );
+            }
+        }
+    }
 }

@@ -343,6 +343,7 @@ async fn prepare(
     cfg.optimizer = spec::optimizer(spec.optimizer.as_ref())?;
     cfg.clip_grad_norm = spec.clip_grad_norm as f32;
     cfg.checkpoint = spec::checkpoint(&spec.checkpoint)?;
+    cfg.lazy_experts = spec.lazy_experts;
     cfg.seed = spec.seed;
     cfg.exec = ctx.exec;
     if spec.bucket_mb > 0.0 {

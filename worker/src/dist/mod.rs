@@ -72,6 +72,10 @@ pub struct DistConfig {
     /// All-reduce only the expert gradient slices some rank routed rows to
     /// ([`SparseExperts`]); off, expert gradients go dense like the rest.
     pub sparse_experts: bool,
+    /// With `sparse_experts`: experts no rank routed a row to keep their
+    /// weights and optimizer state this step (no weight decay, no momentum
+    /// drift), like TensorFlow's LazyAdam.
+    pub lazy_experts: bool,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -91,6 +95,7 @@ impl DistConfig {
             clip_grad_norm: 0.0,
             checkpoint: Policy::None,
             sparse_experts: true,
+            lazy_experts: false,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -580,7 +585,11 @@ impl<B: Backend> DistTrainer<B> {
             }
         }
         let params = exec.params_view();
-        optimizer.step(&mut exec.backend, params, grads)?;
+        if cfg.lazy_experts && !sparse.agree_pending() && !sparse.is_empty() {
+            optimizer.step_ranges(&mut exec.backend, params, grads, sparse.kept())?;
+        } else {
+            optimizer.step(&mut exec.backend, params, grads)?;
+        }
         *steps += 1;
         events.end = Some(Instant::now());
 

@@ -51,6 +51,11 @@ pub struct SparseExperts {
     packed: Vec<f32>,
     /// Rows per expert index this step, over all slots (this rank).
     load: Vec<u64>,
+    /// The gradient buffer's element ranges outside `skip` (after
+    /// agreement): what a lazy optimizer updates.
+    kept: Vec<(usize, usize)>,
+    /// Elements of the gradient buffer.
+    elements: usize,
 }
 
 impl SparseExperts {
@@ -101,6 +106,8 @@ impl SparseExperts {
             offsets: vec![0; widest * 8],
             packed: vec![0.0; if slots.is_empty() { 0 } else { bucket_elems }],
             load: vec![0; widest.saturating_sub(1)],
+            kept: Vec::with_capacity(mark + 1),
+            elements: exec.grads_view().len,
             slots,
         })
     }
@@ -138,6 +145,7 @@ impl SparseExperts {
         self.load.fill(0);
         self.agreed = false;
         self.skip.clear();
+        self.kept.clear();
     }
 
     /// Marks the experts this rank routed rows to in the micro-step just
@@ -187,7 +195,23 @@ impl SparseExperts {
                 }
             }
         }
+        let mut at = 0;
+        for &(lo, hi) in &self.skip {
+            if lo > at {
+                self.kept.push((at, lo));
+            }
+            at = hi;
+        }
+        if at < self.elements {
+            self.kept.push((at, self.elements));
+        }
         Ok(4 * self.touched.len() as u64)
+    }
+
+    /// After agreement: the element ranges of the gradient buffer that are
+    /// not slices of untouched experts, in order.
+    pub fn kept(&self) -> &[(usize, usize)] {
+        &self.kept
     }
 
     /// All-reduces `host` (elements `start..` of the gradient buffer)
