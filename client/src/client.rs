@@ -139,6 +139,22 @@ impl Client {
         let request = WatchJobRequest {
             id: id.to_owned(),
             after_seq,
+            history_only: false,
+        };
+        Ok(self.inner.watch_job(request).await?.into_inner())
+    }
+
+    /// The job's events after `after_seq` recorded so far; the stream ends
+    /// there even if the job is still running.
+    pub async fn history(
+        &mut self,
+        id: &str,
+        after_seq: u64,
+    ) -> Result<tonic::Streaming<JobEvent>> {
+        let request = WatchJobRequest {
+            id: id.to_owned(),
+            after_seq,
+            history_only: true,
         };
         Ok(self.inner.watch_job(request).await?.into_inner())
     }

@@ -322,6 +322,7 @@ impl Coordinator {
         &self,
         id: &str,
         after_seq: u64,
+        history_only: bool,
     ) -> Result<ReceiverStream<Result<JobEvent>>> {
         names::check_job_id(id)?;
         let db = self.inner.db.clone();
@@ -341,7 +342,7 @@ impl Coordinator {
         let id = id.to_owned();
         tokio::spawn(async move {
             let mut last = after_seq;
-            let mut ended = is_terminal(job.state());
+            let mut ended = history_only || is_terminal(job.state());
             let mut pending = replay;
             loop {
                 for event in pending.drain(..) {

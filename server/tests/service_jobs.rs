@@ -20,6 +20,7 @@ async fn watch_all(sandbox: &Sandbox, id: &str, after_seq: u64) -> Vec<JobEvent>
     let request = WatchJobRequest {
         id: id.to_owned(),
         after_seq,
+        ..Default::default()
     };
     let stream = client.watch_job(request).await.unwrap().into_inner();
     let all = tokio::time::timeout(common::DEADLINE, stream.collect::<Vec<_>>())
@@ -193,6 +194,7 @@ async fn a_live_watch_sees_metrics_and_ends_with_the_job() {
         .watch_job(WatchJobRequest {
             id: job.id.clone(),
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -207,6 +209,29 @@ async fn a_live_watch_sees_metrics_and_ends_with_the_job() {
         panic!("expected metrics, got {event:?}");
     };
     assert_eq!(metrics.loss, 2.5);
+    // While the job runs, a history-only watch gives what happened so far
+    // and ends.
+    let history = client
+        .watch_job(WatchJobRequest {
+            id: job.id.clone(),
+            after_seq: 0,
+            history_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let history: Vec<JobEvent> =
+        tokio::time::timeout(common::DEADLINE, history.collect::<Vec<_>>())
+            .await
+            .expect("a history-only watch ends while the job runs")
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert_eq!(states(&history), [JobState::Queued, JobState::Running]);
+    assert!(matches!(
+        history.last().unwrap().kind,
+        Some(Kind::Metrics(_))
+    ));
     worker
         .finished(&assignment.job_id, 0, false, "out of memory", &[])
         .await;

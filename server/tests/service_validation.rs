@@ -176,6 +176,7 @@ async fn names_that_could_escape_the_store_are_rejected() {
         .watch_job(WatchJobRequest {
             id: "job-000042".into(),
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

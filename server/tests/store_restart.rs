@@ -48,6 +48,7 @@ async fn queued_and_running_jobs_survive_a_restart() {
         .watch_job(WatchJobRequest {
             id: running.id.clone(),
             after_seq: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

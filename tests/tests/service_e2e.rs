@@ -1,6 +1,7 @@
 //! A coordinator and two workers as real processes on 127.0.0.1: a job
 //! submitted through the CLI and one through the Rust client both train to
-//! SUCCEEDED, the loss falls, and the weights can be pulled.
+//! SUCCEEDED, the loss falls, the weights can be pulled, and the workers'
+//! logs and the job's timeline can be read back.
 
 use adjoint_client::Client;
 use adjoint_client::local::LocalCluster;
@@ -52,6 +53,44 @@ fn two_workers_train_a_job_from_the_cli_and_from_the_client() {
         "{:?}",
         pulled.keys()
     );
+
+    // The workers' log lines, one rank's only.
+    let logs = adjoint(&cluster.addr, &["logs", &id, "--rank", "1"]);
+    assert!(logs.ok, "logs failed: {logs}");
+    let lines: Vec<&str> = logs.stdout.lines().collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l.starts_with("rank 1: ")),
+        "{logs}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("compiled on cpu")),
+        "{logs}"
+    );
+
+    // The timeline: both ranks' 40 steps and their bucket all-reduces.
+    let trace = dir.path().join("trace.json");
+    let timeline = adjoint(
+        &cluster.addr,
+        &["timeline", &id, "-o", trace.to_str().unwrap()],
+    );
+    assert!(timeline.ok, "timeline failed: {timeline}");
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    for rank in 0..2u64 {
+        let named = |prefix: &str| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["ph"] == "X"
+                        && e["pid"] == rank
+                        && e["name"].as_str().is_some_and(|n| n.starts_with(prefix))
+                })
+                .count()
+        };
+        assert_eq!(named("step "), 40, "rank {rank}");
+        assert_eq!(named("optimizer"), 40, "rank {rank}");
+        assert!(named("bucket ") >= 40, "rank {rank}");
+    }
 
     // Through the Rust client: the loss falls.
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -7,10 +7,12 @@ mod demo;
 mod engine;
 mod grad;
 mod jobs;
+mod logs;
 mod model;
 mod plan;
 mod service;
 mod submit;
+mod timeline;
 mod train;
 mod up;
 mod watch;
@@ -49,6 +51,8 @@ enum Command {
     Model(model::ModelArgs),
     Check(check::CheckArgs),
     Plan(plan::PlanArgs),
+    Logs(logs::LogsArgs),
+    Timeline(timeline::TimelineArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -71,5 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(args) => model::run(args),
         Command::Check(args) => check::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Timeline(args) => timeline::run(args),
     }
 }

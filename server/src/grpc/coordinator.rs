@@ -84,8 +84,12 @@ impl coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let WatchJobRequest { id, after_seq } = request.into_inner();
-        let events = self.core.watch(&id, after_seq).await?;
+        let WatchJobRequest {
+            id,
+            after_seq,
+            history_only,
+        } = request.into_inner();
+        let events = self.core.watch(&id, after_seq, history_only).await?;
         Ok(Response::new(to_status_stream(events)))
     }
 
