@@ -251,9 +251,15 @@ impl Coordinator {
         {
             return Err(Error::JobNotFound(spec.resume_from_job.clone()));
         }
+        // The scheduler gangs only workers with room for the estimate, so
+        // `auto` checkpointing plans for the gang of the N largest workers
+        // of the job's kind: for the N-th largest.
         let worker_memory = {
             let state = self.inner.state.lock().await;
-            largest_memory(&state, &spec.device)
+            memories(&state, &spec.device).map(|mut m| {
+                m.sort_unstable_by(|a, b| b.cmp(a));
+                m[(spec.workers.max(1) as usize - 1).min(m.len() - 1)]
+            })
         };
         let mut spec = spec;
         tokio::task::spawn_blocking(move || {
@@ -548,9 +554,9 @@ impl Coordinator {
     }
 }
 
-/// The memory of the largest live worker of `device`'s kind, when there
-/// is one and every such worker reports its memory.
-fn largest_memory(state: &State, device: &str) -> Option<u64> {
+/// The memory of every live worker of `device`'s kind, when there is one
+/// and every such worker reports its memory.
+fn memories(state: &State, device: &str) -> Option<Vec<u64>> {
     let memories: Vec<u64> = state
         .workers
         .iter()
@@ -560,14 +566,14 @@ fn largest_memory(state: &State, device: &str) -> Option<u64> {
         .map(|(_, memory)| memory)
         .collect();
     let all_known = memories.iter().all(|&m| m > 0);
-    (all_known && !memories.is_empty()).then(|| memories.iter().copied().max().unwrap_or(0))
+    (all_known && !memories.is_empty()).then_some(memories)
 }
 
 /// Rejects a job whose estimate exceeds the memory of every live worker
 /// that could run it (when all of them report their memory). With no such
 /// worker registered the job may wait for one.
 fn check_fits(state: &State, spec: &JobSpec, estimate: &Estimate) -> Result<()> {
-    let Some(largest) = largest_memory(state, &spec.device) else {
+    let Some(largest) = memories(state, &spec.device).and_then(|m| m.into_iter().max()) else {
         return Ok(());
     };
     if largest < estimate.total_bytes {

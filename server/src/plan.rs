@@ -374,8 +374,9 @@ fn policy_row(policy: &Policy, t: &TrainingGraph, spec: &JobSpec) -> PolicyEstim
 /// The per-worker estimate of a job whose graph is `graph` (checked with
 /// [`check_graph`]) and whose spec is normalized, with its checkpoint
 /// policy settled: `auto` becomes `none` when the job fits in its memory
-/// budget (`memory_budget`, else `worker_memory`, the largest live worker's
-/// of the job's kind, when known), else `budget:B` with B what parameters,
+/// budget (`memory_budget`, else `worker_memory`: the N-th largest live
+/// worker's of the job's kind for N workers, when known), else `budget:B`
+/// with B what parameters,
 /// gradients, optimizer state and inputs leave of it. The settled policy is
 /// written back into `spec`. A budget that no plan fits is an error naming
 /// the smallest that does.
@@ -404,14 +405,23 @@ pub fn estimate(graph: &Graph, spec: &mut JobSpec, worker_memory: Option<u64>) -
             Error::Graph(adjoint_graph::Error::BudgetTooSmall { minimum, .. })
                 if spec.checkpoint == AUTO =>
             {
-                Error::TooBig {
-                    needed: fixed + minimum as u64,
-                    largest: memory_budget(spec).ok().flatten().or(worker_memory).unwrap_or(0),
-                    device: spec.device.clone(),
-                    breakdown: format!(
-                        "{} fixed (parameters, gradients, optimizer state, inputs) + at least {minimum} of activations with the most recomputation",
-                        fixed
-                    ),
+                let needed = fixed + minimum as u64;
+                let breakdown = format!(
+                    "{fixed} fixed (parameters, gradients, optimizer state, inputs) + at least {minimum} of activations with the most recomputation"
+                );
+                match memory_budget(spec).ok().flatten() {
+                    Some(budget) => Error::InvalidSpec {
+                        field: "memory_budget",
+                        message: format!(
+                            "{budget} bytes is too small: the job needs at least {needed} per worker ({breakdown})"
+                        ),
+                    },
+                    None => Error::TooBig {
+                        needed,
+                        largest: worker_memory.unwrap_or(0),
+                        device: spec.device.clone(),
+                        breakdown,
+                    },
                 }
             }
             other => other,
