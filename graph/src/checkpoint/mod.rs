@@ -134,7 +134,11 @@ fn apply(
     })
 }
 
-/// `budget:BYTES`; see [`budget`]'s docs.
+/// `budget:BYTES`; see [`budget`]'s docs. The search's plans are joined by
+/// the fixed policies' (selective, sqrt, every:2), which the segment model
+/// cannot express on branching graphs (selective keeps matmul outputs
+/// inside a segment): the answer is the plan of least recompute FLOPs among
+/// all that fit, so it still never recomputes more as the budget grows.
 fn under_budget(
     joint: &GradGraph,
     s: &Structure,
@@ -145,13 +149,12 @@ fn under_budget(
     let search = budget::Search::new(budget::Model::new(joint, s, &plain));
     let mut model_budget = usize::MAX;
     let mut smallest = usize::MAX;
+    let mut best: Option<Checkpointed> = None;
     while let Some(candidate) = search.best(model_budget) {
         let out = apply(joint, s, &candidate.keep, opts)?;
         if out.peak_bytes() <= bytes {
-            return Ok(Checkpointed {
-                policy: Some(Policy::Budget(bytes)),
-                ..out
-            });
+            best = Some(out);
+            break;
         }
         smallest = smallest.min(out.peak_bytes());
         let Some(next) = candidate.model_peak.checked_sub(1) else {
@@ -159,8 +162,25 @@ fn under_budget(
         };
         model_budget = next;
     }
-    Err(Error::BudgetTooSmall {
-        budget: bytes,
-        minimum: smallest,
-    })
+    let g = &joint.graph;
+    for keep in [keep::selective(g, s), keep::sqrt(s), keep::every(s, 2)] {
+        let out = apply(joint, s, &keep, opts)?;
+        if out.peak_bytes() > bytes {
+            smallest = smallest.min(out.peak_bytes());
+        } else if best.as_ref().is_none_or(|b| {
+            (out.recompute_flops, out.peak_bytes()) < (b.recompute_flops, b.peak_bytes())
+        }) {
+            best = Some(out);
+        }
+    }
+    match best {
+        Some(out) => Ok(Checkpointed {
+            policy: Some(Policy::Budget(bytes)),
+            ..out
+        }),
+        None => Err(Error::BudgetTooSmall {
+            budget: bytes,
+            minimum: smallest,
+        }),
+    }
 }
