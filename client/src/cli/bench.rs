@@ -189,6 +189,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
         )?,
         None => fwdbwd_ms,
     };
+    let gemm_peak = gemm_peak_gflops(args.warmup, args.steps)?;
     let measured =
         alloc_count::installed().then(|| (alloc_count::peak_bytes() - baseline, setup_peak));
     let exec = trainer.executor();
@@ -218,12 +219,49 @@ fn measure(args: &BenchArgs) -> Result<()> {
         "grad_bytes": exec.plan().grad_bytes,
         "optim_bytes": if optimizer.is_some() { trainer.optimizer().state_bytes() } else { 0 },
         "gflops": round(joint_flops / step_ms / 1e6),
+        // The same run's 1024³ matmul, and the step's share of it.
+        "gemm_peak_gflops": round(gemm_peak),
+        "peak_fraction": round(joint_flops / step_ms / 1e6 / gemm_peak),
         "fwd_gflops": round(fwd_flops / fwd_ms / 1e6),
         // Backward alone, when the two timings leave it a positive time.
         "bwd_gflops": (fwdbwd_ms > fwd_ms).then(|| round((joint_flops - fwd_flops) / (fwdbwd_ms - fwd_ms) / 1e6)),
     });
     println!("{line}");
     Ok(())
+}
+
+/// GFLOP/s of a 1024³ f32 matmul on the backend's threads: the GEMM peak
+/// a step's model FLOP/s is measured against (median of `steps`).
+fn gemm_peak_gflops(warmup: usize, steps: usize) -> Result<f64> {
+    const N: usize = 1024;
+    let mut backend = CpuBackend::new();
+    let bytes = N * N * 4;
+    let view = |buffer| adjoint_kernels::View {
+        buffer,
+        offset: 0,
+        len: N * N,
+        elem: adjoint_kernels::ElemType::F32,
+    };
+    let (a, b, c) = (
+        view(backend.alloc(bytes)?),
+        view(backend.alloc(bytes)?),
+        view(backend.alloc(bytes)?),
+    );
+    backend.fill(a, 1.0)?;
+    backend.fill(b, 0.5)?;
+    let dims = adjoint_kernels::MatMulDims {
+        m: N,
+        n: N,
+        k: N,
+        trans_a: false,
+        trans_b: false,
+        batch: &[],
+        a_batch_strides: &[],
+        b_batch_strides: &[],
+        c_batch_strides: &[],
+    };
+    let ms = median_ms(|| Ok(backend.matmul(a, b, c, &dims)?), warmup, steps.max(5))?;
+    Ok(2.0 * (N * N * N) as f64 / ms / 1e6)
 }
 
 fn round(x: f64) -> f64 {
