@@ -16,9 +16,8 @@ use anyhow::{Context, Result};
 
 use crate::graph_file;
 
-/// The model of the example, for `batch` sequences per step and worker
-/// (routing needs a fixed token count).
-pub fn moe_gpt_config(batch: usize) -> MoeTransformerConfig {
+/// The model of the example, with a symbolic batch.
+pub fn moe_gpt_config() -> MoeTransformerConfig {
     MoeTransformerConfig {
         transformer: TransformerConfig {
             vocab: 64,
@@ -26,7 +25,7 @@ pub fn moe_gpt_config(batch: usize) -> MoeTransformerConfig {
             layers: 2,
             heads: 4,
             seq: 64,
-            batch: Some(batch),
+            batch: None,
         },
         layer: MoeLayerConfig {
             experts: 8,
@@ -51,17 +50,11 @@ pub struct Example {
     pub config: MoeTransformerConfig,
 }
 
-/// Writes the example into `dir`: the model for `batch` sequences per
-/// worker and step, `train` training and `eval` held-out sequences.
-pub fn write_moe_gpt_example(
-    dir: &Path,
-    seed: u64,
-    batch: usize,
-    train: usize,
-    eval: usize,
-) -> Result<Example> {
+/// Writes the example into `dir`: `train` training and `eval` held-out
+/// sequences.
+pub fn write_moe_gpt_example(dir: &Path, seed: u64, train: usize, eval: usize) -> Result<Example> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let config = moe_gpt_config(batch);
+    let config = moe_gpt_config();
     let graph = zoo::moe_transformer(&config)?;
     let example = Example {
         graph: dir.join("model.json"),

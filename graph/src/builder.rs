@@ -539,6 +539,24 @@ impl Builder {
             &[x, w, offsets],
         )
     }
+    /// Rows of `x` (leading dims flattened) at `indices`
+    /// (`Moe::GatherRows`).
+    pub fn gather_rows(&mut self, x: ValueId, indices: ValueId) -> Result<ValueId> {
+        self.node1(Op::Moe(Moe::GatherRows), &[x, indices])
+    }
+    /// Zeros of `leading ++ [D]` plus each update row at its index
+    /// (`Moe::ScatterAddRows`).
+    pub fn scatter_add_rows(
+        &mut self,
+        updates: ValueId,
+        indices: ValueId,
+        leading: Shape,
+    ) -> Result<ValueId> {
+        self.node1(
+            Op::Moe(Moe::ScatterAddRows { leading }),
+            &[updates, indices],
+        )
+    }
     /// Per-expert weight gradients (`Moe::GroupedMatMulGradW`).
     pub fn grouped_matmul_grad_w(
         &mut self,

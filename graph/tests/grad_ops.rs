@@ -114,6 +114,8 @@ table! {
     grouped_matmul_grad_w_t: "GroupedMatMulGradW", "GroupedMatMulGradW(transpose)", 3, grouped(true, true), [Real, Real, Offsets], T, |b, x, c| one(b.grouped_matmul_grad_w(x[0], x[1], x[2], c.trans_b));
     top_k_gate:  "TopK",    "TopK(gate weights)",  1, moe_gate(),        [Distinct],               T, gate_weights;
     moe_route:   "MoeRoute", "MoeRoute(dispatch)", 2, common::moe_route(), [Index, Real],          T, dispatch;
+    gather_rows: "GatherRows", "GatherRows",      2, common::gather_rows(), [Real, Index],         T, |b, x, _| one(b.gather_rows(x[0], x[1]));
+    scatter_add_rows: "ScatterAddRows", "ScatterAddRows", 2, common::scatter_add_rows(), [Real, Index], T, |b, x, c| one(b.scatter_add_rows(x[0], x[1], Shape::of(&c.target)));
 }
 
 /// The MoE gate: softmax, top-k, the chosen probabilities (one-hot of the
@@ -195,12 +197,14 @@ const ALL_OPS: &[&str] = &[
     "MoeRoute",
     "GroupedMatMul",
     "GroupedMatMulGradW",
+    "GatherRows",
+    "ScatterAddRows",
 ];
 
 #[test]
 fn every_op_has_a_row() {
     let rows = table();
-    assert_eq!(ALL_OPS.len(), 47);
+    assert_eq!(ALL_OPS.len(), 49);
     for &op in ALL_OPS {
         assert!(rows.iter().any(|r| r.op == op), "no row for {op}");
     }

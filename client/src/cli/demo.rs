@@ -67,7 +67,7 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
         None => std::env::temp_dir().join(format!("adjoint-demo-{}", std::process::id())),
     };
     let batch = (16 / args.workers.max(1)).max(1);
-    let example = write_moe_gpt_example(&dir.join("example"), args.seed, batch, 512, 128)?;
+    let example = write_moe_gpt_example(&dir.join("example"), args.seed, 512, 128)?;
     let (cfg, moe) = (&example.config.transformer, &example.config.layer);
     println!(
         "service: a coordinator and {} workers on this machine (data in {})",

@@ -28,6 +28,12 @@
 //!   `[..., H]`, offsets `[E+1]`) → dw `[E, D, H]` (or `[E, H, D]`):
 //!   `dw_e = Σ_{r of e} x_rᵀ dy_r`, zero for an expert with no rows.
 //!
+//! - `GatherRows` (x `[..., D]`, int idx `[...]`) → `[idx..., D]`: rows of x
+//!   with its leading dims flattened (so packing works on `[batch, seq, D]`
+//!   with a symbolic batch); `ScatterAddRows {leading: shape}` (updates
+//!   `[idx..., D]`, idx) → zeros of `leading ++ [D]` with each update row
+//!   added at its index: each is the other's VJP.
+//!
 //! Routing ops have integer outputs and no gradient, and are never
 //! recomputed by checkpointing ([`Recompute::Never`]): a recompute could
 //! otherwise route differently. The gradient of the gate's weights flows
@@ -42,7 +48,7 @@ use crate::attr::{Attr, AttrReader};
 use crate::interp::{EvalCx, Tensor};
 use crate::{Attrs, DType, Dim, Result, Shape, TensorType, ValueId};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Moe {
     /// The k largest entries of each row, as indices.
     TopK { k: usize },
@@ -55,6 +61,11 @@ pub enum Moe {
     GroupedMatMul { transpose_w: bool },
     /// Per expert, the weight gradient of its rows.
     GroupedMatMulGradW { transpose: bool },
+    /// Rows of x (its leading dims flattened) picked by int indices.
+    GatherRows,
+    /// The transpose of GatherRows: zeros of `leading ++ [D]`, each update
+    /// row added at its index.
+    ScatterAddRows { leading: Shape },
 }
 
 impl OpRules for Moe {
@@ -64,6 +75,8 @@ impl OpRules for Moe {
             Moe::MoeRoute { .. } => "MoeRoute",
             Moe::GroupedMatMul { .. } => "GroupedMatMul",
             Moe::GroupedMatMulGradW { .. } => "GroupedMatMulGradW",
+            Moe::GatherRows => "GatherRows",
+            Moe::ScatterAddRows { .. } => "ScatterAddRows",
         }
     }
 
@@ -78,6 +91,10 @@ impl OpRules for Moe {
             "GroupedMatMulGradW" => r
                 .boolean("transpose", Some(false))
                 .map(|transpose| Moe::GroupedMatMulGradW { transpose }),
+            "GatherRows" => Ok(Moe::GatherRows),
+            "ScatterAddRows" => r
+                .shape("leading")
+                .map(|leading| Moe::ScatterAddRows { leading }),
             _ => return None,
         };
         Some(op.and_then(|op| r.finish().map(|()| op)))
@@ -85,22 +102,26 @@ impl OpRules for Moe {
 
     fn attrs(&self) -> Attrs {
         let mut a = Attrs::new();
-        match *self {
+        match self {
             Moe::TopK { k } => {
-                a.insert("k".into(), Attr::Int(k as i64));
+                a.insert("k".into(), Attr::Int(*k as i64));
             }
             Moe::MoeRoute {
                 experts,
                 capacity_factor,
             } => {
-                a.insert("experts".into(), Attr::Int(experts as i64));
-                a.insert("capacity_factor".into(), Attr::Float(capacity_factor));
+                a.insert("experts".into(), Attr::Int(*experts as i64));
+                a.insert("capacity_factor".into(), Attr::Float(*capacity_factor));
             }
             Moe::GroupedMatMul { transpose_w } => {
-                a.insert("transpose_w".into(), Attr::Bool(transpose_w));
+                a.insert("transpose_w".into(), Attr::Bool(*transpose_w));
             }
             Moe::GroupedMatMulGradW { transpose } => {
-                a.insert("transpose".into(), Attr::Bool(transpose));
+                a.insert("transpose".into(), Attr::Bool(*transpose));
+            }
+            Moe::GatherRows => {}
+            Moe::ScatterAddRows { leading } => {
+                a.insert("leading".into(), Attr::Shape(leading.clone()));
             }
         }
         a
@@ -188,6 +209,30 @@ impl OpRules for Moe {
                 };
                 Ok(vec![TensorType::new(inputs[0].dtype, Shape::of(&dims))])
             }
+            Moe::GatherRows => {
+                expect_arity(inputs, 2)?;
+                expect_int(inputs, 1)?;
+                let x = &inputs[0].shape;
+                if x.rank() == 0 {
+                    return Err(format!("input 0: expected rows [..., D], found {x}"));
+                }
+                let mut dims = inputs[1].shape.dims().to_vec();
+                dims.push(x.dims()[x.rank() - 1]);
+                Ok(vec![TensorType::new(inputs[0].dtype, Shape(dims))])
+            }
+            Moe::ScatterAddRows { ref leading } => {
+                expect_arity(inputs, 2)?;
+                expect_int(inputs, 1)?;
+                let (upd, idx) = (&inputs[0].shape, &inputs[1].shape);
+                if upd.rank() != idx.rank() + 1 || upd.dims()[..idx.rank()] != *idx.dims() {
+                    return Err(format!(
+                        "input 0: expected the indices' shape {idx} and a row width, found {upd}"
+                    ));
+                }
+                let mut dims = leading.dims().to_vec();
+                dims.push(upd.dims()[upd.rank() - 1]);
+                Ok(vec![TensorType::new(inputs[0].dtype, Shape(dims))])
+            }
         }
     }
 
@@ -223,6 +268,23 @@ impl OpRules for Moe {
                 };
                 Ok(vec![dx, ddy, None])
             }
+            Moe::GatherRows => {
+                let (x, idx) = (cx.inputs[0], cx.inputs[1]);
+                if !cx.wants[0] {
+                    return Ok(vec![None, None]);
+                }
+                let shape = cx.b.shape(x).clone();
+                let leading = Shape(shape.dims()[..shape.rank() - 1].to_vec());
+                let g = cx.cotangent(0)?;
+                Ok(vec![Some(cx.b.scatter_add_rows(g, idx, leading)?), None])
+            }
+            Moe::ScatterAddRows { .. } => {
+                if !cx.wants[0] {
+                    return Ok(vec![None, None]);
+                }
+                let g = cx.cotangent(0)?;
+                Ok(vec![Some(cx.b.gather_rows(g, cx.inputs[1])?), None])
+            }
         }
     }
 
@@ -253,6 +315,18 @@ impl OpRules for Moe {
                 }
                 sum(cx, terms)
             }
+            Moe::GatherRows => match cx.tangents[0] {
+                Some(t) => Ok(vec![Some(cx.b.gather_rows(t, cx.inputs[1])?)]),
+                None => Ok(vec![None]),
+            },
+            Moe::ScatterAddRows { ref leading } => match cx.tangents[0] {
+                Some(t) => Ok(vec![Some(cx.b.scatter_add_rows(
+                    t,
+                    cx.inputs[1],
+                    leading.clone(),
+                )?)]),
+                None => Ok(vec![None]),
+            },
         }
     }
 
@@ -273,6 +347,9 @@ impl OpRules for Moe {
                 let h = inputs[1].shape.dims().last().and_then(|d| d.fixed());
                 2 * numel(inputs[0]) * h.unwrap_or(1) as u64
             }
+            Moe::GatherRows => 0,
+            // One add per update element.
+            Moe::ScatterAddRows { .. } => numel(inputs[0]),
         };
         Cost { flops, bytes: io }
     }
@@ -281,24 +358,38 @@ impl OpRules for Moe {
         match self {
             Moe::TopK { .. } | Moe::MoeRoute { .. } => Recompute::Never,
             Moe::GroupedMatMul { .. } | Moe::GroupedMatMulGradW { .. } => Recompute::Expensive,
+            Moe::GatherRows | Moe::ScatterAddRows { .. } => Recompute::Cheap,
+        }
+    }
+
+    fn bind_batch(&self, batch: usize) -> Self {
+        match self {
+            Moe::ScatterAddRows { leading } => Moe::ScatterAddRows {
+                leading: leading.bind_batch(batch),
+            },
+            other => other.clone(),
         }
     }
 
     fn eval(&self, inputs: &[&Tensor], _cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
-        match (*self, inputs) {
-            (Moe::TopK { k }, [x]) => Ok(vec![top_k(x, k)]),
+        match (self, inputs) {
+            (&Moe::TopK { k }, [x]) => Ok(vec![top_k(x, k)]),
             (
-                Moe::MoeRoute {
+                &Moe::MoeRoute {
                     experts,
                     capacity_factor,
                 },
                 [ids],
             ) => route(ids, experts, capacity_factor),
-            (Moe::GroupedMatMul { transpose_w }, [x, w, offsets]) => {
+            (&Moe::GroupedMatMul { transpose_w }, [x, w, offsets]) => {
                 grouped_matmul(x, w, offsets, transpose_w).map(|t| vec![t])
             }
-            (Moe::GroupedMatMulGradW { transpose }, [x, dy, offsets]) => {
+            (&Moe::GroupedMatMulGradW { transpose }, [x, dy, offsets]) => {
                 grouped_grad_w(x, dy, offsets, transpose).map(|t| vec![t])
+            }
+            (Moe::GatherRows, [x, idx]) => gather_rows(x, idx).map(|t| vec![t]),
+            (Moe::ScatterAddRows { leading }, [upd, idx]) => {
+                scatter_add_rows(upd, idx, leading).map(|t| vec![t])
             }
             _ => Err(format!(
                 "{}: wrong number of inputs ({})",
@@ -609,3 +700,53 @@ fn grouped_grad_w(
 #[cfg(test)]
 #[path = "tests/moe.rs"]
 mod tests;
+
+/// Rows of `x` (leading dims flattened) at `idx`.
+fn gather_rows(x: &Tensor, idx: &Tensor) -> std::result::Result<Tensor, String> {
+    let d = x.shape.last().copied().unwrap_or(1);
+    let n = rows(x);
+    let mut out = Vec::with_capacity(idx.data.len() * d);
+    for &i in &idx.data {
+        if !(i >= 0.0 && i < n as f64 && i.fract() == 0.0) {
+            return Err(format!("row index {i} is out of range [0, {n})"));
+        }
+        let r = i as usize;
+        out.extend_from_slice(&x.data[r * d..(r + 1) * d]);
+    }
+    let mut shape = idx.shape.clone();
+    shape.push(d);
+    Ok(Tensor::new(shape, out))
+}
+
+/// Zeros of `leading ++ [D]` with each update row added at its index.
+fn scatter_add_rows(
+    upd: &Tensor,
+    idx: &Tensor,
+    leading: &Shape,
+) -> std::result::Result<Tensor, String> {
+    let d = upd.shape.last().copied().unwrap_or(1);
+    let mut shape: Vec<usize> = leading
+        .dims()
+        .iter()
+        .map(|dim| {
+            dim.fixed()
+                .ok_or_else(|| format!("attribute 'leading': {leading} is not bound"))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let n: usize = shape.iter().product();
+    let mut out = vec![0.0; n * d];
+    for (j, &i) in idx.data.iter().enumerate() {
+        if !(i >= 0.0 && i < n as f64 && i.fract() == 0.0) {
+            return Err(format!("row index {i} is out of range [0, {n})"));
+        }
+        let r = i as usize;
+        for (o, u) in out[r * d..(r + 1) * d]
+            .iter_mut()
+            .zip(&upd.data[j * d..(j + 1) * d])
+        {
+            *o += u;
+        }
+    }
+    shape.push(d);
+    Ok(Tensor::new(shape, out))
+}

@@ -6,19 +6,17 @@
 //! The layer: gate `x · W_g` (no bias) → softmax → top-k → the chosen
 //! probabilities renormalised over k (one-hot of the ids times the
 //! probabilities, summed over experts, divided by their sum) → `MoeRoute`
-//! → packed rows `gather(x, row_token)` → `GroupedMatMul(W1 [E, d, h])` →
-//! tanh-GELU → `GroupedMatMul(W2 [E, h, d])` → each slot's row picked by
-//! `slot_row`, times its weight and `slot_keep`, summed over k. Gradients
-//! reach the gate through the chosen probabilities, never through TopK or
-//! MoeRoute, whose integer outputs checkpointing keeps rather than
-//! recomputes.
+//! → packed rows `gather_rows(x, row_token)` → `GroupedMatMul(W1 [E, d,
+//! h])` → tanh-GELU → `GroupedMatMul(W2 [E, h, d])` → each slot's row
+//! `gather_rows(out, slot_row)`, times its weight and `slot_keep`, summed
+//! over k. Gradients reach the gate through the chosen probabilities,
+//! never through TopK or MoeRoute, whose integer outputs checkpointing
+//! keeps rather than recomputes.
 //!
-//! Packed rows keep the slots' shape `[T, k, ·]`, so routing and the
-//! expert GEMMs work with a symbolic token count. Picking a slot's packed
-//! row needs the flat row index `slot_row`: with a fixed T that is one
-//! gather from the `[T·k, d]` view; with a symbolic T (which no reshape can
-//! flatten) the index is split into `(slot_row / k, slot_row % k)`, a
-//! gather of k rows and a one-hot pick, k times the work of the combine.
+//! Tokens are the rows of `x`'s leading dims (`[T, d]`, or `[batch, seq,
+//! d]` with a symbolic batch): packed rows keep the slots' shape
+//! `[..., k, ·]`, and `GatherRows` indexes rows across all leading dims,
+//! so nothing needs a fixed token count.
 
 use super::transformer::{TransformerConfig, decoder};
 use crate::ops::GeluApprox;
@@ -81,17 +79,20 @@ fn expert_init(fan_in: usize) -> Init {
     }
 }
 
-/// An MoE FFN on tokens `x` `[T, d]` (T fixed or the batch symbol), with
-/// parameters of `x`'s dtype `{name}.gate.weight` `[d, E]`, `{name}.w1`
-/// `[E, d, h]` and `{name}.w2` `[E, h, d]`, each initialized like an
-/// `nn.Linear` weight (per expert): U(±1/sqrt(fan_in)).
+/// An MoE FFN on tokens `x` `[..., d]` (any leading dims, the batch symbol
+/// included), with parameters of `x`'s dtype `{name}.gate.weight` `[d, E]`,
+/// `{name}.w1` `[E, d, h]` and `{name}.w2` `[E, h, d]`, each initialized
+/// like an `nn.Linear` weight (per expert): U(±1/sqrt(fan_in)).
 pub fn moe_layer(b: &mut Builder, name: &str, x: ValueId, cfg: &MoeLayerConfig) -> Result<MoeOut> {
     let (dtype, dims) = (b.dtype(x), b.shape(x).dims().to_vec());
-    let [tokens, Dim::Fixed(d)] = dims[..] else {
-        return Err(crate::Error::Unsupported(format!(
-            "moe layer '{name}': expected tokens [T, d] with a fixed d, found {}",
-            b.shape(x)
-        )));
+    let (lead, d) = match dims.split_last() {
+        Some((Dim::Fixed(d), lead)) if !lead.is_empty() => (lead.to_vec(), *d),
+        _ => {
+            return Err(crate::Error::Unsupported(format!(
+                "moe layer '{name}': expected tokens [..., d] with a fixed d, found {}",
+                b.shape(x)
+            )));
+        }
     };
     let (e, k, h) = (cfg.experts, cfg.top_k, cfg.hidden);
     let gate = format!("{name}.gate.weight");
@@ -103,18 +104,19 @@ pub fn moe_layer(b: &mut Builder, name: &str, x: ValueId, cfg: &MoeLayerConfig) 
     let logits = b.matmul(x, gate)?;
     let probs = b.softmax(logits, -1)?;
     let ids = b.top_k(probs, k)?;
-    let weights = chosen_weights(b, probs, ids, tokens, e)?;
+    let weights = chosen_weights(b, probs, ids, &lead, e)?;
     let [row_token, slot_row, keep, offsets] = b.moe_route(ids, e, cfg.capacity_factor)?;
     let slot_keep = match b.dtype(keep) == dtype {
         true => keep,
         false => b.cast(keep, dtype)?,
     };
+    let token_axes: Vec<i64> = (0..lead.len() as i64).collect();
     let switch_loss = match cfg.aux_weight > 0.0 {
-        true => Some(switch(b, probs, ids, e)?),
+        true => Some(switch(b, probs, ids, e, &token_axes)?),
         false => None,
     };
     let z_loss = match cfg.z_weight > 0.0 {
-        true => Some(z_loss(b, logits)?),
+        true => Some(z_loss(b, logits, &token_axes)?),
         false => None,
     };
     let mut aux_loss = None;
@@ -127,16 +129,19 @@ pub fn moe_layer(b: &mut Builder, name: &str, x: ValueId, cfg: &MoeLayerConfig) 
         });
     }
     b.set_provenance(&format!("{name}.experts"));
-    let packed = b.gather(x, row_token, 0)?;
+    let packed = b.gather_rows(x, row_token)?;
     let hid = b.grouped_matmul(packed, w1, offsets, false)?;
     let hid = b.gelu(hid, GeluApprox::Tanh)?;
     let out = b.grouped_matmul(hid, w2, offsets, false)?;
     b.set_provenance(&format!("{name}.combine"));
-    let slots = unpack(b, out, slot_row, tokens, k, d)?;
+    let slots = b.gather_rows(out, slot_row)?;
     let cw = b.mul(weights, slot_keep)?;
-    let cw = b.reshape(cw, Shape(vec![tokens, Dim::Fixed(k), Dim::Fixed(1)]))?;
+    let cw = b.reshape(
+        cw,
+        Shape([lead.as_slice(), &[Dim::Fixed(k), Dim::Fixed(1)]].concat()),
+    )?;
     let y = b.mul(slots, cw)?;
-    let y = b.sum(y, &[1], false)?;
+    let y = b.sum(y, &[-2], false)?;
     b.pop_scope();
     Ok(MoeOut {
         y,
@@ -154,16 +159,20 @@ pub fn moe_layer(b: &mut Builder, name: &str, x: ValueId, cfg: &MoeLayerConfig) 
     })
 }
 
-/// The probabilities of the chosen experts, renormalised over k: `[T, k]`.
+/// The probabilities of the chosen experts, renormalised over k:
+/// `[..., k]`.
 fn chosen_weights(
     b: &mut Builder,
     probs: ValueId,
     ids: ValueId,
-    tokens: Dim,
+    lead: &[Dim],
     experts: usize,
 ) -> Result<ValueId> {
     let hot = b.one_hot(ids, experts, b.dtype(probs))?;
-    let row = b.reshape(probs, Shape(vec![tokens, Dim::Fixed(1), experts.into()]))?;
+    let row = b.reshape(
+        probs,
+        Shape([lead, &[Dim::Fixed(1), experts.into()]].concat()),
+    )?;
     let picked = b.mul(hot, row)?;
     let chosen = b.sum(picked, &[-1], false)?;
     let total = b.sum(chosen, &[-1], true)?;
@@ -171,12 +180,21 @@ fn chosen_weights(
 }
 
 /// The Switch loss `E · Σ_e f_e · P_e`; f_e comes from the one-hot of
-/// the first choices, so only P_e carries a gradient.
-fn switch(b: &mut Builder, probs: ValueId, ids: ValueId, experts: usize) -> Result<ValueId> {
+/// the first choices, so only P_e carries a gradient. `token_axes` are
+/// the leading (token) axes.
+fn switch(
+    b: &mut Builder,
+    probs: ValueId,
+    ids: ValueId,
+    experts: usize,
+    token_axes: &[i64],
+) -> Result<ValueId> {
     let first = b.slice(ids, -1, 0, 1)?;
     let first = b.one_hot(first, experts, b.dtype(probs))?;
-    let share = b.mean(first, &[0, 1], false)?;
-    let mean_prob = b.mean(probs, &[0], false)?;
+    let mut first_axes = token_axes.to_vec();
+    first_axes.push(token_axes.len() as i64);
+    let share = b.mean(first, &first_axes, false)?;
+    let mean_prob = b.mean(probs, token_axes, false)?;
     let dot = b.mul(share, mean_prob)?;
     let dot = b.sum_all(dot)?;
     b.scale(dot, experts as f64)
@@ -184,47 +202,15 @@ fn switch(b: &mut Builder, probs: ValueId, ids: ValueId, experts: usize) -> Resu
 
 /// The router z-loss `mean(logsumexp(logits)²)`, with logsumexp as
 /// `logits_0 − log_softmax(logits)_0` (stable, and exact in gradient).
-fn z_loss(b: &mut Builder, logits: ValueId) -> Result<ValueId> {
+fn z_loss(b: &mut Builder, logits: ValueId, token_axes: &[i64]) -> Result<ValueId> {
     let log_probs = b.log_softmax(logits, -1)?;
     let l0 = b.slice(logits, -1, 0, 1)?;
     let lp0 = b.slice(log_probs, -1, 0, 1)?;
     let lse = b.sub(l0, lp0)?;
     let sq = b.mul(lse, lse)?;
-    b.mean(sq, &[0, 1], false)
-}
-
-/// Each slot's packed row: `packed` `[T, k, d]` holds row r at
-/// `(r / k, r % k)`; returns `[T, k, d]` with slot s's row `slot_row[s]`.
-fn unpack(
-    b: &mut Builder,
-    packed: ValueId,
-    slot_row: ValueId,
-    tokens: Dim,
-    k: usize,
-    d: usize,
-) -> Result<ValueId> {
-    if let Dim::Fixed(t) = tokens {
-        let flat = b.reshape(packed, Shape::of(&[t * k, d]))?;
-        return b.gather(flat, slot_row, 0);
-    }
-    // r = q·k + m: q = trunc((r + ½) / k), exact while R < 2^22 even in
-    // f32, since (r + ½) / k is at least ½/k from an integer.
-    let dtype = b.dtype(packed);
-    let r = b.cast(slot_row, dtype)?;
-    let half = b.scalar(0.5, dtype)?;
-    let r_half = b.add(r, half)?;
-    let kk = b.scalar(k as f64, dtype)?;
-    let q = b.div(r_half, kk)?;
-    let q = b.cast(q, DType::I64)?;
-    let qf = b.cast(q, dtype)?;
-    let qk = b.mul(qf, kk)?;
-    let m = b.sub(r, qk)?;
-    let m = b.cast(m, DType::I64)?;
-    let rows = b.gather(packed, q, 0)?;
-    let pick = b.one_hot(m, k, dtype)?;
-    let pick = b.reshape(pick, Shape(vec![tokens, k.into(), k.into(), Dim::Fixed(1)]))?;
-    let picked = b.mul(rows, pick)?;
-    b.sum(picked, &[2], false)
+    let mut axes = token_axes.to_vec();
+    axes.push(token_axes.len() as i64);
+    b.mean(sq, &axes, false)
 }
 
 /// The `moe` workload of `WORKLOADS.md`.
@@ -232,8 +218,7 @@ fn unpack(
 pub struct MoeConfig {
     pub d_model: usize,
     pub layer: MoeLayerConfig,
-    /// Token count; `None` leaves it symbolic (the batch dimension), which
-    /// makes the combine k times wider (see the module doc).
+    /// Token count; `None` leaves it symbolic (the batch dimension).
     pub tokens: Option<usize>,
 }
 
@@ -277,8 +262,7 @@ pub fn moe(cfg: &MoeConfig) -> Result<Graph> {
 /// The zoo transformer with an MoE layer for every MLP.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeTransformerConfig {
-    /// The decoder's sizes; `batch` must be fixed (tokens `batch·seq` are
-    /// flattened for routing).
+    /// The decoder's sizes.
     pub transformer: TransformerConfig,
     /// Every block's MoE layer (`hidden` is each expert's width).
     pub layer: MoeLayerConfig,
@@ -286,7 +270,8 @@ pub struct MoeTransformerConfig {
 
 impl Default for MoeTransformerConfig {
     /// A small decoder (vocab 256, d 64, 2 blocks of 4 heads, seq 32,
-    /// batch 16); E 8, top-2, experts 64→256→64, dropless, 0.01 · Switch.
+    /// symbolic batch; the workload's is 16); E 8, top-2, experts
+    /// 64→256→64, dropless, 0.01 · Switch.
     fn default() -> Self {
         MoeTransformerConfig {
             transformer: TransformerConfig {
@@ -295,7 +280,7 @@ impl Default for MoeTransformerConfig {
                 layers: 2,
                 heads: 4,
                 seq: 32,
-                batch: Some(16),
+                batch: None,
             },
             layer: MoeLayerConfig {
                 experts: 8,
@@ -319,19 +304,12 @@ impl Default for MoeTransformerConfig {
 /// segment as in the dense transformer.
 pub fn moe_transformer(cfg: &MoeTransformerConfig) -> Result<Graph> {
     let tc = &cfg.transformer;
-    let Some(batch) = tc.batch else {
-        return Err(crate::Error::Unsupported(
-            "moe-transformer: the batch must be fixed (routing flattens batch·seq tokens)".into(),
-        ));
-    };
-    let (t, d) = (batch * tc.seq, tc.d_model);
     let mut b = Builder::new("moe-transformer");
     let mut aux = Vec::new();
     let mut ffn = |b: &mut Builder, name: &str, h: ValueId| {
-        let flat = b.reshape(h, Shape::of(&[t, d]))?;
-        let out = moe_layer(b, &format!("{name}.moe"), flat, &cfg.layer)?;
+        let out = moe_layer(b, &format!("{name}.moe"), h, &cfg.layer)?;
         aux.extend(out.aux_loss);
-        b.reshape(out.y, Shape::of(&[batch, tc.seq, d]))
+        Ok(out.y)
     };
     let mut loss = decoder(&mut b, tc, &mut ffn)?;
     b.set_provenance("loss");

@@ -525,6 +525,40 @@ pub fn scatter() -> BoxedStrategy<Case> {
         .boxed()
 }
 
+/// GatherRows: x `leading ++ [d]` (1 to 4 rows) and indices below the
+/// row count.
+pub fn gather_rows() -> BoxedStrategy<Case> {
+    (shape(1, 2), 1usize..=3, shape(1, 2), seed())
+        .prop_map(|(mut leading, d, idx, seed)| {
+            let mut mix = Mix(seed ^ 0x2b);
+            leading[0] = 1 + mix.below(2);
+            let rows = leading.iter().product();
+            Case {
+                bound: rows,
+                seed,
+                ..Case::of(vec![[leading.as_slice(), &[d]].concat(), idx])
+            }
+        })
+        .boxed()
+}
+
+/// ScatterAddRows: updates `indices ++ [d]` into rows of `target ++ [d]`.
+pub fn scatter_add_rows() -> BoxedStrategy<Case> {
+    (shape(1, 2), 1usize..=3, shape(1, 2), seed())
+        .prop_map(|(mut target, d, idx, seed)| {
+            let mut mix = Mix(seed ^ 0x3c);
+            target[0] = 1 + mix.below(2);
+            let rows = target.iter().product();
+            Case {
+                bound: rows,
+                target,
+                seed,
+                ..Case::of(vec![[idx.as_slice(), &[d]].concat(), idx])
+            }
+        })
+        .boxed()
+}
+
 /// OneHot: indices and a float operand of shape `indices ++ [depth]`.
 pub fn one_hot() -> BoxedStrategy<Case> {
     (shape(0, 2), 1usize..=4, seed())

@@ -530,6 +530,31 @@ impl Cx<'_> {
                     },
                 }
             }
+            // Rows of the flattened leading dims: a gather (or scatter-add)
+            // with no outer dims.
+            Moe::GatherRows => {
+                let (rows, width) = self.rows_and_width(&self.in_shape(0), "gather_rows x")?;
+                Instr::Gather {
+                    data: self.input(0)?,
+                    indices: self.input(1)?,
+                    out: self.output(0)?,
+                    outer: 1,
+                    axis: rows,
+                    inner: width,
+                }
+            }
+            Moe::ScatterAddRows { .. } => {
+                let (rows, width) =
+                    self.rows_and_width(&self.out_shape(0), "scatter_add_rows output")?;
+                Instr::ScatterAdd {
+                    updates: self.input(0)?,
+                    indices: self.input(1)?,
+                    out: self.output(0)?,
+                    outer: 1,
+                    size: rows,
+                    inner: width,
+                }
+            }
         };
         out.push(instr);
         Ok(())

@@ -357,9 +357,13 @@ fn attrs_round_trip_and_parse_errors() {
         Moe::GroupedMatMul { transpose_w: true },
         Moe::GroupedMatMulGradW { transpose: false },
         Moe::GroupedMatMulGradW { transpose: true },
+        Moe::GatherRows,
+        Moe::ScatterAddRows {
+            leading: Shape(vec![Dim::Batch, Dim::Fixed(3)]),
+        },
     ];
     for op in ops {
-        assert_eq!(Moe::parse(op.name(), &op.attrs()), Some(Ok(op)));
+        assert_eq!(Moe::parse(op.name(), &op.attrs()), Some(Ok(op.clone())));
         assert_eq!(Op::parse(op.name(), &op.attrs()), Ok(Some(Op::Moe(op))));
     }
     let parse = |name, kv: &[(&str, Attr)]| {
@@ -434,4 +438,39 @@ fn recompute_classes_and_costs() {
     let logits = ty(F, &[6, 4]);
     let c = Moe::TopK { k: 2 }.cost(&[&logits], &[&ty(I, &[6, 2])]);
     assert_eq!(c.flops, numel(&logits) * 2);
+}
+
+#[test]
+fn gather_and_scatter_rows_by_hand() {
+    // x [2, 2, 2]: rows 0..4 of width 2.
+    let x = t(&[2, 2, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+    let idx = t(&[3], &[3.0, 0.0, 3.0]);
+    let g = ev1(Moe::GatherRows, &[&x, &idx]).unwrap();
+    assert_eq!(g, t(&[3, 2], &[7.0, 8.0, 1.0, 2.0, 7.0, 8.0]));
+    let leading = Shape(vec![Dim::Fixed(2), Dim::Fixed(2)]);
+    let s = ev1(Moe::ScatterAddRows { leading }, &[&g, &idx]).unwrap();
+    assert_eq!(
+        s,
+        t(&[2, 2, 2], &[1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 14.0, 16.0])
+    );
+    let bad = Moe::GatherRows
+        .eval(&[&x, &t(&[1], &[4.0])], &EvalCx::default())
+        .unwrap_err();
+    assert!(bad.contains("row index 4 is out of range [0, 4)"), "{bad}");
+    // A symbolic batch stays symbolic, and binds.
+    let rows = Moe::GatherRows
+        .infer(&[&ty(F, &[]), &ty(I, &[3])])
+        .unwrap_err();
+    assert!(rows.contains("input 0"), "{rows}");
+    let op = Moe::ScatterAddRows {
+        leading: Shape(vec![Dim::Batch, Dim::Fixed(4)]),
+    };
+    let out = op.infer(&[&ty(F, &[5, 2]), &ty(I, &[5])]).unwrap();
+    assert_eq!(
+        out[0].shape,
+        Shape(vec![Dim::Batch, Dim::Fixed(4), Dim::Fixed(2)])
+    );
+    let bound = op.bind_batch(3);
+    let out = bound.infer(&[&ty(F, &[5, 2]), &ty(I, &[5])]).unwrap();
+    assert_eq!(out[0].shape, Shape::of(&[3, 4, 2]));
 }
