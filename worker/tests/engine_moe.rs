@@ -189,6 +189,23 @@ fn grouped_matmul_forward_and_backward_in_both_layouts() {
 }
 
 #[test]
+fn gather_and_scatter_rows_forward_and_backward() {
+    // Rows of x [2, 3, 4] (6 rows) picked with repeats; the scatter puts
+    // them back into 2 × 3 rows, so both ops and both VJPs run.
+    let idx = vec![5.0, 0.0, 5.0, 2.0];
+    let mut b = Builder::new("rows");
+    let x = b.param("x", DType::F32, &[2, 3, 4], NORMAL).unwrap();
+    let i = input(&mut b, "idx", DType::I64, &[4]);
+    let picked = b.gather_rows(x, i).unwrap();
+    let back = b
+        .scatter_add_rows(picked, i, adjoint_graph::Shape::of(&[2, 3]))
+        .unwrap();
+    let both = b.mul(back, x).unwrap();
+    weighted_loss(&mut b, both);
+    check_engine(b.finish().unwrap(), &[("idx", idx)]);
+}
+
+#[test]
 fn grouped_matmul_grad_w_forward_and_backward_in_both_layouts() {
     let (d, h) = (6usize, 3usize);
     for transpose in [false, true] {
