@@ -87,7 +87,10 @@ fn the_moe_transformer_replaces_every_mlp() {
     let routers = g.nodes.iter().filter(|n| n.op.name() == "MoeRoute").count();
     assert_eq!(routers, cfg.transformer.layers);
     assert_eq!((e, cfg.layer.top_k, cfg.transformer.batch), (8, 2, None));
-    assert_eq!(adjoint_graph::zoo::workload_batch("moe-transformer"), Some(16));
+    assert_eq!(
+        adjoint_graph::zoo::workload_batch("moe-transformer"),
+        Some(16)
+    );
 }
 
 #[test]
