@@ -105,6 +105,23 @@ macro_rules! with_elem {
     };
 }
 
+/// Runs `$body` with `$idx` bound to the index view `$view` read as i32 or
+/// i64 slices (every other element type reads as i64 and fails there).
+macro_rules! with_index {
+    ($self:ident, $what:expr, $view:expr, $idx:ident => $body:expr) => {
+        match $view.elem {
+            ElemType::I32 => {
+                let $idx = $self.r::<i32>($what, $view)?;
+                $body
+            }
+            _ => {
+                let $idx = $self.r::<i64>($what, $view)?;
+                $body
+            }
+        }
+    };
+}
+
 /// Every output disjoint from every input and from the other outputs.
 fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
     for (i, o) in outputs.iter().enumerate() {
@@ -388,24 +405,9 @@ impl Backend for CpuBackend {
             self.r::<f32>("gather data", data)?,
             self.w::<f32>("gather out", out)?,
         );
-        match indices.elem {
-            ElemType::I32 => index::gather(
-                data,
-                self.r::<i32>("gather indices", indices)?,
-                out,
-                outer,
-                axis,
-                inner,
-            ),
-            _ => index::gather(
-                data,
-                self.r::<i64>("gather indices", indices)?,
-                out,
-                outer,
-                axis,
-                inner,
-            ),
-        }
+        with_index!(self, "gather indices", indices, idx => {
+            index::gather(data, idx, out, outer, axis, inner)
+        })
     }
 
     fn scatter_add(
@@ -422,33 +424,15 @@ impl Backend for CpuBackend {
             self.r::<f32>("scatter_add updates", updates)?,
             self.w::<f32>("scatter_add out", out)?,
         );
-        match indices.elem {
-            ElemType::I32 => index::scatter_add(
-                updates,
-                self.r::<i32>("scatter_add indices", indices)?,
-                out,
-                outer,
-                size,
-                inner,
-            ),
-            _ => index::scatter_add(
-                updates,
-                self.r::<i64>("scatter_add indices", indices)?,
-                out,
-                outer,
-                size,
-                inner,
-            ),
-        }
+        with_index!(self, "scatter_add indices", indices, idx => {
+            index::scatter_add(updates, idx, out, outer, size, inner)
+        })
     }
 
     fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()> {
         disjoint("one_hot", &[out], &[indices])?;
         let out = self.w::<f32>("one_hot out", out)?;
-        match indices.elem {
-            ElemType::I32 => index::one_hot(self.r::<i32>("one_hot indices", indices)?, out, depth),
-            _ => index::one_hot(self.r::<i64>("one_hot indices", indices)?, out, depth),
-        }
+        with_index!(self, "one_hot indices", indices, idx => index::one_hot(idx, out, depth))
     }
 
     fn softmax(
@@ -547,22 +531,9 @@ impl Backend for CpuBackend {
             self.r::<f32>("softmax_cross_entropy logits", logits)?,
             self.w::<f32>("softmax_cross_entropy loss", loss)?,
         );
-        match labels.elem {
-            ElemType::I32 => loss::softmax_cross_entropy(
-                lg,
-                self.r::<i32>("softmax_cross_entropy labels", labels)?,
-                out,
-                rows,
-                classes,
-            ),
-            _ => loss::softmax_cross_entropy(
-                lg,
-                self.r::<i64>("softmax_cross_entropy labels", labels)?,
-                out,
-                rows,
-                classes,
-            ),
-        }
+        with_index!(self, "softmax_cross_entropy labels", labels, idx => {
+            loss::softmax_cross_entropy(lg, idx, out, rows, classes)
+        })
     }
 
     fn softmax_cross_entropy_grad(
@@ -594,24 +565,9 @@ impl Backend for CpuBackend {
         let lg = self.r::<f32>("softmax_cross_entropy_grad logits", logits)?;
         let dl = self.r::<f32>("softmax_cross_entropy_grad dloss", dloss)?[0];
         let out = self.w::<f32>("softmax_cross_entropy_grad dlogits", dlogits)?;
-        match labels.elem {
-            ElemType::I32 => loss::softmax_cross_entropy_grad(
-                lg,
-                self.r::<i32>("labels", labels)?,
-                dl,
-                out,
-                rows,
-                classes,
-            ),
-            _ => loss::softmax_cross_entropy_grad(
-                lg,
-                self.r::<i64>("labels", labels)?,
-                dl,
-                out,
-                rows,
-                classes,
-            ),
-        }
+        with_index!(self, "labels", labels, idx => {
+            loss::softmax_cross_entropy_grad(lg, idx, dl, out, rows, classes)
+        })
     }
 
     fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()> {
@@ -676,22 +632,9 @@ impl Backend for CpuBackend {
             slot_keep: self.w("moe_route slot_keep", slot_keep)?,
             offsets: self.w("moe_route offsets", offsets)?,
         };
-        match ids.elem {
-            ElemType::I32 => moe::moe_route(
-                self.r::<i32>("moe_route ids", ids)?,
-                k,
-                experts,
-                capacity,
-                route,
-            ),
-            _ => moe::moe_route(
-                self.r::<i64>("moe_route ids", ids)?,
-                k,
-                experts,
-                capacity,
-                route,
-            ),
-        }
+        with_index!(self, "moe_route ids", ids, idx => {
+            moe::moe_route(idx, k, experts, capacity, route)
+        })
     }
 
     fn grouped_matmul(
@@ -708,16 +651,9 @@ impl Backend for CpuBackend {
             self.r("grouped_matmul w", w)?,
         );
         let ys = self.w("grouped_matmul y", y)?;
-        match offsets.elem {
-            ElemType::I32 => {
-                let o = self.r::<i32>("grouped_matmul offsets", offsets)?;
-                moe::grouped_matmul(xs, ws, o, ys, dims)
-            }
-            _ => {
-                let o = self.r::<i64>("grouped_matmul offsets", offsets)?;
-                moe::grouped_matmul(xs, ws, o, ys, dims)
-            }
-        }
+        with_index!(self, "grouped_matmul offsets", offsets, o => {
+            moe::grouped_matmul(xs, ws, o, ys, dims)
+        })
     }
 
     fn grouped_matmul_grad_w(
@@ -732,15 +668,8 @@ impl Backend for CpuBackend {
         let xs = self.r("grouped_matmul_grad_w x", x)?;
         let dys = self.r("grouped_matmul_grad_w dy", dy)?;
         let dws = self.w("grouped_matmul_grad_w dw", dw)?;
-        match offsets.elem {
-            ElemType::I32 => {
-                let o = self.r::<i32>("grouped_matmul_grad_w offsets", offsets)?;
-                moe::grouped_matmul_grad_w(xs, dys, o, dws, dims)
-            }
-            _ => {
-                let o = self.r::<i64>("grouped_matmul_grad_w offsets", offsets)?;
-                moe::grouped_matmul_grad_w(xs, dys, o, dws, dims)
-            }
-        }
+        with_index!(self, "grouped_matmul_grad_w offsets", offsets, o => {
+            moe::grouped_matmul_grad_w(xs, dys, o, dws, dims)
+        })
     }
 }
