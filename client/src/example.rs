@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use adjoint_graph::rng::Stream;
-use adjoint_graph::zoo::{self, MoeLayerConfig, MoeTransformerConfig, TransformerConfig};
+use adjoint_graph::zoo::{self, MoeTransformerConfig, TransformerConfig};
 use adjoint_worker::data::{HostTensor, write_safetensors};
 use anyhow::{Context, Result};
 
 use crate::graph_file;
 
-/// The model of the example, with a symbolic batch.
+/// The model of the example, with a symbolic batch: the zoo's MoE layer
+/// (8 experts, top-2, 0.01 · Switch loss) in a wider, shorter-vocabulary
+/// decoder.
 pub fn moe_gpt_config() -> MoeTransformerConfig {
     MoeTransformerConfig {
         transformer: TransformerConfig {
@@ -27,14 +29,7 @@ pub fn moe_gpt_config() -> MoeTransformerConfig {
             seq: 64,
             batch: None,
         },
-        layer: MoeLayerConfig {
-            experts: 8,
-            top_k: 2,
-            hidden: 256,
-            capacity_factor: 0.0,
-            aux_weight: 0.01,
-            z_weight: 0.0,
-        },
+        ..MoeTransformerConfig::default()
     }
 }
 

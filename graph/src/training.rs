@@ -8,7 +8,7 @@
 use crate::autodiff::{self, GradGraph};
 use crate::checkpoint::{self, Checkpointed, Policy};
 use crate::ops::Moe;
-use crate::plan::{MemoryPlan, PlanOptions, plan_hash, plan_memory};
+use crate::plan::{MemoryPlan, PlanOptions, plan_hash};
 use crate::{Error, Graph, Op, Result, ValueId};
 
 /// The joint graph of one training step and its memory plan.
@@ -81,15 +81,10 @@ pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<Tr
         }
     }
     let opts = PlanOptions::with_grads(&joint.grads);
+    // For `none` the rewrite keeps everything and adds no node, so its
+    // graph and plan are the differentiated graph's.
     let checkpoint = checkpoint::checkpoint(&joint, policy, &opts)?;
-    let (joint, plan) = match policy {
-        // The differentiated graph itself, untouched by any rewrite.
-        Policy::None => {
-            let plan = plan_memory(&joint.graph, &opts)?;
-            (joint, plan)
-        }
-        _ => (checkpoint.joint.clone(), checkpoint.plan.clone()),
-    };
+    let (joint, plan) = (checkpoint.joint.clone(), checkpoint.plan.clone());
     let inputs = graph
         .inputs
         .iter()
