@@ -117,17 +117,6 @@ impl SparseExperts {
         self.slots.is_empty()
     }
 
-    /// Experts in all slots.
-    pub fn experts(&self) -> usize {
-        self.touched.len()
-    }
-
-    /// Experts the ranks agreed were touched this step (after the first
-    /// expert bucket).
-    pub fn touched(&self) -> usize {
-        self.touched.iter().filter(|&&t| t > 0.0).count()
-    }
-
     /// Rows this rank routed to each expert index this step, summed over
     /// the MoE layers.
     pub fn load(&self) -> &[u64] {
