@@ -22,6 +22,7 @@
 //! checkpoint = "auto"            # or none, every:2, sqrt, selective, budget:1GiB
 //! memory_budget = "8GiB"         # per worker; auto recomputes to fit
 //! lazy_experts = false           # MoE: untouched experts skip the update
+//! expert_parallel = 2            # MoE: each worker holds E/2 experts
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -107,6 +108,10 @@ pub struct SpecFields {
     /// Experts no token chose keep their weights and optimizer state.
     #[arg(long)]
     pub lazy_experts: Option<bool>,
+    /// Expert parallelism: workers one copy of the experts spans (each
+    /// holds E/N experts; tokens reach them by all-to-all).
+    #[arg(long)]
+    pub expert_parallel: Option<u32>,
 }
 
 macro_rules! merge_fields {
@@ -165,7 +170,8 @@ impl SpecFields {
             bucket_mb,
             checkpoint,
             memory_budget,
-            lazy_experts
+            lazy_experts,
+            expert_parallel
         );
         self
     }
@@ -204,6 +210,7 @@ impl SpecFields {
             checkpoint: self.checkpoint.clone().unwrap_or_default(),
             memory_budget: self.memory_budget.clone().unwrap_or_default(),
             lazy_experts: self.lazy_experts.unwrap_or(false),
+            expert_parallel: self.expert_parallel.unwrap_or(1),
             ..JobSpec::default()
         };
         if let Some(eval) = &self.eval {

@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ops::{
-    Binary, GeluApprox, Index, Loss, MatMul, Moe, Movement, Nn, Op, Reduce, ReduceKind, Unary,
+    Binary, CollectiveOp, GeluApprox, Index, Loss, MatMul, Moe, Movement, Nn, Op, Reduce,
+    ReduceKind, Unary,
 };
 use crate::{
     DType, Dim, Error, Graph, Init, Input, InputRole, Node, NodeRef, Param, Result, Shape,
@@ -569,6 +570,39 @@ impl Builder {
             Op::Moe(Moe::GroupedMatMulGradW { transpose }),
             &[x, dy, offsets],
         )
+    }
+
+    /// Packed rows to their experts' owners over a group of `ranks`
+    /// (`CollectiveOp::AllToAll`): `[rows, local_offsets, counts]`.
+    pub fn all_to_all(
+        &mut self,
+        x: ValueId,
+        offsets: ValueId,
+        ranks: usize,
+    ) -> Result<[ValueId; 3]> {
+        let outs = self.node(
+            Op::Collective(CollectiveOp::AllToAll { ranks }),
+            &[x, offsets],
+        )?;
+        Ok([outs[0], outs[1], outs[2]])
+    }
+    /// Expert outputs back to their rows' places
+    /// (`CollectiveOp::AllToAllCombine`).
+    pub fn all_to_all_combine(
+        &mut self,
+        y: ValueId,
+        offsets: ValueId,
+        counts: ValueId,
+        ranks: usize,
+    ) -> Result<ValueId> {
+        self.node1(
+            Op::Collective(CollectiveOp::AllToAllCombine { ranks }),
+            &[y, offsets, counts],
+        )
+    }
+    /// The sum of `x` over a group of `ranks` (`CollectiveOp::AllReduce`).
+    pub fn all_reduce(&mut self, x: ValueId, ranks: usize) -> Result<ValueId> {
+        self.node1(Op::Collective(CollectiveOp::AllReduce { ranks }), &[x])
     }
 
     pub fn softmax(&mut self, x: ValueId, axis: i64) -> Result<ValueId> {

@@ -16,6 +16,8 @@
 //! - [`plan`]: the memory planner: arena offsets and the gradient buffer.
 //! - [`checkpoint`]: activation checkpointing as a rewrite of the joint
 //!   graph, with policies from `none` to `budget:BYTES`.
+//! - [`expert_parallel`]: shards the experts of an MoE graph over ranks,
+//!   with the all-to-all exchanges that route rows to their owners.
 //! - [`training`]: the graph a training step runs (bound, differentiated,
 //!   checkpointed, planned), derived the same way by coordinator and workers.
 //! - [`zoo`]: the reference workload models.
@@ -33,6 +35,7 @@ pub mod builder;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
+pub mod expert_parallel;
 pub mod gradcheck;
 pub mod init;
 pub mod interp;

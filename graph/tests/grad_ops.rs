@@ -13,7 +13,9 @@
 //! The grouped matmuls take their offsets as a fed, never-perturbed input
 //! (`Dom::Offsets`) with an empty expert and a dropped tail; TopK is checked
 //! through the MoE gate on well-separated logits, MoeRoute through the
-//! dispatch gather it drives.
+//! dispatch gather it drives. The collectives are checked at `ranks = 1`,
+//! the only group the interpreter runs, on the grouped matmuls' rows and
+//! offsets (dropped rows come out zero).
 
 // Builder closures return the crate's `Result`, whose error is large.
 #![allow(clippy::result_large_err)]
@@ -28,6 +30,7 @@ use adjoint_graph::ops::{GeluApprox, Loss, Movement, Nn};
 use adjoint_graph::{Builder, DType, Graph, InputRole, Op, Shape, ValueId};
 use common::Dom::{AwayFromZero, Distinct, Frozen, Index, Int, Offsets, Pos, Real};
 use common::*;
+use proptest::strategy::{BoxedStrategy, Strategy};
 
 /// Default (rtol, atol) of the FD comparisons.
 const T: (f64, f64) = (1e-5, 1e-6);
@@ -116,6 +119,9 @@ table! {
     moe_route:   "MoeRoute", "MoeRoute(dispatch)", 2, common::moe_route(), [Index, Real],          T, dispatch;
     gather_rows: "GatherRows", "GatherRows",      2, common::gather_rows(), [Real, Index],         T, |b, x, _| one(b.gather_rows(x[0], x[1]));
     scatter_add_rows: "ScatterAddRows", "ScatterAddRows", 2, common::scatter_add_rows(), [Real, Index], T, |b, x, c| one(b.scatter_add_rows(x[0], x[1], Shape::of(&c.target)));
+    all_to_all:  "AllToAll", "AllToAll(ranks=1)",  2, exchange(false),   [Real, Offsets],          T, |b, x, _| { let [y, _, _] = b.all_to_all(x[0], x[1], 1)?; Ok(vec![y]) };
+    all_to_all_combine: "AllToAllCombine", "AllToAllCombine(ranks=1)", 3, exchange(true), [Real, Offsets, Int(3)], T, |b, x, _| one(b.all_to_all_combine(x[0], x[1], x[2], 1));
+    all_reduce:  "AllReduce", "AllReduce(ranks=1)", 1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.all_reduce(x[0], 1));
 }
 
 /// The MoE gate: softmax, top-k, the chosen probabilities (one-hot of the
@@ -146,6 +152,24 @@ fn dispatch(b: &mut Builder, x: &[ValueId], c: &Case) -> adjoint_graph::Result<V
     let kept = b.sum(keep, &[-1], true)?;
     let scaled = b.mul(x[1], kept)?;
     Ok(vec![packed, scaled])
+}
+
+/// The collectives at `ranks = 1` (what the interpreter runs): rows and
+/// offsets with an empty expert and a dropped tail, from [`grouped`]. For
+/// AllToAll: x `[..., D]`, offsets; for AllToAllCombine (`combine`): y
+/// `[1, ..., D]`, offsets and counts `[1, E]` (which one rank ignores).
+fn exchange(combine: bool) -> BoxedStrategy<Case> {
+    grouped(false, false)
+        .prop_map(move |mut c| {
+            let experts = c.offsets.len() - 1;
+            c.shapes.remove(1);
+            if combine {
+                c.shapes[0].insert(0, 1);
+                c.shapes.push(vec![1, experts]);
+            }
+            c
+        })
+        .boxed()
 }
 
 /// Every op of the set (serialized names).
@@ -199,12 +223,15 @@ const ALL_OPS: &[&str] = &[
     "GroupedMatMulGradW",
     "GatherRows",
     "ScatterAddRows",
+    "AllToAll",
+    "AllToAllCombine",
+    "AllReduce",
 ];
 
 #[test]
 fn every_op_has_a_row() {
     let rows = table();
-    assert_eq!(ALL_OPS.len(), 49);
+    assert_eq!(ALL_OPS.len(), 52);
     for &op in ALL_OPS {
         assert!(rows.iter().any(|r| r.op == op), "no row for {op}");
     }

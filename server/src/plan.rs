@@ -61,6 +61,16 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
     }
     spec.workers = spec.workers.max(1);
     spec.grad_accum = spec.grad_accum.max(1);
+    spec.expert_parallel = spec.expert_parallel.max(1);
+    if !spec.workers.is_multiple_of(spec.expert_parallel) {
+        return Err(bad(
+            "expert_parallel",
+            &format!(
+                "{} does not divide the job's {} workers: each copy of the experts spans expert_parallel workers",
+                spec.expert_parallel, spec.workers
+            ),
+        ));
+    }
     if spec.device.is_empty() {
         spec.device = "cpu".into();
     }
@@ -381,6 +391,16 @@ fn policy_row(policy: &Policy, t: &TrainingGraph, spec: &JobSpec) -> PolicyEstim
 /// written back into `spec`. A budget that no plan fits is an error naming
 /// the smallest that does.
 pub fn estimate(graph: &Graph, spec: &mut JobSpec, worker_memory: Option<u64>) -> Result<Estimate> {
+    // Under expert parallelism a worker runs (and plans) the graph with
+    // its share of the experts.
+    let sharded;
+    let graph = match spec.expert_parallel {
+        0 | 1 => graph,
+        ep => {
+            sharded = adjoint_graph::expert_parallel::shard_experts(graph, ep as usize)?;
+            &sharded.graph
+        }
+    };
     let plain = plan_job(graph, spec, &Policy::None)?;
     let plain_total = total_bytes(&plain, spec);
     let fixed = plain_total - plain.plan.arena_bytes as u64;

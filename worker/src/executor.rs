@@ -18,8 +18,9 @@ use adjoint_graph::plan::{MemoryPlan, PlanOptions, plan_memory};
 use adjoint_graph::{Graph, ValueId, init};
 use adjoint_kernels::{Backend, ElemType, View};
 
+use crate::collective::Collective;
 use crate::data::HostTensor;
-use crate::program::{Buffers, HostLayout, Instr, Program, StepKey, ValueViews};
+use crate::program::{Buffers, ExchangeScratch, HostLayout, Instr, Program, StepKey, ValueViews};
 use crate::{Error, Result};
 
 /// How an executor is built.
@@ -78,6 +79,12 @@ pub struct Executor<B: Backend> {
     poison: Vec<Vec<View>>,
     /// Copies into gradient slots for gradients the plan could not place.
     grad_copies: Vec<Instr>,
+    /// Host buffers of the collective instructions.
+    exchange: ExchangeScratch,
+    /// Bytes the collective instructions sent and the time they took, in
+    /// the last run.
+    exchange_bytes: u64,
+    exchange_secs: f64,
 }
 
 impl<B: Backend> Executor<B> {
@@ -108,7 +115,7 @@ impl<B: Backend> Executor<B> {
         let views = ValueViews::build(&graph, &plan, &layout, &buffers)?;
         let program = Program::compile(&graph, &views)?;
         let grad_copies = grad_copy_instrs(&graph, &plan, &views, &buffers)?;
-        let buckets = buckets(&graph, &plan, &program, opts.bucket_bytes);
+        let buckets = buckets(&graph, &plan, &program, opts.bucket_bytes, &[]);
         let poison = if opts.poison_freed {
             poison_lists(&graph, &plan, &views, &program)?
         } else {
@@ -125,7 +132,32 @@ impl<B: Backend> Executor<B> {
             buckets,
             poison,
             grad_copies,
+            exchange: ExchangeScratch::default(),
+            exchange_bytes: 0,
+            exchange_secs: 0.0,
         })
+    }
+
+    /// Re-forms the gradient buckets so that each parameter of `alone`
+    /// has a bucket of its own (expert shards, reduced apart from the
+    /// rest).
+    pub fn isolate_buckets(&mut self, bucket_bytes: usize, alone: &[ValueId]) {
+        self.buckets = buckets(&self.graph, &self.plan, &self.program, bucket_bytes, alone);
+    }
+
+    /// Whether the program has collective instructions (expert
+    /// parallelism), so it must run with [`Executor::run_with`].
+    pub fn has_exchanges(&self) -> bool {
+        self.program
+            .instrs
+            .iter()
+            .any(|i| matches!(i, Instr::Exchange(_)))
+    }
+
+    /// Bytes the collective instructions sent to other ranks in the last
+    /// run, and the seconds they took.
+    pub fn exchange_stats(&self) -> (u64, f64) {
+        (self.exchange_bytes, self.exchange_secs)
     }
 
     pub fn graph(&self) -> &Graph {
@@ -270,20 +302,57 @@ impl<B: Backend> Executor<B> {
     }
 
     /// Runs one step; `on_bucket` is called as each gradient bucket is
-    /// complete.
+    /// complete. A program with collective instructions fails here: run it
+    /// with [`Executor::run_with`].
     pub fn run(
         &mut self,
         key: StepKey,
         on_bucket: &mut dyn FnMut(&mut B, &GradBucket),
     ) -> Result<()> {
+        self.run_inner(key, None, &mut |backend, bucket, _| {
+            on_bucket(backend, bucket)
+        })
+    }
+
+    /// Runs one step with `coll` carrying the collective instructions;
+    /// `on_bucket` is called as each gradient bucket is complete and may
+    /// use the collective too.
+    pub fn run_with(
+        &mut self,
+        key: StepKey,
+        coll: &mut dyn Collective,
+        on_bucket: &mut BucketHook<'_, B>,
+    ) -> Result<()> {
+        self.run_inner(key, Some(coll), on_bucket)
+    }
+
+    fn run_inner(
+        &mut self,
+        key: StepKey,
+        mut coll: Option<&mut dyn Collective>,
+        on_bucket: &mut BucketHook<'_, B>,
+    ) -> Result<()> {
         let mut next_bucket = 0;
+        self.exchange_bytes = 0;
+        self.exchange_secs = 0.0;
         for (i, instr) in self.program.instrs.iter().enumerate() {
-            instr.run(&mut self.backend, key)?;
+            match (instr, reborrow(&mut coll)) {
+                (Instr::Exchange(x), Some(c)) => {
+                    let t0 = std::time::Instant::now();
+                    self.exchange_bytes += x.run(&mut self.backend, c, &mut self.exchange)?;
+                    self.exchange_secs += t0.elapsed().as_secs_f64();
+                }
+                _ => instr.run(&mut self.backend, key)?,
+            }
             for view in &self.poison[i] {
                 self.backend.fill(*view, f64::NAN)?;
             }
             while next_bucket < self.buckets.len() && self.buckets[next_bucket].ready_after == i {
-                on_bucket(&mut self.backend, &self.buckets[next_bucket]);
+                on_bucket(
+                    &mut self.backend,
+                    &self.buckets[next_bucket],
+                    reborrow(&mut coll),
+                );
                 next_bucket += 1;
             }
         }
@@ -291,9 +360,22 @@ impl<B: Backend> Executor<B> {
             copy.run(&mut self.backend, key)?;
         }
         for bucket in &self.buckets[next_bucket..] {
-            on_bucket(&mut self.backend, bucket);
+            on_bucket(&mut self.backend, bucket, reborrow(&mut coll));
         }
         Ok(())
+    }
+}
+
+/// What [`Executor::run_with`] calls as each gradient bucket is complete:
+/// the backend, the bucket and the collective.
+pub type BucketHook<'a, B> = dyn FnMut(&mut B, &GradBucket, Option<&mut dyn Collective>) + 'a;
+
+/// A shorter borrow of an optional collective (the object's lifetime
+/// shortens with it, which `Option::as_deref_mut` cannot do).
+fn reborrow<'s>(coll: &'s mut Option<&mut dyn Collective>) -> Option<&'s mut dyn Collective> {
+    match coll {
+        Some(c) => Some(&mut **c),
+        None => None,
     }
 }
 
@@ -336,6 +418,7 @@ fn buckets(
     plan: &MemoryPlan,
     program: &Program,
     bucket_bytes: usize,
+    alone: &[ValueId],
 ) -> Vec<GradBucket> {
     let producers = graph.producers();
     let ready_after = |value: ValueId| -> usize {
@@ -352,9 +435,12 @@ fn buckets(
     };
     let mut out: Vec<GradBucket> = Vec::new();
     for slot in &plan.grad_layout {
-        let start_new = out
-            .last()
-            .is_none_or(|b| b.bytes >= bucket_bytes || b.ready_after == usize::MAX);
+        let own = alone.contains(&slot.param);
+        let start_new = out.last().is_none_or(|b| {
+            own || b.bytes >= bucket_bytes
+                || b.ready_after == usize::MAX
+                || b.params.first().is_some_and(|p| alone.contains(p))
+        });
         if start_new {
             out.push(GradBucket {
                 index: out.len(),

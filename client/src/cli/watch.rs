@@ -77,8 +77,16 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
                             human_bytes(m.allreduce_bytes_saved)
                         ),
                     };
+                    let alltoall = match m.alltoall_bytes {
+                        0 => String::new(),
+                        b => format!(
+                            "  all-to-all {}/step ({:.1} ms)",
+                            human_bytes(b),
+                            m.alltoall_ms
+                        ),
+                    };
                     bar.set_message(format!(
-                        "loss {:.4}{eval}  {:.0} samples/s{experts}",
+                        "loss {:.4}{eval}  {:.0} samples/s{experts}{alltoall}",
                         m.loss, m.samples_per_sec
                     ));
                 }

@@ -10,6 +10,7 @@
 //! [`OpRules::decompose`] into ops that have rules, and differentiate that.
 
 pub mod binary;
+pub mod collective;
 pub mod index;
 pub mod loss;
 pub mod matmul;
@@ -23,6 +24,7 @@ pub mod unary;
 mod test_util;
 
 pub use binary::Binary;
+pub use collective::CollectiveOp;
 pub use index::Index;
 pub use loss::Loss;
 pub use matmul::MatMul;
@@ -140,6 +142,7 @@ pub enum Op {
     Nn(Nn),
     Loss(Loss),
     Moe(Moe),
+    Collective(CollectiveOp),
 }
 
 macro_rules! each_family {
@@ -154,6 +157,7 @@ macro_rules! each_family {
             Op::Nn($op) => $body,
             Op::Loss($op) => $body,
             Op::Moe($op) => $body,
+            Op::Collective($op) => $body,
         }
     };
 }
@@ -182,6 +186,9 @@ impl Op {
         try_family!(Nn);
         try_family!(Loss);
         try_family!(Moe);
+        if let Some(parsed) = CollectiveOp::parse(name, attrs) {
+            return parsed.map(|o| Some(Op::Collective(o)));
+        }
         Ok(None)
     }
 
@@ -228,6 +235,7 @@ impl Op {
             Op::Nn(o) => Op::Nn(o.bind_batch(batch)),
             Op::Loss(o) => Op::Loss(o.bind_batch(batch)),
             Op::Moe(o) => Op::Moe(o.bind_batch(batch)),
+            Op::Collective(o) => Op::Collective(o.bind_batch(batch)),
         }
     }
 

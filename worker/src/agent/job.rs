@@ -211,6 +211,8 @@ pub fn metrics(m: &StepMetrics, rank: usize) -> v1::StepMetrics {
         eval_loss: None,
         expert_rows: Vec::new(),
         allreduce_bytes_saved: m.allreduce_bytes_saved,
+        alltoall_bytes: m.alltoall_bytes,
+        alltoall_ms: m.alltoall_ms,
     }
 }
 
@@ -344,6 +346,7 @@ async fn prepare(
     cfg.clip_grad_norm = spec.clip_grad_norm as f32;
     cfg.checkpoint = spec::checkpoint(&spec.checkpoint)?;
     cfg.lazy_experts = spec.lazy_experts;
+    cfg.expert_parallel = spec.expert_parallel.max(1) as usize;
     cfg.seed = spec.seed;
     cfg.exec = ctx.exec;
     if spec.bucket_mb > 0.0 {
@@ -484,7 +487,7 @@ fn train_steps(
     };
     let mut eval = match p.eval {
         Some((split, every)) => {
-            let e = Evaluator::new(
+            let e = Evaluator::sharded(
                 CpuBackend::new(),
                 &p.graph,
                 split,
@@ -492,6 +495,7 @@ fn train_steps(
                 p.rank,
                 p.world,
                 p.cfg.exec,
+                p.cfg.expert_parallel,
             )
             .map_err(|e| format!("eval split: {e}"))?;
             if e.dropped() > 0 {
@@ -529,17 +533,21 @@ fn train_steps(
         };
         if p.rank == 0 {
             let _ = tx.send(Event::Metrics(m, eval_loss, t.expert_load().to_vec()));
-            if p.checkpoint_every > 0 && m.step % p.checkpoint_every == 0 {
-                let bytes = t.checkpoint().map_err(|e| e.to_string())?;
+        }
+        if p.checkpoint_every > 0 && m.step % p.checkpoint_every == 0 {
+            // Every rank takes part: expert shards travel to rank 0.
+            if let Some(bytes) = t
+                .gather_checkpoint(coll.as_mut())
+                .map_err(|e| e.to_string())?
+            {
                 let key = format!("jobs/{}/checkpoints/step-{}.safetensors", p.job_id, m.step);
                 let _ = tx.send(Event::Put { key, bytes });
             }
         }
     }
-    if p.rank != 0 {
+    let Some(params) = t.full_params(coll.as_mut()).map_err(|e| e.to_string())? else {
         return Ok(None);
-    }
-    let weights =
-        weights_file(&t.params().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    };
+    let weights = weights_file(&params).map_err(|e| e.to_string())?;
     Ok(Some(weights))
 }

@@ -130,6 +130,33 @@ impl<B: Backend> DistTrainer<B> {
         .map_err(|e| Error::Data(format!("safetensors: {e}")))
     }
 
+    /// A checkpoint with expert weights whole, as safetensors bytes on rank
+    /// 0 (`None` on the others); every rank must call it. Without expert
+    /// parallelism only rank 0 does any work.
+    pub fn gather_checkpoint(
+        &self,
+        coll: &mut dyn crate::collective::Collective,
+    ) -> Result<Option<Vec<u8>>> {
+        let Some(shards) = self.expert_shards() else {
+            return match self.config().rank {
+                0 => self.checkpoint().map(Some),
+                _ => Ok(None),
+            };
+        };
+        let mut tensors = self.params()?;
+        tensors.extend(self.optimizer_state()?);
+        shards.gather(coll, &mut tensors)?;
+        if self.config().rank != 0 {
+            return Ok(None);
+        }
+        safetensors::serialize(
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            Some(self.checkpoint_meta().to_map()),
+        )
+        .map(Some)
+        .map_err(|e| Error::Data(format!("safetensors: {e}")))
+    }
+
     /// Restores parameters, optimizer state and the step from a checkpoint
     /// of the same graph and optimizer.
     pub fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {

@@ -8,6 +8,11 @@
 //! is dropped, and said so once) and sums the per-batch losses and the batch
 //! count across ranks, so every rank returns the same mean. Every rank must
 //! call it at the same steps.
+//!
+//! Under expert parallelism the loss graph is the rank's sharded one and
+//! its forward passes exchange rows with the rank's group, so every rank
+//! of a group runs as many passes as the busiest of them; the extra passes
+//! of a rank with fewer batches are not counted.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +45,9 @@ pub struct Evaluator<B: Backend> {
     indices: Vec<u32>,
     batch: usize,
     world: usize,
+    /// Forward passes per evaluation: this rank's batches, or under expert
+    /// parallelism the most any rank of its group has.
+    passes: usize,
 }
 
 impl<B: Backend> Evaluator<B> {
@@ -54,6 +62,30 @@ impl<B: Backend> Evaluator<B> {
         world: usize,
         exec: ExecOptions,
     ) -> Result<Self> {
+        Self::sharded(backend, graph, data, batch, rank, world, exec, 1)
+    }
+
+    /// [`Evaluator::new`] for a job with `expert_parallel` ranks per copy
+    /// of the experts (the parameters it is given are the rank's shards).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sharded(
+        backend: B,
+        graph: &Graph,
+        data: Dataset,
+        batch: usize,
+        rank: usize,
+        world: usize,
+        exec: ExecOptions,
+        expert_parallel: usize,
+    ) -> Result<Self> {
+        let sharded;
+        let graph = match expert_parallel {
+            0 | 1 => graph,
+            ep => {
+                sharded = adjoint_graph::expert_parallel::shard_experts(graph, ep)?;
+                &sharded.graph
+            }
+        };
         let graph = eval_graph(graph, batch)?;
         let inputs = graph.inputs.iter().map(|i| i.value).collect::<Vec<_>>();
         let exec = Executor::new(backend, graph, &[], exec)?;
@@ -62,7 +94,17 @@ impl<B: Backend> Evaluator<B> {
             .map(|i| i as u32)
             .collect();
         let bufs = BatchBuffers::new(&data, batch)?;
+        let world = world.max(1);
+        let batches_of = |r: usize| data.samples().saturating_sub(r).div_ceil(world) / batch;
+        let passes = match expert_parallel {
+            0 | 1 => batches_of(rank),
+            ep => {
+                let base = rank / ep * ep;
+                (base..base + ep).map(batches_of).max().unwrap_or(0)
+            }
+        };
         Ok(Evaluator {
+            passes,
             exec,
             inputs,
             data,
@@ -91,11 +133,14 @@ impl<B: Backend> Evaluator<B> {
     ) -> Result<EvalResult> {
         self.exec.load_params(params)?;
         let mut sums = [0f32, 0f32];
-        for b in 0..self.batches() {
-            let window = &self.indices[b * self.batch..(b + 1) * self.batch];
-            self.bufs.gather(&self.data, window)?;
-            for (i, &v) in self.inputs.iter().enumerate() {
-                self.exec.write_bytes(v, self.bufs.input(i))?;
+        for b in 0..self.passes {
+            let counted = b < self.batches();
+            if counted {
+                let window = &self.indices[b * self.batch..(b + 1) * self.batch];
+                self.bufs.gather(&self.data, window)?;
+                for (i, &v) in self.inputs.iter().enumerate() {
+                    self.exec.write_bytes(v, self.bufs.input(i))?;
+                }
             }
             // Dropout is off in the eval graph, so the key does not matter.
             let key = StepKey {
@@ -103,9 +148,15 @@ impl<B: Backend> Evaluator<B> {
                 step: 0,
                 rank: 0,
             };
-            self.exec.run(key, &mut |_, _| {})?;
-            sums[0] += self.exec.loss()?;
-            sums[1] += 1.0;
+            if self.exec.has_exchanges() {
+                self.exec.run_with(key, &mut *coll, &mut |_, _, _| {})?;
+            } else {
+                self.exec.run(key, &mut |_, _| {})?;
+            }
+            if counted {
+                sums[0] += self.exec.loss()?;
+                sums[1] += 1.0;
+            }
         }
         coll.all_reduce_sum(&mut sums).map_err(collective_error)?;
         if sums[1] == 0.0 {

@@ -24,6 +24,7 @@
 
 pub mod checkpoint;
 mod eval;
+mod experts;
 mod sampler;
 mod schedule;
 mod sparse;
@@ -43,6 +44,7 @@ use crate::{
 };
 
 pub use eval::{EvalResult, Evaluator};
+pub use experts::ExpertShards;
 pub use sampler::{BatchBuffers, DataPosition, Sampler, shuffle};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use sparse::SparseExperts;
@@ -76,6 +78,11 @@ pub struct DistConfig {
     /// weights and optimizer state this step (no weight decay, no momentum
     /// drift), like TensorFlow's LazyAdam.
     pub lazy_experts: bool,
+    /// Ranks one copy of the experts spans (1: every rank holds every
+    /// expert). With N > 1 each rank holds E/N experts and packed rows
+    /// travel to them by all-to-all ([`ExpertShards`]); the world must be
+    /// a multiple of N. Sparse expert all-reduce is off under it.
+    pub expert_parallel: usize,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -96,6 +103,7 @@ impl DistConfig {
             checkpoint: Policy::None,
             sparse_experts: true,
             lazy_experts: false,
+            expert_parallel: 1,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -128,6 +136,10 @@ pub struct StepMetrics {
     /// Bytes of expert gradients the sparse all-reduce did not send
     /// (experts no rank routed a row to).
     pub allreduce_bytes_saved: u64,
+    /// Bytes this rank sent by expert all-to-all (expert parallelism), and
+    /// the time those exchanges took, over the step's micro-steps.
+    pub alltoall_bytes: u64,
+    pub alltoall_ms: f64,
     /// Where the step's samples came from.
     pub position: DataPosition,
 }
@@ -220,6 +232,10 @@ struct Totals {
     allreduce_bytes: u64,
     allreduce_saved: u64,
     sumsq: f64,
+    /// Squared norm of this rank's expert shards' gradients.
+    shard_sumsq: f64,
+    alltoall_bytes: u64,
+    alltoall_secs: f64,
 }
 
 /// One rank of a data-parallel training job.
@@ -243,6 +259,8 @@ pub struct DistTrainer<B: Backend> {
     events: EventLog,
     logs: Vec<String>,
     sparse: SparseExperts,
+    /// Expert shards under expert parallelism.
+    shards: Option<ExpertShards>,
 }
 
 impl<B: Backend> DistTrainer<B> {
@@ -262,13 +280,18 @@ impl<B: Backend> DistTrainer<B> {
                 "batch and grad_accum must be at least 1".into(),
             ));
         }
-        let t = training_graph(graph, cfg.batch, &cfg.checkpoint)?;
+        let sharded = shard_for(graph, &cfg)?;
+        let t = training_graph(
+            sharded.as_ref().map_or(graph, |s| &s.graph),
+            cfg.batch,
+            &cfg.checkpoint,
+        )?;
         let mut logs = Vec::new();
         if cfg.checkpoint != Policy::None {
             logs.push(t.checkpoint.summary());
         }
         let inputs = t.inputs;
-        let experts = if cfg.sparse_experts {
+        let experts = if cfg.sparse_experts && sharded.is_none() {
             t.expert_grads
         } else {
             Vec::new()
@@ -282,6 +305,32 @@ impl<B: Backend> DistTrainer<B> {
             .unwrap_or(0);
         let sparse = SparseExperts::new(&exec, &experts, largest_bucket)?;
         exec.init_params(cfg.seed)?;
+        let shards = match &sharded {
+            Some(s) => {
+                let shards = ExpertShards::new(
+                    exec.graph(),
+                    &s.params,
+                    cfg.expert_parallel,
+                    cfg.rank,
+                    cfg.world,
+                )?;
+                exec.isolate_buckets(cfg.exec.bucket_bytes, &shards.values());
+                shards.init(&mut exec, graph, cfg.seed)?;
+                logs.push(format!(
+                    "expert parallel over {} ranks: this rank holds experts {:?} of {} weight(s); {} replica(s) of each",
+                    cfg.expert_parallel,
+                    s.params.first().map(|p| adjoint_graph::expert_parallel::shard_range(
+                        p.experts,
+                        cfg.expert_parallel,
+                        cfg.rank
+                    )),
+                    s.params.len(),
+                    shards.replicas()
+                ));
+                Some(shards)
+            }
+            None => None,
+        };
         let elements = exec.grads_view().len;
         let optimizer = Optimizer::new(&mut exec.backend, cfg.optimizer, elements)?;
         let sampler = Sampler::new(data.samples(), cfg.global_batch(), cfg.seed)?;
@@ -321,6 +370,7 @@ impl<B: Backend> DistTrainer<B> {
             batch_bufs,
             logs,
             sparse,
+            shards,
         })
     }
 
@@ -380,12 +430,39 @@ impl<B: Backend> DistTrainer<B> {
     }
 
     /// Sets parameters from tensors named as in the graph (others keep
-    /// their initial values).
+    /// their initial values). Expert weights may come full (`[E, ...]`)
+    /// or as this rank's shard.
     pub fn load_params(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
-        self.exec.load_params(tensors)
+        match &self.shards {
+            Some(s) => {
+                let local = s.localize(tensors)?;
+                self.exec.load_params(&local)
+            }
+            None => self.exec.load_params(tensors),
+        }
     }
 
-    /// Every parameter (trainable or not), named as in the graph.
+    /// The expert shards, under expert parallelism.
+    pub fn expert_shards(&self) -> Option<&ExpertShards> {
+        self.shards.as_ref()
+    }
+
+    /// Every parameter with expert weights whole, on rank 0 (`None` on the
+    /// others); every rank must call it. Without expert parallelism it is
+    /// [`DistTrainer::params`] on rank 0 and talks to no one.
+    pub fn full_params(
+        &self,
+        coll: &mut dyn Collective,
+    ) -> Result<Option<BTreeMap<String, HostTensor>>> {
+        let mut params = self.params()?;
+        if let Some(s) = &self.shards {
+            s.gather(coll, &mut params)?;
+        }
+        Ok((self.cfg.rank == 0).then_some(params))
+    }
+
+    /// Every parameter (trainable or not), named as in the graph; expert
+    /// weights under expert parallelism are this rank's shards.
     pub fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
         let g = self.exec.graph();
         let mut out = BTreeMap::new();
@@ -429,8 +506,17 @@ impl<B: Backend> DistTrainer<B> {
     }
 
     /// Restores optimizer state written by [`DistTrainer::optimizer_state`];
-    /// every tensor must be present.
+    /// every tensor must be present (expert weights' state full or as this
+    /// rank's shard).
     pub fn load_optimizer_state(&mut self, tensors: &BTreeMap<String, HostTensor>) -> Result<()> {
+        let localized;
+        let tensors = match &self.shards {
+            Some(s) => {
+                localized = s.localize(tensors)?;
+                &localized
+            }
+            None => tensors,
+        };
         let names = self.optimizer.state_names();
         let views = self.optimizer.state_views();
         let g = self.exec.graph();
@@ -494,6 +580,7 @@ impl<B: Backend> DistTrainer<B> {
             accum,
             events,
             sparse,
+            shards,
             ..
         } = self;
         let step = *steps;
@@ -529,10 +616,14 @@ impl<B: Backend> DistTrainer<B> {
                 rank: cfg.rank as u32,
             };
             let mut failed: Option<Error> = None;
-            exec.run(key, &mut |backend, bucket| {
+            exec.run_with(key, &mut *coll, &mut |backend, bucket, coll| {
                 if failed.is_some() {
                     return;
                 }
+                let Some(coll) = coll else {
+                    failed = Some(Error::Data("a bucket came without the collective".into()));
+                    return;
+                };
                 if phase == Phase::Last
                     && events.backward_end.is_none()
                     && bucket.ready_after() >= last_instr
@@ -545,6 +636,7 @@ impl<B: Backend> DistTrainer<B> {
                     accum: accum.as_mut_slice(),
                     scale,
                     sparse: &mut *sparse,
+                    shards: shards.as_mut(),
                 };
                 match hook.run(backend, bucket, phase, coll, &mut totals) {
                     Ok(Some(event)) => events.buckets.push(event),
@@ -555,6 +647,9 @@ impl<B: Backend> DistTrainer<B> {
             if let Some(e) = failed {
                 return Err(e);
             }
+            let (sent, secs) = exec.exchange_stats();
+            totals.alltoall_bytes += sent;
+            totals.alltoall_secs += secs;
             if phase != Phase::Last && !sparse.is_empty() {
                 sparse.observe(&mut exec.backend)?;
             }
@@ -564,14 +659,25 @@ impl<B: Backend> DistTrainer<B> {
             events.backward_end = Some(Instant::now());
         }
 
-        let mut loss = [(loss_sum / cfg.grad_accum as f64) as f32];
+        // The loss and, under expert parallelism, the shards' squared
+        // gradient norm (each place counted once per replica).
+        let mut sums = [
+            (loss_sum / cfg.grad_accum as f64) as f32,
+            totals.shard_sumsq as f32,
+        ];
+        let n = if shards.is_some() { 2 } else { 1 };
         let t = Instant::now();
-        coll.all_reduce_sum(&mut loss).map_err(collective_error)?;
+        coll.all_reduce_sum(&mut sums[..n])
+            .map_err(collective_error)?;
         totals.allreduce_secs += t.elapsed().as_secs_f64();
-        totals.allreduce_bytes += 4;
-        let loss = loss[0] / cfg.world as f32;
+        totals.allreduce_bytes += 4 * n as u64;
+        let loss = sums[0] / cfg.world as f32;
+        let shard_sumsq = match shards {
+            Some(s) => f64::from(sums[1]) / s.replicas() as f64,
+            None => 0.0,
+        };
 
-        let grad_norm = totals.sumsq.sqrt() as f32;
+        let grad_norm = (totals.sumsq + shard_sumsq).sqrt() as f32;
         if cfg.clip_grad_norm > 0.0 {
             // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6)
             // when that is below 1.
@@ -604,6 +710,8 @@ impl<B: Backend> DistTrainer<B> {
             allreduce_ms: totals.allreduce_secs * 1e3,
             allreduce_bytes: totals.allreduce_bytes,
             allreduce_bytes_saved: totals.allreduce_saved,
+            alltoall_bytes: totals.alltoall_bytes,
+            alltoall_ms: totals.alltoall_secs * 1e3,
             position,
         })
     }
@@ -616,6 +724,7 @@ struct BucketHook<'a> {
     accum: &'a mut [f32],
     scale: f32,
     sparse: &'a mut SparseExperts,
+    shards: Option<&'a mut ExpertShards>,
 }
 
 impl BucketHook<'_> {
@@ -655,7 +764,12 @@ impl BucketHook<'_> {
                     }
                 }
                 let t0 = Instant::now();
-                let sent = if self.sparse.overlaps(start, len) {
+                let mut shard = self.shards.filter(|s| s.holds(&bucket.params));
+                let sent = if let Some(s) = shard.as_deref_mut() {
+                    // Already summed over every place's rows: only the
+                    // replicas of this place add theirs.
+                    s.reduce(coll, host)?
+                } else if self.sparse.overlaps(start, len) {
                     // The marks of this (last) micro-step are read once, when
                     // the first expert bucket comes; every rank gets here at
                     // the same bucket.
@@ -676,6 +790,10 @@ impl BucketHook<'_> {
                     sumsq += f64::from(*g) * f64::from(*g);
                 }
                 backend.write(view, bytemuck::cast_slice(host))?;
+                if shard.is_some() {
+                    totals.shard_sumsq += sumsq;
+                    sumsq = 0.0;
+                }
                 totals.allreduce_secs += (t1 - t0).as_secs_f64();
                 totals.allreduce_bytes += sent;
                 totals.allreduce_saved += (bucket.bytes as u64).saturating_sub(sent);
@@ -698,6 +816,26 @@ impl BucketHook<'_> {
 /// spec.
 pub fn plan_hash(graph: &Graph, batch: usize, policy: &Policy) -> Result<String> {
     Ok(training_graph(graph, batch, policy)?.plan_hash())
+}
+
+/// The forward graph with its experts sharded, under expert parallelism.
+fn shard_for(
+    graph: &Graph,
+    cfg: &DistConfig,
+) -> Result<Option<adjoint_graph::expert_parallel::ShardedExperts>> {
+    let ep = cfg.expert_parallel;
+    if ep <= 1 {
+        return Ok(None);
+    }
+    if !cfg.world.is_multiple_of(ep) {
+        return Err(Error::Data(format!(
+            "expert_parallel = {ep} needs a world that is a multiple of {ep}; this job has {} ranks",
+            cfg.world
+        )));
+    }
+    Ok(Some(adjoint_graph::expert_parallel::shard_experts(
+        graph, ep,
+    )?))
 }
 
 /// Collective failures surface as data errors naming the rank, peer and

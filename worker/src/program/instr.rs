@@ -3,6 +3,8 @@
 use adjoint_kernels::backend::GroupedMatMulDims;
 use adjoint_kernels::{Backend, BinaryOp, CompareOp, MatMulDims, ReduceOp, RngKey, UnaryOp, View};
 
+use super::exchange::Exchange;
+
 /// A backend call. Shapes and strides are owned here, computed once at
 /// compile time, and lent to the backend at run time.
 #[derive(Debug, Clone)]
@@ -187,6 +189,9 @@ pub enum Instr {
         dw: View,
         dims: GroupedMatMulDims,
     },
+    /// Data that crosses ranks: run by the executor with the job's
+    /// collective, never by [`Instr::run`].
+    Exchange(Box<Exchange>),
 }
 
 /// Operands and dimensions of a batched matmul.
@@ -397,6 +402,9 @@ impl Instr {
                 dw,
                 dims,
             } => backend.grouped_matmul_grad_w(*x, *dy, *offsets, *dw, dims),
+            Instr::Exchange(_) => Err(adjoint_kernels::Error::Invalid(
+                "a collective op (AllToAll, AllToAllCombine, AllReduce) runs only with a collective: train it with a DistTrainer".into(),
+            )),
         }
     }
 
@@ -434,6 +442,7 @@ impl Instr {
             } => vec![*row_token, *slot_row, *slot_keep, *offsets],
             Instr::GroupedMatMul { y, .. } => vec![*y],
             Instr::GroupedMatMulGradW { dw, .. } => vec![*dw],
+            Instr::Exchange(x) => x.outputs(),
         }
     }
 }

@@ -3,12 +3,13 @@
 use adjoint_graph::interp::strides as contiguous_strides;
 use adjoint_graph::ops::moe;
 use adjoint_graph::ops::{
-    Binary, GeluApprox, Index, Loss, Moe, Movement, Nn, Op, ReduceKind, Unary,
+    Binary, CollectiveOp, GeluApprox, Index, Loss, Moe, Movement, Nn, Op, ReduceKind, Unary,
 };
 use adjoint_graph::{Graph, Node, ValueId};
 use adjoint_kernels::backend::GroupedMatMulDims;
 use adjoint_kernels::{BinaryOp, CompareOp, ReduceOp, UnaryOp, View};
 
+use super::exchange::{Exchange, ExchangeDims};
 use super::instr::{Instr, MatMulInstr};
 use super::views::ValueViews;
 use crate::{Error, Result};
@@ -31,6 +32,7 @@ pub fn lower_node(
         Op::Nn(n) => cx.nn(n, out),
         Op::Loss(l) => cx.loss(l, out),
         Op::Moe(m) => cx.moe(m, out),
+        Op::Collective(c) => cx.collective(*c, out),
     }
 }
 
@@ -561,6 +563,64 @@ impl Cx<'_> {
     }
 
     /// Experts of a grouped matmul: its offsets (input 2) are `[E + 1]`.
+    fn collective(&self, c: CollectiveOp, out: &mut Vec<Instr>) -> Result<()> {
+        let offsets_experts = |i: usize| -> Result<usize> {
+            match self.in_shape(i)[..] {
+                [n] if n >= 2 => Ok(n - 1),
+                ref other => Err(self.unsupported(format!(
+                    "expected offsets [experts + 1], found shape {other:?}"
+                ))),
+            }
+        };
+        let exchange = match c {
+            CollectiveOp::AllToAll { ranks } => {
+                let (rows, width) = self.rows_and_width(&self.in_shape(0), "all_to_all rows")?;
+                Exchange::AllToAll {
+                    x: self.input(0)?,
+                    offsets: self.input(1)?,
+                    y: self.output(0)?,
+                    local_offsets: self.output(1)?,
+                    counts: self.output(2)?,
+                    dims: ExchangeDims {
+                        ranks,
+                        experts: offsets_experts(1)?,
+                        rows,
+                        width,
+                    },
+                }
+            }
+            CollectiveOp::AllToAllCombine { ranks } => {
+                let (rows, width) = self.rows_and_width(&self.out_shape(0), "combined rows")?;
+                Exchange::Combine {
+                    y: self.input(0)?,
+                    offsets: self.input(1)?,
+                    counts: self.input(2)?,
+                    x: self.output(0)?,
+                    dims: ExchangeDims {
+                        ranks,
+                        experts: offsets_experts(1)?,
+                        rows,
+                        width,
+                    },
+                }
+            }
+            CollectiveOp::AllReduce { ranks } => Exchange::AllReduce {
+                x: self.input(0)?,
+                y: self.output(0)?,
+                ranks,
+            },
+        };
+        for v in exchange.outputs() {
+            if v.elem == adjoint_kernels::ElemType::F32 || v.elem == adjoint_kernels::ElemType::I64
+            {
+                continue;
+            }
+            return Err(self.unsupported(format!("{:?} values cannot cross ranks yet", v.elem)));
+        }
+        out.push(Instr::Exchange(Box::new(exchange)));
+        Ok(())
+    }
+
     fn experts(&self) -> Result<usize> {
         match self.in_shape(2)[..] {
             [n] if n >= 1 => Ok(n - 1),

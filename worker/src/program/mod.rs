@@ -6,10 +6,12 @@
 //! their input) and every node to [`Instr`]s whose shapes and strides are
 //! computed once, here, so running a step allocates nothing.
 
+mod exchange;
 mod instr;
 mod lower;
 mod views;
 
+pub use exchange::{Exchange, ExchangeDims, ExchangeScratch, group_all_reduce};
 pub use instr::Instr;
 pub use instr::StepKey;
 pub use lower::lower_node;
