@@ -85,6 +85,9 @@ pub struct Executor<B: Backend> {
     /// the last run.
     exchange_bytes: u64,
     exchange_secs: f64,
+    /// Seconds spent in each instruction since profiling was switched on
+    /// (empty when off).
+    profile: Vec<f64>,
 }
 
 impl<B: Backend> Executor<B> {
@@ -135,6 +138,7 @@ impl<B: Backend> Executor<B> {
             exchange: ExchangeScratch::default(),
             exchange_bytes: 0,
             exchange_secs: 0.0,
+            profile: Vec::new(),
         })
     }
 
@@ -143,6 +147,18 @@ impl<B: Backend> Executor<B> {
     /// rest).
     pub fn isolate_buckets(&mut self, bucket_bytes: usize, alone: &[ValueId]) {
         self.buckets = buckets(&self.graph, &self.plan, &self.program, bucket_bytes, alone);
+    }
+
+    /// Starts timing every instruction of the runs that follow (a clock
+    /// read per instruction; off by default).
+    pub fn start_profile(&mut self) {
+        self.profile = vec![0.0; self.program.instrs.len()];
+    }
+
+    /// Seconds spent in each instruction since [`Executor::start_profile`],
+    /// and profiling off again.
+    pub fn take_profile(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.profile)
     }
 
     /// Whether the program has collective instructions (expert
@@ -335,7 +351,9 @@ impl<B: Backend> Executor<B> {
         let mut next_bucket = 0;
         self.exchange_bytes = 0;
         self.exchange_secs = 0.0;
+        let profiling = !self.profile.is_empty();
         for (i, instr) in self.program.instrs.iter().enumerate() {
+            let start = profiling.then(std::time::Instant::now);
             match (instr, reborrow(&mut coll)) {
                 (Instr::Exchange(x), Some(c)) => {
                     let t0 = std::time::Instant::now();
@@ -343,6 +361,9 @@ impl<B: Backend> Executor<B> {
                     self.exchange_secs += t0.elapsed().as_secs_f64();
                 }
                 _ => instr.run(&mut self.backend, key)?,
+            }
+            if let Some(start) = start {
+                self.profile[i] += start.elapsed().as_secs_f64();
             }
             for view in &self.poison[i] {
                 self.backend.fill(*view, f64::NAN)?;

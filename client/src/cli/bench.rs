@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// moe: tokens per step (default 2048).
     #[arg(long)]
     tokens: Option<usize>,
+    /// After timing, profile `steps` forward+backward runs and print where
+    /// the time goes (per instruction kind, slowest instructions) to stderr.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
@@ -189,6 +193,15 @@ fn measure(args: &BenchArgs) -> Result<()> {
         )?,
         None => fwdbwd_ms,
     };
+    if args.profile {
+        let exec = trainer.executor_mut();
+        exec.start_profile();
+        for _ in 0..args.steps {
+            exec.run(key, &mut |_, _| {})?;
+        }
+        let secs = exec.take_profile();
+        super::bench_profile::print(exec, &secs, args.steps);
+    }
     let gemm_peak = gemm_peak_gflops(args.warmup, args.steps)?;
     let measured =
         alloc_count::installed().then(|| (alloc_count::peak_bytes() - baseline, setup_peak));

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_allreduce;
+mod bench_profile;
 mod check;
 mod demo;
 mod engine;

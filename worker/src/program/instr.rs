@@ -408,6 +408,39 @@ impl Instr {
         }
     }
 
+    /// The instruction's kind, for profiles: `MatMul`, `Unary`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Instr::Fill { .. } => "Fill",
+            Instr::Copy { .. } => "Copy",
+            Instr::CopyStrided { .. } => "CopyStrided",
+            Instr::Unary { .. } => "Unary",
+            Instr::Binary { .. } => "Binary",
+            Instr::Compare { .. } => "Compare",
+            Instr::Select { .. } => "Select",
+            Instr::Cast { .. } => "Cast",
+            Instr::GeluGrad { .. } => "GeluGrad",
+            Instr::Dropout { .. } => "Dropout",
+            Instr::CausalMask { .. } => "CausalMask",
+            Instr::Reduce { .. } => "Reduce",
+            Instr::MatMul(_) => "MatMul",
+            Instr::Gather { .. } => "Gather",
+            Instr::ScatterAdd { .. } => "ScatterAdd",
+            Instr::OneHot { .. } => "OneHot",
+            Instr::Softmax { .. } => "Softmax",
+            Instr::LayerNorm { .. } => "LayerNorm",
+            Instr::LayerNormGrad { .. } => "LayerNormGrad",
+            Instr::SoftmaxCrossEntropy { .. } => "SoftmaxCrossEntropy",
+            Instr::SoftmaxCrossEntropyGrad { .. } => "SoftmaxCrossEntropyGrad",
+            Instr::Mse { .. } => "Mse",
+            Instr::TopK { .. } => "TopK",
+            Instr::MoeRoute { .. } => "MoeRoute",
+            Instr::GroupedMatMul { .. } => "GroupedMatMul",
+            Instr::GroupedMatMulGradW { .. } => "GroupedMatMulGradW",
+            Instr::Exchange(_) => "Exchange",
+        }
+    }
+
     /// The views this call writes.
     pub fn outputs(&self) -> Vec<View> {
         match self {
