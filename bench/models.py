@@ -209,6 +209,9 @@ class MoeConfig:
     hidden: int = 1024
     aux_weight: float = 0.01
     tokens: int | None = None
+    # "list": one parameter per expert (nn.ParameterList); "stacked": one
+    # [E, d, h] parameter per layer, the layout adjoint's model has.
+    layout: str = "list"
 
 
 class MoeGate(nn.Module):
@@ -227,21 +230,26 @@ class Moe(nn.Module):
     tokens whose first choice is e, P_e the mean router probability of e).
     The experts run in a Python loop over the tokens each one got, each
     expert's weights a parameter of its own (the way MoE layers are commonly
-    written in eager PyTorch, e.g. a ModuleList of experts; slicing one
-    stacked [E, d, h] tensor instead would make every expert's backward
-    write a full-size gradient)."""
+    written in eager PyTorch, e.g. a ModuleList of experts). With
+    `layout="stacked"` the experts are slices of one [E, d, h] parameter, as
+    in adjoint's model; then every expert's backward writes a full-size
+    gradient, which PyTorch's autograd sums."""
 
     def __init__(self, cfg: MoeConfig):
         super().__init__()
         self.cfg = cfg
         d, h, e = cfg.d_model, cfg.hidden, cfg.experts
         self.gate = MoeGate(d, e)
-        self.w1 = nn.ParameterList(
-            [nn.Parameter(torch.empty(d, h).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d)))
-             for _ in range(e)])
-        self.w2 = nn.ParameterList(
-            [nn.Parameter(torch.empty(h, d).uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h)))
-             for _ in range(e)])
+        w1 = [torch.empty(d, h).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d)) for _ in range(e)]
+        w2 = [torch.empty(h, d).uniform_(-1 / math.sqrt(h), 1 / math.sqrt(h)) for _ in range(e)]
+        if cfg.layout == "stacked":
+            self.w1 = nn.Parameter(torch.stack(w1))
+            self.w2 = nn.Parameter(torch.stack(w2))
+        elif cfg.layout == "list":
+            self.w1 = nn.ParameterList([nn.Parameter(w) for w in w1])
+            self.w2 = nn.ParameterList([nn.Parameter(w) for w in w2])
+        else:
+            raise ValueError(f"unknown MoE layout {cfg.layout!r}: list or stacked")
 
     def forward(self, x, target):
         cfg = self.cfg

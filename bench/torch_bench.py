@@ -140,6 +140,9 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--experts", type=int, default=None, help="moe only: experts (default 16)")
     ap.add_argument("--tokens", type=int, default=None, help="moe only: tokens (default 2048)")
+    ap.add_argument("--moe-layout", default="list", choices=["list", "stacked"],
+                    help="moe only: one parameter per expert (list, default) or one [E, d, h] "
+                         "parameter (stacked, adjoint's layout)")
     ap.add_argument("--checkpoint", default="none",
                     help="chain only: none, sqrt or every:K (torch.utils.checkpoint)")
     a = ap.parse_args()
@@ -156,6 +159,7 @@ def main():
         cfg = models.MoeConfig()
         if a.experts:
             cfg.experts = a.experts
+        cfg.layout = a.moe_layout
         model = models.build("moe", cfg).to(dev)
         if a.tokens:
             w = dict(w, batch=a.tokens)
