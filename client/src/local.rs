@@ -27,6 +27,9 @@ pub struct LocalCluster {
     pub addr: String,
     /// The folder holding the job database and the store.
     pub dir: PathBuf,
+    /// `127.0.0.1:PORT` of the coordinator's Prometheus metrics (workers'
+    /// are in `ListWorkers`).
+    pub metrics_addr: Option<String>,
     server: Child,
     workers: Vec<Child>,
     /// Workers the cores are split between.
@@ -51,21 +54,36 @@ fn role_command(role: &str) -> Command {
 
 /// Starts a coordinator on `listen` with its data in `dir`, logging to
 /// `<dir>/logs/<log>.log`; returns it and the address it listens on.
-fn spawn_server(dir: &Path, listen: &str, log: &str) -> Result<(Child, String)> {
+fn spawn_server(dir: &Path, listen: &str, log: &str) -> Result<(Child, String, Option<String>)> {
     let mut server = role_command("server")
-        .args(["--listen", listen, "--data-dir"])
+        .args([
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(log_file(dir, log)?)
         .spawn()
         .context("cannot start adjoint-server (build it with `cargo build -p adjoint-server`)")?;
     let stdout = server.stdout.take().context("server stdout")?;
+    let mut reader = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("reading the server's first line")?;
+    let mut metrics = None;
+    loop {
+        line.clear();
+        reader
+            .read_line(&mut line)
+            .context("reading the server's first lines")?;
+        match line.trim().strip_prefix("adjoint-server metrics on ") {
+            Some(addr) => metrics = Some(addr.to_owned()),
+            None => break,
+        }
+    }
     match line.trim().strip_prefix("adjoint-server listening on ") {
-        Some(addr) => Ok((server, addr.to_owned())),
+        Some(addr) => Ok((server, addr.to_owned(), metrics)),
         None => {
             let _ = server.kill();
             let _ = server.wait();
@@ -109,9 +127,10 @@ impl LocalCluster {
     /// waits until every worker has registered.
     pub fn start(dir: &Path, workers: usize) -> Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let (server, addr) = spawn_server(dir, "127.0.0.1:0", "server")?;
+        let (server, addr, metrics_addr) = spawn_server(dir, "127.0.0.1:0", "server")?;
         let mut cluster = LocalCluster {
             addr,
+            metrics_addr,
             dir: dir.to_path_buf(),
             server,
             workers: Vec::new(),
@@ -137,6 +156,8 @@ impl LocalCluster {
                 &format!("http://{}", self.addr),
                 "--name",
                 name,
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--store",
             ])
             .arg(self.dir.join("store"))
@@ -183,7 +204,8 @@ impl LocalCluster {
         self.kill_server()?;
         self.restarts += 1;
         let name = format!("server-{}", self.restarts + 1);
-        let (server, addr) = spawn_server(&self.dir, &self.addr, &name)?;
+        let (server, addr, metrics_addr) = spawn_server(&self.dir, &self.addr, &name)?;
+        self.metrics_addr = metrics_addr;
         if addr != self.addr {
             bail!(
                 "the restarted coordinator listens on {addr}, not {}",

@@ -29,6 +29,10 @@ pub struct ServerArgs {
     /// for three periods is lost.
     #[arg(long, env = "ADJOINT_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
+    /// port; the address is printed). Off when not given.
+    #[arg(long, env = "ADJOINT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerArgs {
@@ -40,6 +44,7 @@ impl ServerArgs {
             data_dir: self.data_dir,
             store: self.store,
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            metrics_listen: self.metrics_listen,
         })
     }
 }
@@ -70,6 +75,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let mut server = crate::serve(listener, config).await?;
+    // The metrics line first: whoever reads the listening line may stop
+    // reading there.
+    if let Some(metrics) = server.metrics_addr() {
+        println!("adjoint-server metrics on {metrics}");
+    }
     println!("adjoint-server listening on {}", server.local_addr());
     std::io::stdout().flush()?;
     tokio::select! {

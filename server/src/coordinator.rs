@@ -42,6 +42,8 @@ pub struct Config {
     /// How often workers send heartbeats; a worker silent for three
     /// periods is lost.
     pub heartbeat: Duration,
+    /// Where `/metrics` (Prometheus) is served; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -51,6 +53,7 @@ impl Config {
             data_dir: data_dir.into(),
             store: None,
             heartbeat: Duration::from_secs(1),
+            metrics_listen: None,
         }
     }
 
@@ -106,6 +109,8 @@ pub(crate) struct Inner {
     pub events: broadcast::Sender<(String, JobEvent)>,
     /// Set once when the server shuts down.
     pub closing: watch::Sender<bool>,
+    /// What `/metrics` serves.
+    pub metrics: adjoint_telemetry::metrics::Registry,
 }
 
 /// The coordinator; cheap to clone (one shared state).
@@ -183,12 +188,22 @@ impl Coordinator {
                 state: Mutex::new(state),
                 events: broadcast::channel(1024).0,
                 closing: watch::channel(false).0,
+                metrics: {
+                    let r = adjoint_telemetry::metrics::Registry::new();
+                    crate::metrics::declare(&r);
+                    r
+                },
             }),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The metrics registry (a shared handle).
+    pub fn metrics_registry(&self) -> adjoint_telemetry::metrics::Registry {
+        self.inner.metrics.clone()
     }
 
     pub fn blobs(&self) -> &BlobStore {

@@ -251,6 +251,22 @@ impl JobDb {
         .await
     }
 
+    /// How many jobs are in each state (states with none left out).
+    pub async fn count_by_state(&self) -> Result<Vec<(JobState, u64)>> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (state, n) = row?;
+                let state = JobState::try_from(state).unwrap_or(JobState::Unspecified);
+                out.push((state, n.max(0) as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Events of job `id` with `seq > after`, in order.
     pub async fn events_after(&self, id: &str, after: u64) -> Result<Vec<JobEvent>> {
         let id = id.to_owned();

@@ -38,6 +38,7 @@ pub mod coordinator;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod scheduler;

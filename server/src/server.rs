@@ -29,6 +29,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    /// The metrics endpoint's address and task.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
     core: Coordinator,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
@@ -38,6 +40,11 @@ impl ServerHandle {
     /// The address it listens on (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.0)
     }
 
     /// `http://ADDR`, for a tonic `Endpoint`.
@@ -54,6 +61,9 @@ impl ServerHandle {
     /// accepting and lets open calls finish (for a few seconds at most).
     pub async fn shutdown(mut self) -> Result<()> {
         self.core.close().await;
+        if let Some((_, task)) = self.metrics.take() {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -93,6 +103,17 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
     let routes = routes(core.clone()).await?;
     let liveness = core.clone();
     tokio::spawn(async move { liveness.run_liveness().await });
+    let metrics = match core.config().metrics_listen {
+        Some(at) => {
+            let (bound, task) =
+                adjoint_telemetry::http::bind(at, crate::metrics::collect(core.clone()))
+                    .await
+                    .map_err(|e| crate::error::Error::Internal(format!("metrics on {at}: {e}")))?;
+            tracing::info!(%bound, "metrics served at /metrics");
+            Some((bound, task))
+        }
+        None => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
@@ -107,6 +128,7 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
     tracing::info!(%addr, "adjoint-server listening");
     Ok(ServerHandle {
         addr,
+        metrics,
         core,
         stop: Some(stop),
         task,

@@ -106,6 +106,7 @@ impl Worker {
             status: status.into(),
             job_id,
             last_heartbeat_unix_ms: self.last_heartbeat_unix_ms,
+            metrics_address: self.register.metrics_address.clone(),
         }
     }
 }
@@ -229,6 +230,9 @@ impl Coordinator {
     /// Records a metrics event; rank 0's updates the job's step and loss.
     async fn metrics(&self, job: &str, rank: u32, mut metrics: StepMetrics) -> Result<()> {
         metrics.rank = rank;
+        if rank == 0 {
+            crate::metrics::record_step(&self.inner.metrics, job, &metrics);
+        }
         let event = self
             .inner
             .db

@@ -32,20 +32,30 @@ pub struct WorkerArgs {
     #[arg(long, env = "ADJOINT_STORE")]
     pub store: PathBuf,
     /// This worker's name (default: <hostname>-<pid>).
-    #[arg(long)]
+    #[arg(long, env = "ADJOINT_WORKER_NAME")]
     pub name: Option<String>,
     /// Where the ring listener binds; peers connect here for all-reduce.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, env = "ADJOINT_RING_LISTEN", default_value = "127.0.0.1:0")]
     pub ring_listen: String,
+    /// The ring address peers are told (host:port), when the listener's
+    /// own address is not reachable from them (a container binding
+    /// 0.0.0.0, behind its pod IP).
+    #[arg(long, env = "ADJOINT_RING_ADVERTISE")]
+    pub ring_advertise: Option<String>,
     /// Threads for the CPU kernels (default: every core).
-    #[arg(long)]
+    #[arg(long, env = "ADJOINT_THREADS")]
     pub threads: Option<usize>,
     /// Memory to report, in bytes (default: MemTotal of /proc/meminfo).
-    #[arg(long)]
+    #[arg(long, env = "ADJOINT_MEMORY")]
     pub memory: Option<u64>,
     /// Seconds a collective waits for a silent peer before failing the job.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, env = "ADJOINT_COLLECTIVE_TIMEOUT", default_value_t = 60)]
     pub collective_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
+    /// port; the worker reports the address to the coordinator). Off when
+    /// not given.
+    #[arg(long, env = "ADJOINT_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs a worker until ctrl-c; fails only when it cannot start.
@@ -65,6 +75,8 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
         cfg.name = name;
     }
     cfg.ring_listen = args.ring_listen;
+    cfg.ring_advertise = args.ring_advertise;
+    cfg.metrics_listen = args.metrics_listen;
     if let Some(n) = args.threads {
         cfg.cores = n as u32;
     }

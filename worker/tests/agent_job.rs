@@ -78,6 +78,7 @@ async fn setup() -> Setup {
         ring_listener: None,
         ring: RingOptions::default(),
         exec: ExecOptions::default(),
+        metrics: adjoint_worker::agent::metrics::registry(),
     };
     Setup {
         _dir: dir,

@@ -245,6 +245,7 @@ impl FakeWorker {
             ring_address: format!("{name}:7000"),
             version: "test".into(),
             running_job: String::new(),
+            metrics_address: String::new(),
         };
         tx.send(message(FromWorker::Register(register)))
             .await

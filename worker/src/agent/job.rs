@@ -50,6 +50,8 @@ pub struct JobContext {
     pub ring_listener: Option<Arc<TcpListener>>,
     pub ring: RingOptions,
     pub exec: ExecOptions,
+    /// This worker's Prometheus metrics ([`super::metrics`]).
+    pub metrics: adjoint_telemetry::metrics::Registry,
 }
 
 /// Asks a running job to stop between steps.
@@ -115,6 +117,7 @@ struct Prepared {
     peers: Vec<SocketAddr>,
     listener: Option<TcpListener>,
     ring: RingOptions,
+    metrics: adjoint_telemetry::metrics::Registry,
 }
 
 /// Runs one rank of `a` to the end and says how it went. Messages for the
@@ -415,6 +418,7 @@ async fn prepare(
             token: a.job_id.clone(),
             ..ctx.ring.clone()
         },
+        metrics: ctx.metrics.clone(),
     })
 }
 
@@ -429,7 +433,9 @@ fn train(
 ) -> Result<Option<Vec<u8>>, String> {
     let key = format!("jobs/{}/events/rank-{}.jsonl", p.job_id, p.rank);
     let mut events = Vec::new();
+    let metrics = p.metrics.clone();
     let result = train_steps(p, tx, abort, &mut events);
+    super::metrics::ended(&metrics);
     if !events.is_empty() {
         let _ = tx.send(Event::Put { key, bytes: events });
     }
@@ -469,6 +475,7 @@ fn train_steps(
         exec.param_bytes(),
         &ours[..12.min(ours.len())]
     ));
+    super::metrics::compiled(&p.metrics, &p.job_id, exec.plan().arena_bytes);
     if let Some(init) = &p.init {
         t.load_params(init)
             .map_err(|e| format!("init weights: {e}"))?;
@@ -515,6 +522,7 @@ fn train_steps(
             return Err(abort.message());
         }
         let m = t.step(coll.as_mut()).map_err(|e| e.to_string())?;
+        super::metrics::record_step(&p.metrics, &p.job_id, &m);
         let line = t.events().to_json(origin);
         events.extend_from_slice(line.to_string().as_bytes());
         events.push(b'\n');

@@ -20,6 +20,7 @@
 //!    stream.
 
 pub mod job;
+pub mod metrics;
 pub mod spec;
 
 use std::future::Future;
@@ -58,6 +59,11 @@ pub struct AgentConfig {
     pub memory_bytes: u64,
     pub ring: RingOptions,
     pub exec: ExecOptions,
+    /// Where to serve Prometheus metrics (`None`: not served).
+    pub metrics_listen: Option<SocketAddr>,
+    /// The ring address peers are told (`host:port`); default: the bound
+    /// listener's address, which must then be reachable as is.
+    pub ring_advertise: Option<String>,
     /// First reconnect delay; it doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
@@ -77,6 +83,8 @@ impl AgentConfig {
             memory_bytes: total_memory().unwrap_or(0),
             ring: RingOptions::default(),
             exec: ExecOptions::default(),
+            metrics_listen: None,
+            ring_advertise: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
         }
@@ -154,6 +162,8 @@ pub struct Agent {
     done_rx: UnboundedReceiver<String>,
     /// A message taken from the outbox that a broken stream did not take.
     carry: Option<v1::WorkerMessage>,
+    /// Where `/metrics` is served, once [`Agent::run`] started it.
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Why a stream ended.
@@ -181,6 +191,7 @@ impl Agent {
             ring_listener: Some(Arc::new(listener)),
             ring: cfg.ring.clone(),
             exec: cfg.exec,
+            metrics: metrics::registry(),
         };
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -194,6 +205,7 @@ impl Agent {
             done_tx,
             done_rx,
             carry: None,
+            metrics_addr: None,
         })
     }
 
@@ -209,7 +221,12 @@ impl Agent {
                 cores: self.cfg.cores,
                 memory_bytes: self.cfg.memory_bytes,
                 devices: Vec::new(),
-                ring_address: self.ring_addr.to_string(),
+                ring_address: self
+                    .cfg
+                    .ring_advertise
+                    .clone()
+                    .unwrap_or_else(|| self.ring_addr.to_string()),
+                metrics_address: self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 running_job: self
                     .running
@@ -224,6 +241,20 @@ impl Agent {
     /// whenever the stream is lost.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let _metrics_task = match self.cfg.metrics_listen {
+            Some(at) => match metrics::serve(at, self.ctx.metrics.clone()).await {
+                Ok((bound, task)) => {
+                    tracing::info!("metrics on {bound}");
+                    self.metrics_addr = Some(bound);
+                    Some(metrics::AbortOnDrop(task))
+                }
+                Err(e) => {
+                    tracing::error!("metrics on {at}: {e}; not serving metrics");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut backoff = self.cfg.min_backoff;
         let mut attempts = 0u64;
         loop {
