@@ -19,8 +19,10 @@ use adjoint_proto::v1::{
     GetJobRequest, Job, JobEvent, JobSpec, JobState, ListJobsRequest, ListWorkersRequest,
     SubmitJobRequest, WatchJobRequest, WorkerInfo,
 };
+use adjoint_telemetry::propagate::TraceInterceptor;
 use anyhow::{Context, Result};
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Bytes per upload chunk.
@@ -32,7 +34,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// A connection to a coordinator.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: CoordinatorClient<Channel>,
+    /// Every call carries the current span's W3C trace context.
+    inner: CoordinatorClient<InterceptedService<Channel, TraceInterceptor>>,
 }
 
 /// `addr` as a URI: `host:port` gets `http://` in front.
@@ -53,7 +56,7 @@ impl Client {
             .connect()
             .await
             .with_context(|| format!("cannot reach the coordinator at {uri}"))?;
-        let inner = CoordinatorClient::new(channel)
+        let inner = CoordinatorClient::with_interceptor(channel, TraceInterceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Client { inner })

@@ -36,6 +36,9 @@ pub struct LocalCluster {
     planned_workers: usize,
     /// Times the coordinator was restarted.
     restarts: usize,
+    /// Environment variables every process of the cluster gets on top of
+    /// this one's.
+    env: Vec<(String, String)>,
 }
 
 /// A command running `adjoint-<role>` (`server` or `worker`): `adjoint
@@ -54,8 +57,14 @@ fn role_command(role: &str) -> Command {
 
 /// Starts a coordinator on `listen` with its data in `dir`, logging to
 /// `<dir>/logs/<log>.log`; returns it and the address it listens on.
-fn spawn_server(dir: &Path, listen: &str, log: &str) -> Result<(Child, String, Option<String>)> {
+fn spawn_server(
+    dir: &Path,
+    listen: &str,
+    log: &str,
+    env: &[(String, String)],
+) -> Result<(Child, String, Option<String>)> {
     let mut server = role_command("server")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args([
             "--listen",
             listen,
@@ -126,8 +135,22 @@ impl LocalCluster {
     /// Starts a coordinator with its data in `dir` and `workers` workers, and
     /// waits until every worker has registered.
     pub fn start(dir: &Path, workers: usize) -> Result<LocalCluster> {
+        LocalCluster::start_with_env(dir, workers, &[])
+    }
+
+    /// [`LocalCluster::start`] with extra environment variables for every
+    /// process (`OTEL_EXPORTER_OTLP_ENDPOINT`, `RUST_LOG`, ...).
+    pub fn start_with_env(
+        dir: &Path,
+        workers: usize,
+        env: &[(&str, &str)],
+    ) -> Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let (server, addr, metrics_addr) = spawn_server(dir, "127.0.0.1:0", "server")?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (server, addr, metrics_addr) = spawn_server(dir, "127.0.0.1:0", "server", &env)?;
         let mut cluster = LocalCluster {
             addr,
             metrics_addr,
@@ -136,6 +159,7 @@ impl LocalCluster {
             workers: Vec::new(),
             planned_workers: workers,
             restarts: 0,
+            env,
         };
         for i in 0..workers {
             cluster.add_worker(&format!("worker-{i}"))?;
@@ -149,6 +173,7 @@ impl LocalCluster {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = (cores / self.planned_workers.max(1)).max(1);
         let child = role_command("worker")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--threads",
                 &threads.to_string(),
@@ -204,7 +229,7 @@ impl LocalCluster {
         self.kill_server()?;
         self.restarts += 1;
         let name = format!("server-{}", self.restarts + 1);
-        let (server, addr, metrics_addr) = spawn_server(&self.dir, &self.addr, &name)?;
+        let (server, addr, metrics_addr) = spawn_server(&self.dir, &self.addr, &name, &self.env)?;
         self.metrics_addr = metrics_addr;
         if addr != self.addr {
             bail!(

@@ -4,7 +4,7 @@
 //! Prints `adjoint-server listening on ADDR` on stdout once it takes calls
 //! (logs go to stderr, filtered by `RUST_LOG`), and shuts down gracefully.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +33,11 @@ pub struct ServerArgs {
     /// port; the address is printed). Off when not given.
     #[arg(long, env = "ADJOINT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as `text` or `json` (one object per line), on stderr;
+    /// `RUST_LOG` filters them. Spans also go out by OTLP when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[arg(long, env = "ADJOINT_LOG_FORMAT", default_value = "text")]
+    pub log_format: adjoint_telemetry::LogFormat,
 }
 
 impl ServerArgs {
@@ -49,23 +54,17 @@ impl ServerArgs {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`); a no-op when a
-/// subscriber is already installed.
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
-}
-
 /// Serves until the server fails, ctrl-c or SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging();
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(serve(args))
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        adjoint_telemetry::init("adjoint-server", args.log_format)
+    };
+    let result = runtime.block_on(serve(args));
+    // Flushes the last spans while the runtime still runs.
+    drop(telemetry);
+    result
 }
 
 async fn serve(args: ServerArgs) -> anyhow::Result<()> {

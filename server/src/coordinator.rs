@@ -24,6 +24,7 @@ use adjoint_proto::v1::{
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
 use crate::blobs::BlobStore;
 use crate::db::{JobDb, Transition};
@@ -72,11 +73,16 @@ pub(crate) struct Queued {
     pub spec: JobSpec,
     pub estimate: Estimate,
     pub reason: String,
+    /// W3C trace context of the submit span: the job's trace (empty when
+    /// not traced, or recovered after a restart).
+    pub traceparent: String,
 }
 
 /// A running job: its workers in rank order and what they reported.
 #[derive(Debug, Clone)]
 pub(crate) struct Running {
+    /// The job's trace context (of its schedule span).
+    pub traceparent: String,
     pub ranks: Vec<String>,
     pub finished: Vec<bool>,
     pub artifacts: BTreeSet<String>,
@@ -174,6 +180,7 @@ impl Coordinator {
                 estimate: job.estimate.unwrap_or_default(),
                 id: job.id,
                 reason: job.reason,
+                traceparent: String::new(),
             })
             .collect();
         let state = State {
@@ -221,7 +228,17 @@ impl Coordinator {
     /// Validates, plans and queues `spec`; returns the job as stored after
     /// the scheduling pass (so RUNNING if it started at once).
     pub async fn submit(&self, spec: JobSpec) -> Result<Job> {
-        let (spec, estimate) = self.validate(spec).await?;
+        let span = tracing::info_span!("submit", job = tracing::field::Empty);
+        self.submit_traced(spec, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn submit_traced(&self, spec: JobSpec, span: tracing::Span) -> Result<Job> {
+        let (spec, estimate) = self
+            .validate(spec)
+            .instrument(tracing::info_span!("validate"))
+            .await?;
         let mut state = self.inner.state.lock().await;
         check_fits(&state, &spec, &estimate)?;
         let (job, event) = self
@@ -229,6 +246,7 @@ impl Coordinator {
             .db
             .insert_job(&spec, &estimate, "queued", now_ms())
             .await?;
+        span.record("job", job.id.as_str());
         tracing::info!(job = %job.id, name = %spec.name, workers = spec.workers, "job submitted");
         self.publish(&job.id, event);
         state.queue.push(Queued {
@@ -236,6 +254,7 @@ impl Coordinator {
             spec,
             estimate,
             reason: job.reason,
+            traceparent: adjoint_telemetry::propagate::traceparent_of(&span),
         });
         self.schedule_pass(&mut state).await?;
         drop(state);
@@ -277,7 +296,9 @@ impl Coordinator {
             })
         };
         let mut spec = spec;
+        let plan_span = tracing::info_span!("plan");
         tokio::task::spawn_blocking(move || {
+            let _plan = plan_span.enter();
             let graph = plan::decode_graph(&spec, graph_bytes.as_deref())?;
             plan::check_graph(&graph, &spec)?;
             let batch = spec.batch_size;
@@ -460,7 +481,7 @@ impl Coordinator {
                     kind: Some(adjoint_proto::v1::coordinator_message::Kind::Abort(Abort {
                         job_id: id.to_owned(),
                         reason: reason.clone(),
-                        traceparent: String::new(),
+                        traceparent: running.traceparent.clone(),
                     })),
                 });
                 worker.status = WorkerStatus::Draining { job: id.to_owned() };
@@ -519,6 +540,15 @@ impl Coordinator {
             return Ok(());
         };
         let queued = state.queue.remove(at);
+        // Ends (and is exported) when this function returns; the workers'
+        // job spans are its children.
+        let schedule = tracing::info_span!(
+            "schedule",
+            job = %queued.id,
+            workers = start.workers.len()
+        );
+        adjoint_telemetry::propagate::set_remote_parent(&schedule, &queued.traceparent);
+        let traceparent = adjoint_telemetry::propagate::traceparent_of(&schedule);
         let peers: Vec<String> = start
             .workers
             .iter()
@@ -551,7 +581,7 @@ impl Coordinator {
                         spec: Some(queued.spec.clone()),
                         plan_hash: queued.estimate.plan_hash.clone(),
                         peers: peers.clone(),
-                        traceparent: String::new(),
+                        traceparent: traceparent.clone(),
                     },
                 )),
             });
@@ -560,6 +590,7 @@ impl Coordinator {
         state.running.insert(
             queued.id,
             Running {
+                traceparent,
                 finished: vec![false; start.workers.len()],
                 ranks: start.workers,
                 artifacts: BTreeSet::new(),

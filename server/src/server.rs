@@ -118,6 +118,7 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
     let incoming = TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .trace_fn(request_span)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
@@ -133,6 +134,18 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
         stop: Some(stop),
         task,
     })
+}
+
+/// The span of one gRPC call, a child of the caller's span when the call
+/// carries W3C trace context (`traceparent` metadata). Set here, when the
+/// span is made, because a remote parent set on an entered span is
+/// ignored.
+fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!("grpc", path = %request.uri().path());
+    if let Some(tp) = adjoint_telemetry::propagate::header_traceparent(request.headers()) {
+        adjoint_telemetry::propagate::set_remote_parent(&span, tp);
+    }
+    span
 }
 
 /// Every service of the server, each with the message limits of

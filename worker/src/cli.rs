@@ -9,7 +9,6 @@
 //! Logs go to stderr (`RUST_LOG` filters them; default `info`). Ctrl-C (or
 //! SIGTERM's default action) stops the worker.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,17 +55,27 @@ pub struct WorkerArgs {
     /// not given.
     #[arg(long, env = "ADJOINT_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines as `text` or `json` (one object per line), on stderr;
+    /// `RUST_LOG` filters them. Spans also go out by OTLP when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    #[arg(long, env = "ADJOINT_LOG_FORMAT", default_value = "text")]
+    pub log_format: adjoint_telemetry::LogFormat,
+    /// Every how many steps a job's step is traced (forward, backward,
+    /// each all-reduce, optimizer); the first and last steps always are.
+    #[arg(long, env = "ADJOINT_TRACE_STEPS_EVERY", default_value_t = 100)]
+    pub trace_steps_every: u64,
 }
 
 /// Runs a worker until ctrl-c; fails only when it cannot start.
 pub fn run(args: WorkerArgs) -> Result<(), String> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return Err(format!("tokio: {e}")),
+    };
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        adjoint_telemetry::init("adjoint-worker", args.log_format)
+    };
     if let Some(n) = args.threads {
         CpuBackend::set_threads(n);
     }
@@ -77,6 +86,7 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     cfg.ring_listen = args.ring_listen;
     cfg.ring_advertise = args.ring_advertise;
     cfg.metrics_listen = args.metrics_listen;
+    cfg.trace_steps_every = args.trace_steps_every;
     if let Some(n) = args.threads {
         cfg.cores = n as u32;
     }
@@ -89,15 +99,13 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
         Ok(a) => a,
         Err(e) => return Err(e.to_string()),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => return Err(format!("tokio: {e}")),
-    };
     tracing::info!("ring listener on {}", agent.ring_address());
     runtime.block_on(agent.run(async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("interrupted; stopping");
     }));
+    // Flushes the last spans while the runtime still runs.
+    drop(telemetry);
     // A running job was told to stop at its next step; give it a moment.
     runtime.shutdown_timeout(Duration::from_secs(10));
     Ok(())

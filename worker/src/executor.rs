@@ -88,6 +88,11 @@ pub struct Executor<B: Backend> {
     /// Seconds spent in each instruction since profiling was switched on
     /// (empty when off).
     profile: Vec<f64>,
+    /// The first instruction of backward (of the first node autodiff
+    /// named `bwd/...`; the program's length when there is none), and
+    /// when the last run reached it.
+    backward_start: usize,
+    backward_started: Option<std::time::Instant>,
 }
 
 impl<B: Backend> Executor<B> {
@@ -118,6 +123,14 @@ impl<B: Backend> Executor<B> {
         let views = ValueViews::build(&graph, &plan, &layout, &buffers)?;
         let program = Program::compile(&graph, &views)?;
         let grad_copies = grad_copy_instrs(&graph, &plan, &views, &buffers)?;
+        let backward_start = graph
+            .nodes
+            .iter()
+            .position(|n| n.name.starts_with("bwd/"))
+            .map_or(program.instrs.len(), |n| match n {
+                0 => 0,
+                n => program.node_end[n - 1],
+            });
         let buckets = buckets(&graph, &plan, &program, opts.bucket_bytes, &[]);
         let poison = if opts.poison_freed {
             poison_lists(&graph, &plan, &views, &program)?
@@ -139,6 +152,8 @@ impl<B: Backend> Executor<B> {
             exchange_bytes: 0,
             exchange_secs: 0.0,
             profile: Vec::new(),
+            backward_start,
+            backward_started: None,
         })
     }
 
@@ -159,6 +174,12 @@ impl<B: Backend> Executor<B> {
     /// and profiling off again.
     pub fn take_profile(&mut self) -> Vec<f64> {
         std::mem::take(&mut self.profile)
+    }
+
+    /// When the last run began its backward instructions (`None` for a
+    /// program without backward).
+    pub fn backward_started(&self) -> Option<std::time::Instant> {
+        self.backward_started
     }
 
     /// Whether the program has collective instructions (expert
@@ -352,7 +373,11 @@ impl<B: Backend> Executor<B> {
         self.exchange_bytes = 0;
         self.exchange_secs = 0.0;
         let profiling = !self.profile.is_empty();
+        self.backward_started = None;
         for (i, instr) in self.program.instrs.iter().enumerate() {
+            if i == self.backward_start {
+                self.backward_started = Some(std::time::Instant::now());
+            }
             let start = profiling.then(std::time::Instant::now);
             match (instr, reborrow(&mut coll)) {
                 (Instr::Exchange(x), Some(c)) => {

@@ -79,6 +79,7 @@ async fn setup() -> Setup {
         ring: RingOptions::default(),
         exec: ExecOptions::default(),
         metrics: adjoint_worker::agent::metrics::registry(),
+        trace_steps_every: 0,
     };
     Setup {
         _dir: dir,

@@ -4,6 +4,7 @@
 use adjoint_client::Client;
 use anyhow::Result;
 use clap::Args;
+use tracing::Instrument;
 
 /// Where the coordinator is.
 #[derive(Debug, Clone, Args)]
@@ -23,10 +24,23 @@ pub fn with_client<T>(addr: &Addr, f: impl AsyncFnOnce(&mut Client) -> Result<T>
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let mut client = Client::connect(&addr.addr).await?;
-        f(&mut client).await
-    })
+    // Spans go out by OTLP when the OTEL_* variables say so; the
+    // coordinator's spans for this call join the command's trace.
+    let telemetry = {
+        let _in_runtime = runtime.enter();
+        adjoint_telemetry::init_with("adjoint-cli", adjoint_telemetry::LogFormat::Text, "warn")
+    };
+    let command = std::env::args().nth(1).unwrap_or_default();
+    let span = tracing::info_span!("cli", command = %command);
+    let result = runtime.block_on(
+        async {
+            let mut client = Client::connect(&addr.addr).await?;
+            f(&mut client).await
+        }
+        .instrument(span),
+    );
+    drop(telemetry);
+    result
 }
 
 /// Bytes for people.

@@ -28,6 +28,7 @@ use adjoint_kernels::{Backend, CpuBackend};
 use adjoint_proto::v1::{self, job_spec::Model, worker_message::Kind};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
 use tokio::sync::mpsc::{self, UnboundedSender};
+use tracing::Instrument;
 
 use super::spec;
 use crate::ExecOptions;
@@ -52,6 +53,8 @@ pub struct JobContext {
     pub exec: ExecOptions,
     /// This worker's Prometheus metrics ([`super::metrics`]).
     pub metrics: adjoint_telemetry::metrics::Registry,
+    /// Every how many steps a step gets spans ([`super::trace::sampled`]).
+    pub trace_steps_every: u64,
 }
 
 /// Asks a running job to stop between steps.
@@ -118,12 +121,28 @@ struct Prepared {
     listener: Option<TcpListener>,
     ring: RingOptions,
     metrics: adjoint_telemetry::metrics::Registry,
+    /// The job's span (entered by the training thread) and the step
+    /// sampling.
+    span: tracing::Span,
+    trace_steps_every: u64,
 }
 
 /// Runs one rank of `a` to the end and says how it went. Messages for the
 /// coordinator (metrics, logs) go to `out` while it runs; the returned
 /// `JobFinished` is not sent.
 pub async fn run_job(
+    a: &v1::Assignment,
+    ctx: &JobContext,
+    abort: Arc<AbortSignal>,
+    out: &UnboundedSender<v1::WorkerMessage>,
+) -> v1::JobFinished {
+    // A child of the coordinator's schedule span: one trace per job.
+    let span = tracing::info_span!("job", job = %a.job_id, rank = a.rank, world = a.world);
+    adjoint_telemetry::propagate::set_remote_parent(&span, &a.traceparent);
+    run_job_traced(a, ctx, abort, out).instrument(span).await
+}
+
+async fn run_job_traced(
     a: &v1::Assignment,
     ctx: &JobContext,
     abort: Arc<AbortSignal>,
@@ -142,10 +161,15 @@ pub async fn run_job(
             kind: Some(Kind::Log(format!("rank {}: {line}", a.rank))),
         });
     };
-    let prepared = match prepare(a, ctx, &log).await {
+    let prepared = match prepare(a, ctx, &log)
+        .instrument(tracing::info_span!("prepare"))
+        .await
+    {
         Ok(p) => p,
         Err(e) => return finished(false, e, Vec::new()),
     };
+    let mut prepared = prepared;
+    prepared.span = tracing::Span::current();
     let (rank, job) = (prepared.rank, prepared.job_id.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let signal = abort.clone();
@@ -419,6 +443,8 @@ async fn prepare(
             ..ctx.ring.clone()
         },
         metrics: ctx.metrics.clone(),
+        span: tracing::Span::none(),
+        trace_steps_every: ctx.trace_steps_every,
     })
 }
 
@@ -434,6 +460,8 @@ fn train(
     let key = format!("jobs/{}/events/rank-{}.jsonl", p.job_id, p.rank);
     let mut events = Vec::new();
     let metrics = p.metrics.clone();
+    let span = p.span.clone();
+    let _job = span.enter();
     let result = train_steps(p, tx, abort, &mut events);
     super::metrics::ended(&metrics);
     if !events.is_empty() {
@@ -523,6 +551,9 @@ fn train_steps(
         }
         let m = t.step(coll.as_mut()).map_err(|e| e.to_string())?;
         super::metrics::record_step(&p.metrics, &p.job_id, &m);
+        if super::trace::sampled(m.step, p.steps, p.trace_steps_every) {
+            super::trace::step_spans(&p.span, t.events(), &m, p.world);
+        }
         let line = t.events().to_json(origin);
         events.extend_from_slice(line.to_string().as_bytes());
         events.push(b'\n');
@@ -531,6 +562,7 @@ fn train_steps(
         }
         let eval_loss = match &mut eval {
             Some((e, every)) if (*every > 0 && m.step % *every == 0) || m.step == p.steps => {
+                let _span = tracing::info_span!("eval", step = m.step).entered();
                 let params = t.params().map_err(|e| e.to_string())?;
                 let r = e
                     .evaluate(&params, coll.as_mut())
@@ -543,6 +575,7 @@ fn train_steps(
             let _ = tx.send(Event::Metrics(m, eval_loss, t.expert_load().to_vec()));
         }
         if p.checkpoint_every > 0 && m.step % p.checkpoint_every == 0 {
+            let _span = tracing::info_span!("checkpoint", step = m.step).entered();
             // Every rank takes part: expert shards travel to rank 0.
             if let Some(bytes) = t
                 .gather_checkpoint(coll.as_mut())

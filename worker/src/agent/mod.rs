@@ -22,6 +22,7 @@
 pub mod job;
 pub mod metrics;
 pub mod spec;
+pub mod trace;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     pub exec: ExecOptions,
     /// Where to serve Prometheus metrics (`None`: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Every how many steps a job's step gets spans (the first and last
+    /// always do; 0: only they).
+    pub trace_steps_every: u64,
     /// The ring address peers are told (`host:port`); default: the bound
     /// listener's address, which must then be reachable as is.
     pub ring_advertise: Option<String>,
@@ -84,6 +88,7 @@ impl AgentConfig {
             ring: RingOptions::default(),
             exec: ExecOptions::default(),
             metrics_listen: None,
+            trace_steps_every: 100,
             ring_advertise: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -192,6 +197,7 @@ impl Agent {
             ring: cfg.ring.clone(),
             exec: cfg.exec,
             metrics: metrics::registry(),
+            trace_steps_every: cfg.trace_steps_every,
         };
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();

@@ -168,6 +168,8 @@ pub struct EventLog {
     pub instructions: usize,
     /// In the order the all-reduces ran.
     pub buckets: Vec<BucketEvent>,
+    /// When the last micro-step's backward began (its forward ended).
+    pub backward_start: Option<Instant>,
     /// When the last instruction of the last micro-step had run.
     pub backward_end: Option<Instant>,
 }
@@ -590,6 +592,7 @@ impl<B: Backend> DistTrainer<B> {
         events.start = Some(t0);
         events.end = None;
         events.buckets.clear();
+        events.backward_start = None;
         events.backward_end = None;
         let position = sampler.position(step);
         let window = sampler.window(step);
@@ -646,6 +649,9 @@ impl<B: Backend> DistTrainer<B> {
             })?;
             if let Some(e) = failed {
                 return Err(e);
+            }
+            if phase == Phase::Last {
+                events.backward_start = exec.backward_started();
             }
             let (sent, secs) = exec.exchange_stats();
             totals.alltoall_bytes += sent;
