@@ -257,6 +257,18 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Freezes worker `i` (SIGSTOP): alive, sockets open, but silent, as a
+    /// rank stuck in a kernel or a swap storm is. [`LocalCluster::resume_worker`]
+    /// thaws it.
+    pub fn pause_worker(&self, i: usize) -> Result<()> {
+        signal(self.workers[i].id(), "-STOP")
+    }
+
+    /// Thaws a worker frozen by [`LocalCluster::pause_worker`] (SIGCONT).
+    pub fn resume_worker(&self, i: usize) -> Result<()> {
+        signal(self.workers[i].id(), "-CONT")
+    }
+
     /// Stops the coordinator (workers keep running and reconnect).
     pub fn kill_server(&mut self) -> Result<()> {
         self.server.kill().context("killing the server")?;
@@ -265,9 +277,23 @@ impl LocalCluster {
     }
 }
 
+/// Sends a signal to a process with `kill(1)`.
+fn signal(pid: u32, which: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill {which} {pid} failed: {status}");
+    }
+    Ok(())
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for w in &mut self.workers {
+            // A frozen worker is thawed so that it can die.
+            let _ = signal(w.id(), "-CONT");
             let _ = w.kill();
             let _ = w.wait();
         }

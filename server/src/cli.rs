@@ -7,69 +7,93 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::settings::{ServerFile, ServerSettings};
 
 /// The adjoint coordinator: job API, worker control, scheduler.
+///
+/// Each setting comes from its flag, else its environment variable, else
+/// the config file, else its default.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Address to listen on (port 0: any free port).
-    #[arg(long, env = "ADJOINT_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: SocketAddr,
+    /// A TOML config file with any of the settings below (keys named as
+    /// the flags, `_` for `-`).
+    #[arg(long, env = "ADJOINT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the settings in effect as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Address to listen on (port 0: any free port) [default:
+    /// 127.0.0.1:50051].
+    #[arg(long, env = "ADJOINT_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Folder for the job database (jobs.sqlite) and, by default, the blob
-    /// store.
+    /// store (required).
     #[arg(long, env = "ADJOINT_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Blob store root: a folder shared with the workers, or
-    /// s3://bucket/prefix (needs the `s3` feature). Default: DATA_DIR/store.
+    /// s3://bucket/prefix (needs the `s3` feature) [default:
+    /// DATA_DIR/store].
     #[arg(long, env = "ADJOINT_STORE")]
     pub store: Option<String>,
     /// Heartbeat period asked of workers, in milliseconds; a worker silent
-    /// for three periods is lost.
-    #[arg(long, env = "ADJOINT_HEARTBEAT_MS", default_value_t = 1000)]
-    pub heartbeat_ms: u64,
+    /// for three periods is lost [default: 1000].
+    #[arg(long, env = "ADJOINT_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free
     /// port; the address is printed). Off when not given.
     #[arg(long, env = "ADJOINT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Log lines as `text` or `json` (one object per line), on stderr;
     /// `RUST_LOG` filters them. Spans also go out by OTLP when
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-    #[arg(long, env = "ADJOINT_LOG_FORMAT", default_value = "text")]
-    pub log_format: adjoint_telemetry::LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set [default: text].
+    #[arg(long, env = "ADJOINT_LOG_FORMAT")]
+    pub log_format: Option<adjoint_telemetry::LogFormat>,
 }
 
 impl ServerArgs {
-    fn into_config(self) -> anyhow::Result<crate::Config> {
-        if self.heartbeat_ms == 0 {
-            bail!("--heartbeat-ms must be at least 1");
-        }
-        Ok(crate::Config {
-            data_dir: self.data_dir,
-            store: self.store,
-            heartbeat: Duration::from_millis(self.heartbeat_ms),
+    /// The settings in effect: these flags (and env), over the config file,
+    /// over the defaults.
+    pub fn settings(&self) -> anyhow::Result<ServerSettings> {
+        let flags = ServerFile {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            store: self.store.clone(),
+            heartbeat_ms: self.heartbeat_ms,
             metrics_listen: self.metrics_listen,
-        })
+            log_format: self.log_format.map(|f| f.to_string()),
+        };
+        let file = match &self.config {
+            Some(path) => ServerFile::read(path)?,
+            None => ServerFile::default(),
+        };
+        ServerSettings::resolve(flags.or(file))
     }
 }
 
 /// Serves until the server fails, ctrl-c or SIGTERM.
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    if args.print_config {
+        print!("{}", settings.to_toml());
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     let telemetry = {
         let _in_runtime = runtime.enter();
-        adjoint_telemetry::init("adjoint-server", args.log_format)
+        adjoint_telemetry::init("adjoint-server", settings.log_format())
     };
-    let result = runtime.block_on(serve(args));
+    let result = runtime.block_on(serve(settings));
     // Flushes the last spans while the runtime still runs.
     drop(telemetry);
     result
 }
 
-async fn serve(args: ServerArgs) -> anyhow::Result<()> {
-    let listen = args.listen;
-    let config = args.into_config()?;
+async fn serve(settings: ServerSettings) -> anyhow::Result<()> {
+    let listen = settings.listen;
+    let config = settings.config();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -43,6 +43,7 @@ pub mod names;
 pub mod plan;
 pub mod scheduler;
 pub mod server;
+pub mod settings;
 pub mod workers;
 
 pub use coordinator::{Config, Coordinator};

@@ -24,6 +24,7 @@ mod error;
 pub mod executor;
 pub mod optim;
 pub mod program;
+pub mod settings;
 pub mod train;
 
 pub use error::{Error, Result};
