@@ -88,8 +88,25 @@ fn two_workers_train_a_job_from_the_cli_and_from_the_client() {
                 .count()
         };
         assert_eq!(named("step "), 40, "rank {rank}");
+        assert_eq!(named("forward"), 40, "rank {rank}");
+        assert_eq!(named("backward"), 40, "rank {rank}");
         assert_eq!(named("optimizer"), 40, "rank {rank}");
         assert!(named("bucket ") >= 40, "rank {rank}");
+        // The sampled (first) step's ops, on a track of their own, each
+        // naming its node.
+        let ops: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["pid"] == rank && e["tid"] == 2)
+            .collect();
+        assert!(
+            ops.iter().any(|e| e["name"] == "MatMul"),
+            "rank {rank}: {ops:?}"
+        );
+        assert!(
+            ops.iter()
+                .all(|e| e["args"]["step"] == 0 && e["args"]["node"].is_string()),
+            "rank {rank}: {ops:?}"
+        );
     }
 
     // Through the Rust client: the loss falls.

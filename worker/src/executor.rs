@@ -93,6 +93,9 @@ pub struct Executor<B: Backend> {
     /// when the last run reached it.
     backward_start: usize,
     backward_started: Option<std::time::Instant>,
+    /// Armed by [`Executor::time_nodes_next_run`]: when each node's
+    /// instructions began and ended in that run.
+    node_times: Option<Vec<(std::time::Instant, std::time::Instant)>>,
 }
 
 impl<B: Backend> Executor<B> {
@@ -154,6 +157,7 @@ impl<B: Backend> Executor<B> {
             profile: Vec::new(),
             backward_start,
             backward_started: None,
+            node_times: None,
         })
     }
 
@@ -174,6 +178,21 @@ impl<B: Backend> Executor<B> {
     /// and profiling off again.
     pub fn take_profile(&mut self) -> Vec<f64> {
         std::mem::take(&mut self.profile)
+    }
+
+    /// Makes the next run record when each node ran
+    /// ([`Executor::node_times`]): a clock read per node, for the steps a
+    /// timeline samples.
+    pub fn time_nodes_next_run(&mut self) {
+        self.node_times = Some(Vec::with_capacity(self.graph.nodes.len()));
+    }
+
+    /// Per node of the graph, in order, when its instructions began and
+    /// ended in the run [`Executor::time_nodes_next_run`] armed (taken:
+    /// the next call returns `None`). Nodes without instructions (reshapes)
+    /// take no time.
+    pub fn take_node_times(&mut self) -> Option<Vec<(std::time::Instant, std::time::Instant)>> {
+        self.node_times.take().filter(|t| !t.is_empty())
     }
 
     /// When the last run began its backward instructions (`None` for a
@@ -374,9 +393,20 @@ impl<B: Backend> Executor<B> {
         self.exchange_secs = 0.0;
         let profiling = !self.profile.is_empty();
         self.backward_started = None;
+        let mut node = 0;
+        let mut node_start = std::time::Instant::now();
         for (i, instr) in self.program.instrs.iter().enumerate() {
             if i == self.backward_start {
                 self.backward_started = Some(std::time::Instant::now());
+            }
+            if let Some(times) = &mut self.node_times {
+                // Close the nodes that ended before this instruction.
+                while self.program.node_end[node] <= i {
+                    let now = std::time::Instant::now();
+                    times.push((node_start, now));
+                    node_start = now;
+                    node += 1;
+                }
             }
             let start = profiling.then(std::time::Instant::now);
             match (instr, reborrow(&mut coll)) {
@@ -401,6 +431,11 @@ impl<B: Backend> Executor<B> {
                 );
                 next_bucket += 1;
             }
+        }
+        if let Some(times) = &mut self.node_times {
+            let now = std::time::Instant::now();
+            times.push((node_start, now));
+            times.resize(self.graph.nodes.len(), (now, now));
         }
         for copy in &self.grad_copies {
             copy.run(&mut self.backend, key)?;

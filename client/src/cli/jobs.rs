@@ -149,18 +149,23 @@ pub fn pull(args: PullArgs) -> Result<()> {
 pub fn workers(args: WorkersArgs) -> Result<()> {
     let workers = with_client(&args.addr, async |c| c.workers().await)?;
     println!(
-        "{:<12} {:<16} {:>5} {:>10}  {:<6} job",
-        "id", "name", "cores", "memory", "status"
+        "{:<12} {:<16} {:>5} {:>10}  {:<6} {:<14} {:<21}",
+        "id", "name", "cores", "memory", "status", "job", "metrics"
     );
     for w in workers {
         println!(
-            "{:<12} {:<16} {:>5} {:>10}  {:<6} {}",
+            "{:<12} {:<16} {:>5} {:>10}  {:<6} {:<14} {:<21}",
             w.id,
             w.name,
             w.cores,
             human_bytes(w.memory_bytes),
             w.status,
-            w.job_id
+            if w.job_id.is_empty() { "-" } else { &w.job_id },
+            if w.metrics_address.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("http://{}/metrics", w.metrics_address)
+            },
         );
     }
     Ok(())

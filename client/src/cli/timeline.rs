@@ -3,10 +3,11 @@
 //!
 //! Built from the per-rank event logs the workers leave as artifacts
 //! (`events/rank-<r>.jsonl`, one JSON object per step). Each rank is a
-//! process of the trace with two tracks: the step (forward + backward,
-//! then the optimizer) and its bucket all-reduces, each carrying the
-//! bucket's bytes and its sequence number within the step, so a bucket
-//! that one rank reached late stands out. Times are microseconds since
+//! process of the trace with three tracks: the step (forward, backward,
+//! then the optimizer), its bucket all-reduces, each carrying the bucket's
+//! bytes and its sequence number within the step, so a bucket that one
+//! rank reached late stands out, and, for the steps the workers sample
+//! (the first and every `--trace-steps-every`-th), every op. Times are microseconds since
 //! each rank started the job (ranks start within a few milliseconds of
 //! each other).
 
@@ -83,6 +84,7 @@ pub fn rank_events(rank: u64, log: &str, out: &mut Vec<Value>) -> Result<()> {
     out.push(json!({"ph": "M", "name": "process_name", "pid": rank, "args": {"name": format!("rank {rank}")}}));
     out.push(meta(0, "step"));
     out.push(meta(1, "all-reduce"));
+    out.push(meta(2, "ops"));
     for (i, line) in log.lines().enumerate() {
         let step: Value = serde_json::from_str(line)
             .with_context(|| format!("rank {rank}, line {}: not JSON", i + 1))?;
@@ -103,14 +105,34 @@ pub fn rank_events(rank: u64, log: &str, out: &mut Vec<Value>) -> Result<()> {
             json!({"step": n}),
         ));
         if let Some(bwd) = at("backward_end_us") {
-            out.push(span(
-                "forward + backward",
-                0,
-                start,
-                bwd,
-                json!({"step": n}),
-            ));
+            match at("backward_start_us") {
+                Some(mid) => {
+                    out.push(span("forward", 0, start, mid, json!({"step": n})));
+                    out.push(span("backward", 0, mid, bwd, json!({"step": n})));
+                }
+                None => out.push(span(
+                    "forward + backward",
+                    0,
+                    start,
+                    bwd,
+                    json!({"step": n}),
+                )),
+            }
             out.push(span("optimizer", 0, bwd, end, json!({"step": n})));
+        }
+        for node in step["nodes"].as_array().into_iter().flatten() {
+            let (Some(from), Some(to)) = (node["start_us"].as_u64(), node["end_us"].as_u64())
+            else {
+                continue;
+            };
+            let op = node["op"].as_str().unwrap_or("op");
+            out.push(span(
+                op,
+                2,
+                from,
+                to,
+                json!({"step": n, "node": node["node"]}),
+            ));
         }
         for (seq, b) in step["buckets"].as_array().into_iter().flatten().enumerate() {
             let (Some(from), Some(to)) = (b["start_us"].as_u64(), b["end_us"].as_u64()) else {

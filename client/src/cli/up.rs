@@ -28,6 +28,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         args.dir.join("logs").display(),
         cluster.addr
     );
+    if let Some(metrics) = &cluster.metrics_addr {
+        println!("metrics: coordinator http://{metrics}/metrics; workers' in `adjoint workers`");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -374,6 +374,8 @@ async fn prepare(
     cfg.checkpoint = spec::checkpoint(&spec.checkpoint)?;
     cfg.lazy_experts = spec.lazy_experts;
     cfg.expert_parallel = spec.expert_parallel.max(1) as usize;
+    // The timeline's per-op spans follow the trace's step sampling.
+    cfg.node_times_every = ctx.trace_steps_every;
     cfg.seed = spec.seed;
     cfg.exec = ctx.exec;
     if spec.bucket_mb > 0.0 {

@@ -83,6 +83,9 @@ pub struct DistConfig {
     /// travel to them by all-to-all ([`ExpertShards`]); the world must be
     /// a multiple of N. Sparse expert all-reduce is off under it.
     pub expert_parallel: usize,
+    /// Every how many steps the event log records when each node ran (the
+    /// first step too; 0: never), for per-op timelines.
+    pub node_times_every: u64,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -104,6 +107,7 @@ impl DistConfig {
             sparse_experts: true,
             lazy_experts: false,
             expert_parallel: 1,
+            node_times_every: 0,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -172,6 +176,19 @@ pub struct EventLog {
     pub backward_start: Option<Instant>,
     /// When the last instruction of the last micro-step had run.
     pub backward_end: Option<Instant>,
+    /// On sampled steps ([`DistConfig::node_times_every`]): when each node
+    /// of the last micro-step ran.
+    pub nodes: Vec<NodeEvent>,
+}
+
+/// One node of a sampled step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEvent {
+    pub name: String,
+    /// The op (`MatMul`, `GroupedMatMul`, ...).
+    pub op: &'static str,
+    pub start: Instant,
+    pub end: Instant,
 }
 
 impl EventLog {
@@ -187,7 +204,8 @@ impl EventLog {
     /// `{"step", "start_us", "backward_end_us", "end_us", "instructions",
     /// "overlapped", "buckets": [{"bucket", "ready_after", "bytes",
     /// "start_us", "end_us"}]}` (`ready_after` is null for a bucket
-    /// completed at the end of the step).
+    /// completed at the end of the step), with `"backward_start_us"` and,
+    /// on sampled steps, `"nodes": [{"node", "op", "start_us", "end_us"}]`.
     pub fn to_json(&self, origin: Instant) -> serde_json::Value {
         let us =
             |t: Option<Instant>| t.map(|t| t.saturating_duration_since(origin).as_micros() as u64);
@@ -204,15 +222,31 @@ impl EventLog {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut step = serde_json::json!({
             "step": self.step,
             "start_us": us(self.start),
+            "backward_start_us": us(self.backward_start),
             "backward_end_us": us(self.backward_end),
             "end_us": us(self.end),
             "instructions": self.instructions,
             "overlapped": self.overlapped(),
             "buckets": buckets,
-        })
+        });
+        if !self.nodes.is_empty() {
+            step["nodes"] = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    serde_json::json!({
+                        "node": n.name,
+                        "op": n.op,
+                        "start_us": us(Some(n.start)),
+                        "end_us": us(Some(n.end)),
+                    })
+                })
+                .collect();
+        }
+        step
     }
 }
 
@@ -592,6 +626,7 @@ impl<B: Backend> DistTrainer<B> {
         events.start = Some(t0);
         events.end = None;
         events.buckets.clear();
+        events.nodes.clear();
         events.backward_start = None;
         events.backward_end = None;
         let position = sampler.position(step);
@@ -618,6 +653,12 @@ impl<B: Backend> DistTrainer<B> {
                 step: step * cfg.grad_accum as u64 + m as u64,
                 rank: cfg.rank as u32,
             };
+            let time_nodes = phase == Phase::Last
+                && cfg.node_times_every > 0
+                && (step == 0 || (step + 1).is_multiple_of(cfg.node_times_every));
+            if time_nodes {
+                exec.time_nodes_next_run();
+            }
             let mut failed: Option<Error> = None;
             exec.run_with(key, &mut *coll, &mut |backend, bucket, coll| {
                 if failed.is_some() {
@@ -652,6 +693,21 @@ impl<B: Backend> DistTrainer<B> {
             }
             if phase == Phase::Last {
                 events.backward_start = exec.backward_started();
+                if let Some(times) = exec.take_node_times() {
+                    let g = exec.graph();
+                    events.nodes = g
+                        .nodes
+                        .iter()
+                        .zip(times)
+                        .filter(|(_, (s, e))| e > s)
+                        .map(|(n, (start, end))| NodeEvent {
+                            name: n.name.clone(),
+                            op: n.op.name(),
+                            start,
+                            end,
+                        })
+                        .collect();
+                }
             }
             let (sent, secs) = exec.exchange_stats();
             totals.alltoall_bytes += sent;
