@@ -23,6 +23,7 @@
 //! memory_budget = "8GiB"         # per worker; auto recomputes to fit
 //! lazy_experts = false           # MoE: untouched experts skip the update
 //! expert_parallel = 2            # MoE: each worker holds E/2 experts
+//! nan_policy = "fail"            # or "skip_step": a NaN/Inf step is skipped
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -112,6 +113,10 @@ pub struct SpecFields {
     /// holds E/N experts; tokens reach them by all-to-all).
     #[arg(long)]
     pub expert_parallel: Option<u32>,
+    /// A step whose loss or gradient is NaN or infinite: `fail` (default)
+    /// or `skip_step`.
+    #[arg(long)]
+    pub nan_policy: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -171,7 +176,8 @@ impl SpecFields {
             checkpoint,
             memory_budget,
             lazy_experts,
-            expert_parallel
+            expert_parallel,
+            nan_policy
         );
         self
     }
@@ -211,6 +217,7 @@ impl SpecFields {
             memory_budget: self.memory_budget.clone().unwrap_or_default(),
             lazy_experts: self.lazy_experts.unwrap_or(false),
             expert_parallel: self.expert_parallel.unwrap_or(1),
+            nan_policy: self.nan_policy.clone().unwrap_or_default(),
             ..JobSpec::default()
         };
         if let Some(eval) = &self.eval {

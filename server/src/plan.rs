@@ -62,6 +62,16 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
     spec.workers = spec.workers.max(1);
     spec.grad_accum = spec.grad_accum.max(1);
     spec.expert_parallel = spec.expert_parallel.max(1);
+    spec.nan_policy = spec.nan_policy.trim().to_ascii_lowercase();
+    if spec.nan_policy.is_empty() {
+        spec.nan_policy = "fail".into();
+    }
+    if !matches!(spec.nan_policy.as_str(), "fail" | "skip_step") {
+        return Err(bad(
+            "nan_policy",
+            &format!("'{}': use fail or skip_step", spec.nan_policy),
+        ));
+    }
     if !spec.workers.is_multiple_of(spec.expert_parallel) {
         return Err(bad(
             "expert_parallel",

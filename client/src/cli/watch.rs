@@ -85,6 +85,12 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
                             m.alltoall_ms
                         ),
                     };
+                    if m.skipped {
+                        bar.println(format!(
+                            "step {}: loss or gradient not finite; update skipped",
+                            m.step
+                        ));
+                    }
                     bar.set_message(format!(
                         "loss {:.4}{eval}  {:.0} samples/s{experts}{alltoall}",
                         m.loss, m.samples_per_sec

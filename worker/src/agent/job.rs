@@ -240,6 +240,7 @@ pub fn metrics(m: &StepMetrics, rank: usize) -> v1::StepMetrics {
         allreduce_bytes_saved: m.allreduce_bytes_saved,
         alltoall_bytes: m.alltoall_bytes,
         alltoall_ms: m.alltoall_ms,
+        skipped: m.skipped,
     }
 }
 
@@ -374,6 +375,7 @@ async fn prepare(
     cfg.checkpoint = spec::checkpoint(&spec.checkpoint)?;
     cfg.lazy_experts = spec.lazy_experts;
     cfg.expert_parallel = spec.expert_parallel.max(1) as usize;
+    cfg.nan_policy = spec.nan_policy.parse()?;
     // The timeline's per-op spans follow the trace's step sampling.
     cfg.node_times_every = ctx.trace_steps_every;
     cfg.seed = spec.seed;

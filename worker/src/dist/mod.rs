@@ -86,9 +86,35 @@ pub struct DistConfig {
     /// Every how many steps the event log records when each node ran (the
     /// first step too; 0: never), for per-op timelines.
     pub node_times_every: u64,
+    /// What a step whose loss or gradient is NaN or infinite does.
+    pub nan_policy: NanPolicy,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
+}
+
+/// What a step whose loss or gradient norm is not finite does. Every rank
+/// sees the same all-reduced loss and norm, so they all decide alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NanPolicy {
+    /// The step fails with an error naming it (and the job with it).
+    #[default]
+    Fail,
+    /// The update is skipped (weights and optimizer state stay as they
+    /// were), the step counts, and training goes on with the next batch.
+    SkipStep,
+}
+
+impl std::str::FromStr for NanPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<NanPolicy, String> {
+        match s {
+            "" | "fail" => Ok(NanPolicy::Fail),
+            "skip_step" => Ok(NanPolicy::SkipStep),
+            other => Err(format!("nan_policy '{other}': use fail or skip_step")),
+        }
+    }
 }
 
 impl DistConfig {
@@ -108,6 +134,7 @@ impl DistConfig {
             lazy_experts: false,
             expert_parallel: 1,
             node_times_every: 0,
+            nan_policy: NanPolicy::Fail,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -146,6 +173,9 @@ pub struct StepMetrics {
     pub alltoall_ms: f64,
     /// Where the step's samples came from.
     pub position: DataPosition,
+    /// The loss or gradient was not finite and the update was skipped
+    /// ([`NanPolicy::SkipStep`]).
+    pub skipped: bool,
 }
 
 /// One bucket's all-reduce on the last micro-step.
@@ -617,6 +647,7 @@ impl<B: Backend> DistTrainer<B> {
             events,
             sparse,
             shards,
+            logs,
             ..
         } = self;
         let step = *steps;
@@ -740,7 +771,26 @@ impl<B: Backend> DistTrainer<B> {
         };
 
         let grad_norm = (totals.sumsq + shard_sumsq).sqrt() as f32;
-        if cfg.clip_grad_norm > 0.0 {
+        let skipped = !(loss.is_finite() && grad_norm.is_finite());
+        if skipped {
+            let what = if loss.is_finite() {
+                format!("the gradient norm is {grad_norm} (a NaN or infinite gradient)")
+            } else {
+                format!("the loss is {loss}")
+            };
+            match cfg.nan_policy {
+                NanPolicy::Fail => {
+                    return Err(Error::Data(format!(
+                        "step {}: {what} (nan_policy = fail; skip_step skips such steps)",
+                        step + 1
+                    )));
+                }
+                NanPolicy::SkipStep => {
+                    logs.push(format!("step {}: {what}; the update is skipped", step + 1));
+                }
+            }
+        }
+        if !skipped && cfg.clip_grad_norm > 0.0 {
             // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6)
             // when that is below 1.
             let coef = cfg.clip_grad_norm / (grad_norm + 1e-6);
@@ -753,7 +803,9 @@ impl<B: Backend> DistTrainer<B> {
             }
         }
         let params = exec.params_view();
-        if cfg.lazy_experts && !sparse.agree_pending() && !sparse.is_empty() {
+        if skipped {
+            // Nothing to update.
+        } else if cfg.lazy_experts && !sparse.agree_pending() && !sparse.is_empty() {
             optimizer.step_ranges(&mut exec.backend, params, grads, sparse.kept())?;
         } else {
             optimizer.step(&mut exec.backend, params, grads)?;
@@ -775,6 +827,7 @@ impl<B: Backend> DistTrainer<B> {
             alltoall_bytes: totals.alltoall_bytes,
             alltoall_ms: totals.alltoall_secs * 1e3,
             position,
+            skipped,
         })
     }
 }
