@@ -281,6 +281,7 @@ impl LocalCluster {
 fn signal(pid: u32, which: &str) -> Result<()> {
     let status = Command::new("kill")
         .args([which, &pid.to_string()])
+        .stderr(Stdio::null())
         .status()
         .context("running kill")?;
     if !status.success() {

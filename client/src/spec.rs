@@ -24,6 +24,7 @@
 //! lazy_experts = false           # MoE: untouched experts skip the update
 //! expert_parallel = 2            # MoE: each worker holds E/2 experts
 //! nan_policy = "fail"            # or "skip_step": a NaN/Inf step is skipped
+//! max_restarts = 3               # after lost workers, from the newest checkpoint
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -117,6 +118,10 @@ pub struct SpecFields {
     /// or `skip_step`.
     #[arg(long)]
     pub nan_policy: Option<String>,
+    /// Restarts after a lost worker or peer, each from the newest
+    /// checkpoint, before the job fails (default 3).
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
 }
 
 macro_rules! merge_fields {
@@ -177,7 +182,8 @@ impl SpecFields {
             memory_budget,
             lazy_experts,
             expert_parallel,
-            nan_policy
+            nan_policy,
+            max_restarts
         );
         self
     }
@@ -218,6 +224,7 @@ impl SpecFields {
             lazy_experts: self.lazy_experts.unwrap_or(false),
             expert_parallel: self.expert_parallel.unwrap_or(1),
             nan_policy: self.nan_policy.clone().unwrap_or_default(),
+            max_restarts: self.max_restarts,
             ..JobSpec::default()
         };
         if let Some(eval) = &self.eval {

@@ -66,6 +66,9 @@ impl Config {
     }
 }
 
+/// Restarts a job gets after lost workers when its spec does not say.
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+
 /// A queued job with what scheduling needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Queued {
@@ -76,6 +79,11 @@ pub(crate) struct Queued {
     /// W3C trace context of the submit span: the job's trace (empty when
     /// not traced, or recovered after a restart).
     pub traceparent: String,
+    /// Times the job was restarted after a lost worker or peer.
+    pub restarts: u32,
+    /// Set on a restart: the ranks resume from this job's newest
+    /// checkpoint.
+    pub resume_job: String,
 }
 
 /// A running job: its workers in rank order and what they reported.
@@ -83,6 +91,8 @@ pub(crate) struct Queued {
 pub(crate) struct Running {
     /// The job's trace context (of its schedule span).
     pub traceparent: String,
+    /// Restarts so far.
+    pub restarts: u32,
     pub ranks: Vec<String>,
     pub finished: Vec<bool>,
     pub artifacts: BTreeSet<String>,
@@ -176,11 +186,15 @@ impl Coordinator {
             .await?
             .into_iter()
             .map(|job| Queued {
+                // A job that was running when the coordinator stopped goes
+                // on from its newest checkpoint.
+                resume_job: job.id.clone(),
                 spec: job.spec.unwrap_or_default(),
                 estimate: job.estimate.unwrap_or_default(),
                 id: job.id,
                 reason: job.reason,
                 traceparent: String::new(),
+                restarts: 0,
             })
             .collect();
         let state = State {
@@ -255,6 +269,8 @@ impl Coordinator {
             estimate,
             reason: job.reason,
             traceparent: adjoint_telemetry::propagate::traceparent_of(&span),
+            restarts: 0,
+            resume_job: String::new(),
         });
         self.schedule_pass(&mut state).await?;
         drop(state);
@@ -490,6 +506,55 @@ impl Coordinator {
         Ok(())
     }
 
+    /// A running job's rank was lost, or failed because another was: the
+    /// job goes back to the front of the queue, to resume from its newest
+    /// checkpoint on whichever workers are free (the other ranks are
+    /// aborted), unless it has been restarted `max_restarts` times
+    /// (default 3), in which case it fails. The job's events keep every
+    /// restart's reason.
+    pub(crate) async fn restart_or_fail(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        id: &str,
+        reason: String,
+    ) -> Result<()> {
+        let Some(running) = state.running.get(id) else {
+            return Ok(());
+        };
+        let (restarts, traceparent) = (running.restarts, running.traceparent.clone());
+        let Some(job) = self.inner.db.get(id).await? else {
+            return Err(Error::JobNotFound(id.to_owned()));
+        };
+        let spec = job.spec.unwrap_or_default();
+        let max = spec.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS);
+        if restarts >= max {
+            let why = format!("{reason}; not restarted again after {restarts} restart(s)");
+            return self
+                .end_running(state, id, Transition::to(JobState::Failed, why))
+                .await;
+        }
+        let why = format!(
+            "{reason}; restart {} of {max}, from the newest checkpoint",
+            restarts + 1
+        );
+        tracing::warn!(job = %id, "{why}");
+        self.end_running(state, id, Transition::to(JobState::Queued, why.clone()))
+            .await?;
+        state.queue.insert(
+            0,
+            Queued {
+                id: id.to_owned(),
+                spec,
+                estimate: job.estimate.unwrap_or_default(),
+                reason: why,
+                traceparent,
+                restarts: restarts + 1,
+                resume_job: id.to_owned(),
+            },
+        );
+        Ok(())
+    }
+
     /// Starts what can start and refreshes the reasons of waiting jobs.
     pub(crate) async fn schedule_pass(&self, state: &mut MutexGuard<'_, State>) -> Result<()> {
         let queue: Vec<scheduler::QueuedJob> = state
@@ -582,6 +647,7 @@ impl Coordinator {
                         plan_hash: queued.estimate.plan_hash.clone(),
                         peers: peers.clone(),
                         traceparent: traceparent.clone(),
+                        resume_job: queued.resume_job.clone(),
                     },
                 )),
             });
@@ -591,6 +657,7 @@ impl Coordinator {
             queued.id,
             Running {
                 traceparent,
+                restarts: queued.restarts,
                 finished: vec![false; start.workers.len()],
                 ranks: start.workers,
                 artifacts: BTreeSet::new(),

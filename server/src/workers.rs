@@ -280,8 +280,12 @@ impl Coordinator {
                 "rank {rank} (worker {worker_id} '{name}') failed: {}",
                 finished.error
             );
-            self.end_running(state, &job, Transition::to(JobState::Failed, reason))
-                .await?;
+            if finished.retryable {
+                self.restart_or_fail(state, &job, reason).await?;
+            } else {
+                self.end_running(state, &job, Transition::to(JobState::Failed, reason))
+                    .await?;
+            }
             return self.schedule_pass(state).await;
         }
         for name in finished.artifacts {
@@ -323,8 +327,7 @@ impl Coordinator {
         tracing::warn!(worker = %worker_id, name = %name, why, "worker lost");
         if let WorkerStatus::Busy { job, rank } = previous {
             let reason = format!("rank {rank} (worker {worker_id} '{name}') lost: {why}");
-            self.end_running(&mut state, &job, Transition::to(JobState::Failed, reason))
-                .await?;
+            self.restart_or_fail(&mut state, &job, reason).await?;
         }
         let lost: Vec<usize> = (0..state.workers.len())
             .filter(|&i| state.workers[i].status == WorkerStatus::Lost)

@@ -34,6 +34,8 @@ fn a_stalled_rank_fails_the_job_naming_it_and_the_collective() {
             batch_size: Some(16),
             steps: Some(1_000_000),
             optimizer: Some("sgd:lr=0.1".into()),
+            // Fail rather than restart, to read the failure's reason.
+            max_restarts: Some(0),
             ..SpecFields::default()
         }
         .build(&mut client)

@@ -16,6 +16,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Data(String),
+    /// A collective failed: a peer was lost, went silent or disagreed.
+    /// The job's other ranks, not its data, are at fault, so the job may
+    /// be restarted.
+    #[error("{0}")]
+    Collective(String),
     #[error("{0}")]
     Plan(String),
 }

@@ -117,6 +117,7 @@ fn assignment(job: &str, plan_hash: String) -> v1::Assignment {
         plan_hash,
         peers: Vec::new(),
         traceparent: String::new(),
+        resume_job: String::new(),
     }
 }
 

@@ -171,6 +171,7 @@ async fn two_worker_processes_train_one_job_over_the_ring() {
             plan_hash: plan_hash.clone(),
             peers: peers.clone(),
             traceparent: String::new(),
+            resume_job: String::new(),
         };
         conn.outbound
             .send(Ok(v1::CoordinatorMessage {

@@ -341,6 +341,7 @@ impl FakeWorker {
             ok,
             error: error.to_owned(),
             artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
+            retryable: false,
         }))
         .await;
     }

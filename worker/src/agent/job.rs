@@ -154,6 +154,7 @@ async fn run_job_traced(
         ok,
         error,
         artifacts,
+        retryable: false,
     };
     let log = |line: String| {
         tracing::info!(job = %a.job_id, rank = a.rank, "{line}");
@@ -205,7 +206,7 @@ async fn run_job_traced(
     }
     let result = match handle.await {
         Ok(r) => r,
-        Err(e) => Err(format!("the training thread failed: {e}")),
+        Err(e) => Err(Failure::from(format!("the training thread failed: {e}"))),
     };
     match result {
         Ok(Some(weights)) => {
@@ -221,7 +222,10 @@ async fn run_job_traced(
         }
         Ok(None) => finished(true, String::new(), written),
         Err(_) if abort.is_set() => finished(false, abort.message(), Vec::new()),
-        Err(e) => finished(false, e, Vec::new()),
+        Err(e) => v1::JobFinished {
+            retryable: e.retryable,
+            ..finished(false, e.message, Vec::new())
+        },
     }
 }
 
@@ -281,7 +285,8 @@ fn decode_graph(bytes: &[u8]) -> Result<Graph, String> {
 }
 
 /// The newest checkpoint of `job` in the store.
-async fn latest_checkpoint(ctx: &JobContext, job: &str) -> Result<Checkpoint, String> {
+/// The newest checkpoint job `job` wrote, if any.
+async fn latest_checkpoint(ctx: &JobContext, job: &str) -> Result<Option<Checkpoint>, String> {
     let prefix = Path::from(format!("jobs/{job}/checkpoints"));
     let listing = ctx
         .store
@@ -300,10 +305,13 @@ async fn latest_checkpoint(ctx: &JobContext, job: &str) -> Result<Checkpoint, St
                 .ok()?;
             Some((step, o.location.to_string()))
         })
-        .max()
-        .ok_or_else(|| format!("job {job} has no checkpoint to resume from"))?;
-    Checkpoint::decode(&get(ctx, &newest.1).await?)
-        .map_err(|e| format!("checkpoint {}: {e}", newest.1))
+        .max();
+    let Some((_, key)) = newest else {
+        return Ok(None);
+    };
+    Checkpoint::decode(&get(ctx, &key).await?)
+        .map(Some)
+        .map_err(|e| format!("checkpoint {key}: {e}"))
 }
 
 /// Reads the job's inputs and settles its settings.
@@ -363,9 +371,20 @@ async fn prepare(
             read_safetensors(&get(ctx, key).await?).map_err(|e| format!("init weights: {e}"))?,
         ),
     };
-    let resume = match spec.resume_from_job.as_str() {
+    // A restart resumes from the job's own newest checkpoint; without one,
+    // from where the job itself started.
+    let own = match a.resume_job.as_str() {
         "" => None,
-        job => Some(latest_checkpoint(ctx, job).await?),
+        job => latest_checkpoint(ctx, job).await?,
+    };
+    let resume = match (own, spec.resume_from_job.as_str()) {
+        (Some(c), _) => Some(c),
+        (None, "") => None,
+        (None, job) => Some(
+            latest_checkpoint(ctx, job)
+                .await?
+                .ok_or_else(|| format!("job {job} has no checkpoint to resume from"))?,
+        ),
     };
 
     let mut cfg = DistConfig::new(rank, world, spec.batch_size as usize);
@@ -452,6 +471,40 @@ async fn prepare(
     })
 }
 
+/// Why a rank stopped: the message for the job's reason, and whether the
+/// other ranks (a lost or silent peer), not the job, were at fault.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            retryable: false,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::from(message.to_owned())
+    }
+}
+
+impl Failure {
+    /// A worker error, retryable when a collective failed; `context`
+    /// prefixes the message.
+    fn of(context: &str, e: crate::Error) -> Failure {
+        Failure {
+            retryable: matches!(e, crate::Error::Collective(_)),
+            message: format!("{context}{e}"),
+        }
+    }
+}
+
 /// The training thread: returns the weights file on rank 0, `None` on the
 /// others. Whatever happens, the steps' events go to the store as
 /// `jobs/<job>/events/rank-<r>.jsonl`, one JSON object per step
@@ -460,7 +513,7 @@ fn train(
     p: Prepared,
     tx: &UnboundedSender<Event>,
     abort: &AbortSignal,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, Failure> {
     let key = format!("jobs/{}/events/rank-{}.jsonl", p.job_id, p.rank);
     let mut events = Vec::new();
     let metrics = p.metrics.clone();
@@ -479,7 +532,7 @@ fn train_steps(
     tx: &UnboundedSender<Event>,
     abort: &AbortSignal,
     events: &mut Vec<u8>,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, Failure> {
     let origin = std::time::Instant::now();
     let log = |line: String| {
         let _ = tx.send(Event::Log(line));
@@ -495,7 +548,8 @@ fn train_steps(
         return Err(format!(
             "plan hash mismatch: the coordinator planned {}, this worker computed {ours}",
             p.plan_hash
-        ));
+        )
+        .into());
     }
     let exec = t.executor();
     log(format!(
@@ -518,8 +572,12 @@ fn train_steps(
     }
     let mut coll: Box<dyn Collective> = match p.listener {
         Some(listener) => Box::new(
-            RingCollective::connect(p.rank, p.world, listener, &p.peers, p.ring)
-                .map_err(|e| format!("ring: {e}"))?,
+            RingCollective::connect(p.rank, p.world, listener, &p.peers, p.ring).map_err(|e| {
+                Failure {
+                    message: format!("ring: {e}"),
+                    retryable: true,
+                }
+            })?,
         ),
         // A group of one: every all-reduce is the identity.
         None => Box::new(LocalGroup::new(1).pop().ok_or("no local collective")?),
@@ -551,9 +609,9 @@ fn train_steps(
     };
     while t.steps() < p.steps {
         if abort.is_set() {
-            return Err(abort.message());
+            return Err(abort.message().into());
         }
-        let m = t.step(coll.as_mut()).map_err(|e| e.to_string())?;
+        let m = t.step(coll.as_mut()).map_err(|e| Failure::of("", e))?;
         super::metrics::record_step(&p.metrics, &p.job_id, &m);
         if super::trace::sampled(m.step, p.steps, p.trace_steps_every) {
             super::trace::step_spans(&p.span, t.events(), &m, p.world);
@@ -570,7 +628,7 @@ fn train_steps(
                 let params = t.params().map_err(|e| e.to_string())?;
                 let r = e
                     .evaluate(&params, coll.as_mut())
-                    .map_err(|e| format!("eval at step {}: {e}", m.step))?;
+                    .map_err(|e| Failure::of(&format!("eval at step {}: ", m.step), e))?;
                 Some(r.loss)
             }
             _ => None,
@@ -583,14 +641,17 @@ fn train_steps(
             // Every rank takes part: expert shards travel to rank 0.
             if let Some(bytes) = t
                 .gather_checkpoint(coll.as_mut())
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Failure::of("checkpoint: ", e))?
             {
                 let key = format!("jobs/{}/checkpoints/step-{}.safetensors", p.job_id, m.step);
                 let _ = tx.send(Event::Put { key, bytes });
             }
         }
     }
-    let Some(params) = t.full_params(coll.as_mut()).map_err(|e| e.to_string())? else {
+    let Some(params) = t
+        .full_params(coll.as_mut())
+        .map_err(|e| Failure::of("weights: ", e))?
+    else {
         return Ok(None);
     };
     let weights = weights_file(&params).map_err(|e| e.to_string())?;

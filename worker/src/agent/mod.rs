@@ -215,6 +215,28 @@ impl Agent {
         })
     }
 
+    /// `addr` as others can reach it: a listener bound to every interface
+    /// (0.0.0.0) is reported under the host of `--ring-advertise`, else
+    /// this machine's host name.
+    fn reachable(&self, addr: SocketAddr) -> String {
+        if !addr.ip().is_unspecified() {
+            return addr.to_string();
+        }
+        let host = self
+            .cfg
+            .ring_advertise
+            .as_deref()
+            .and_then(|a| a.rsplit_once(':').map(|(h, _)| h.to_owned()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| addr.ip().to_string());
+        format!("{host}:{}", addr.port())
+    }
+
     /// The address ring peers connect to (what `Register` reports).
     pub fn ring_address(&self) -> SocketAddr {
         self.ring_addr
@@ -232,7 +254,10 @@ impl Agent {
                     .ring_advertise
                     .clone()
                     .unwrap_or_else(|| self.ring_addr.to_string()),
-                metrics_address: self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+                metrics_address: self
+                    .metrics_addr
+                    .map(|a| self.reachable(a))
+                    .unwrap_or_default(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 running_job: self
                     .running
@@ -420,6 +445,7 @@ impl Agent {
                         ok: false,
                         error: format!("worker '{}' is busy with job {}", self.cfg.name, r.job_id),
                         artifacts: Vec::new(),
+                        retryable: true,
                     })),
                 });
             }

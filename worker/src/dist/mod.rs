@@ -956,5 +956,5 @@ fn shard_for(
 /// Collective failures surface as data errors naming the rank, peer and
 /// call.
 fn collective_error(e: CollectiveError) -> Error {
-    Error::Data(format!("all-reduce: {e}"))
+    Error::Collective(format!("all-reduce: {e}"))
 }

@@ -143,7 +143,7 @@ fn group_of(coll: &dyn Collective, ranks: usize) -> Result<Range<usize>> {
 }
 
 fn exchange_error(what: &str) -> impl Fn(CollectiveError) -> Error + '_ {
-    move |e| Error::Data(format!("{what}: {e}"))
+    move |e| Error::Collective(format!("{what}: {e}"))
 }
 
 /// Reads int64 offsets `[E+1]` and checks them against `rows`.
