@@ -4,6 +4,12 @@
 //! services is generated into the same `adjoint.v1.rs` (tonic-prost-build's
 //! service generator plugged into the one prost-build run), so the message
 //! types are identical with and without the feature.
+//!
+//! `onnx/onnx.proto` (the subset of ONNX's model format that the importer
+//! in `adjoint-graph` reads) is compiled in a run of its own into
+//! `onnx.rs`: prost types only, no pbjson, and outside
+//! `file_descriptor_set.bin`, so the `adjoint.v1` outputs do not depend on
+//! it.
 
 use std::env;
 use std::error::Error;
@@ -24,9 +30,14 @@ const PROTOS: &[&str] = &[
 ];
 /// Proto packages to generate code for.
 const PACKAGES: &[&str] = &["adjoint.v1"];
+/// Directory (relative to the crate root) holding the ONNX subset.
+const ONNX_ROOT: &str = "onnx";
+/// The ONNX subset, relative to the crate root (the include path).
+const ONNX_PROTO: &str = "onnx/onnx.proto";
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    println!("cargo:rerun-if-changed={ONNX_ROOT}");
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
 
@@ -58,6 +69,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         patch_non_finite_floats(&out_dir.join(format!("{package}.serde.rs")), &descriptors)?;
     }
 
+    compile_onnx(&out_dir)?;
+    Ok(())
+}
+
+/// Generates `onnx.rs` (prost message types of package `onnx`) from the
+/// ONNX subset, with the schema's comments as docs.
+fn compile_onnx(out_dir: &Path) -> Result<(), Box<dyn Error>> {
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_source_info(true);
+    compiler.open_files([ONNX_PROTO])?;
+    prost_build::Config::new()
+        .out_dir(out_dir)
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }
 

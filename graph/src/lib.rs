@@ -21,6 +21,7 @@
 //! - [`training`]: the graph a training step runs (bound, differentiated,
 //!   checkpointed, planned), derived the same way by coordinator and workers.
 //! - [`zoo`]: the reference workload models.
+//! - [`onnx`]: ONNX import: a `ModelProto` to a graph, plus a training loss.
 //!
 //! The crate is pure: no async, no I/O, no device. It is deterministic: the
 //! same input gives byte-identical graphs in every process.
@@ -40,6 +41,7 @@ pub mod gradcheck;
 pub mod init;
 pub mod interp;
 pub mod ir;
+pub mod onnx;
 pub mod ops;
 pub mod plan;
 pub mod rng;

@@ -20,6 +20,10 @@
 //! `v1::worker_control_client` and `v1::worker_control_server` exist
 //! (tonic). Without it the crate links no gRPC stack, which is how
 //! `adjoint-graph` uses it.
+//!
+//! [`onnx`] holds the prost types of the subset of ONNX's model format
+//! (`proto/onnx/onnx.proto`, proto2) that `adjoint-graph`'s ONNX importer
+//! decodes: binary protobuf only, no JSON.
 
 /// Generated code for the protobuf package `adjoint.v1`.
 pub mod adjoint {
@@ -34,6 +38,18 @@ pub mod adjoint {
 }
 
 pub use adjoint::v1;
+
+/// Protobuf package `onnx`: the messages of ONNX's `onnx.proto` that the
+/// importer reads (`ModelProto`, `GraphProto`, `NodeProto`,
+/// `AttributeProto`, `TensorProto`, `ValueInfoProto`, `TypeProto`,
+/// `TensorShapeProto`, ...), with the official field numbers. The schema is
+/// proto2, so optional scalar fields are `Option`s with accessors that give
+/// the default (`node.op_type()`), and enum fields are raw `i32`s (use e.g.
+/// [`onnx::tensor_proto::DataType::try_from`]). Fields it does not declare
+/// are skipped when decoding.
+pub mod onnx {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}
 
 mod proto_json;
 
