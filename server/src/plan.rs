@@ -29,6 +29,25 @@ use crate::{Error, Result, names};
 /// The device kinds a job may ask for.
 pub const DEVICES: [&str; 2] = ["cpu", "gpu"];
 
+/// What one job may ask for; past these, submit fails naming the field or
+/// the value (the gRPC message limit, 64 MiB, bounds the spec itself).
+pub mod limits {
+    /// Workers of one job.
+    pub const WORKERS: u32 = 4096;
+    /// Samples per worker per micro-step.
+    pub const BATCH_SIZE: u64 = 1 << 24;
+    /// Micro-steps per optimizer step.
+    pub const GRAD_ACCUM: u32 = 1 << 16;
+    /// Optimizer steps (or epochs).
+    pub const STEPS: u64 = 1_000_000_000;
+    /// Nodes of the graph.
+    pub const NODES: usize = 1_000_000;
+    /// Elements of any one value of the graph bound to the batch size.
+    pub const VALUE_ELEMENTS: u64 = 1 << 36;
+    /// Samples of a dataset.
+    pub const SAMPLES: u64 = 1 << 32;
+}
+
 /// Fills the defaults of `spec` and checks its fields (not the graph or the
 /// blobs' content).
 pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
@@ -61,6 +80,26 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
     }
     spec.workers = spec.workers.max(1);
     spec.grad_accum = spec.grad_accum.max(1);
+    let over = |field, value: u64, max: u64| {
+        (value > max).then(|| bad(field, &format!("{value} is more than the limit, {max}")))
+    };
+    if let Some(err) = [
+        over("workers", spec.workers.into(), limits::WORKERS.into()),
+        over("batch_size", spec.batch_size, limits::BATCH_SIZE),
+        over(
+            "grad_accum",
+            spec.grad_accum.into(),
+            limits::GRAD_ACCUM.into(),
+        ),
+        over("steps", spec.steps, limits::STEPS),
+        over("epochs", spec.epochs, limits::STEPS),
+    ]
+    .into_iter()
+    .flatten()
+    .next()
+    {
+        return Err(err);
+    }
     spec.expert_parallel = spec.expert_parallel.max(1);
     spec.nan_policy = spec.nan_policy.trim().to_ascii_lowercase();
     if spec.nan_policy.is_empty() {
@@ -287,6 +326,12 @@ pub fn check_dataset(
         return Err(bad(format!("tensor '{extra}' is not a graph input")));
     }
     let samples = samples.map_or(0, |(n, _)| n);
+    if samples > limits::SAMPLES {
+        return Err(bad(format!(
+            "has {samples} samples, more than the limit, {}",
+            limits::SAMPLES
+        )));
+    }
     if samples < min_samples {
         return Err(bad(format!(
             "has {samples} samples, fewer than the {min_samples} one step needs"
@@ -312,6 +357,35 @@ fn dtype_of(dtype: Dtype) -> Option<DType> {
 /// Checks the graph against the (normalized) spec: it has a loss, and every
 /// input's leading (sample) dimension is the batch symbol or `batch_size`.
 pub fn check_graph(graph: &Graph, spec: &JobSpec) -> Result<()> {
+    if graph.nodes.len() > limits::NODES {
+        return Err(adjoint_graph::Error::Unsupported(format!(
+            "graph '{}' has {} nodes, more than the limit, {}",
+            graph.name,
+            graph.nodes.len(),
+            limits::NODES
+        ))
+        .into());
+    }
+    for v in &graph.values {
+        let n = v.ty.shape.dims().iter().fold(1u64, |n, d| {
+            n.saturating_mul(match d {
+                Dim::Fixed(k) => *k as u64,
+                Dim::Batch => spec.batch_size,
+            })
+        });
+        if n > limits::VALUE_ELEMENTS {
+            return Err(adjoint_graph::Error::InvalidValue {
+                value: v.name.clone(),
+                message: format!(
+                    "{} ({n} elements at batch {}) is more than the limit, {} elements",
+                    v.ty,
+                    spec.batch_size,
+                    limits::VALUE_ELEMENTS
+                ),
+            }
+            .into());
+        }
+    }
     if graph.loss.is_none() {
         return Err(adjoint_graph::Error::Unsupported(format!(
             "graph '{}' has no loss to train",
@@ -524,6 +598,47 @@ mod tests {
             steps: 3,
             ..JobSpec::default()
         }
+    }
+
+    #[test]
+    fn limits_name_the_field_or_the_value() {
+        for (field, set) in [
+            (
+                "workers",
+                (|s: &mut JobSpec| s.workers = limits::WORKERS + 1) as fn(&mut JobSpec),
+            ),
+            ("batch_size", |s| s.batch_size = limits::BATCH_SIZE + 1),
+            ("grad_accum", |s| s.grad_accum = limits::GRAD_ACCUM + 1),
+            ("steps", |s| s.steps = limits::STEPS + 1),
+            ("epochs", |s| s.epochs = limits::STEPS + 1),
+        ] {
+            let mut s = spec();
+            set(&mut s);
+            let err = normalize(s).unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.contains("limit"),
+                "{field}: {err}"
+            );
+        }
+        // A value that would not fit: [batch, 2^20, 2^20] at batch 2^10.
+        let mut b = adjoint_graph::Builder::new("huge");
+        let x = b
+            .input(
+                "x",
+                DType::F32,
+                adjoint_graph::Shape(vec![Dim::Batch, Dim::Fixed(1 << 20), Dim::Fixed(1 << 20)]),
+                adjoint_graph::InputRole::Data,
+            )
+            .unwrap();
+        let y = b.sum_all(x).unwrap();
+        b.loss(y);
+        let g = b.finish().unwrap();
+        let s = JobSpec {
+            batch_size: 1 << 10,
+            ..normalize(spec()).unwrap()
+        };
+        let err = check_graph(&g, &s).unwrap_err().to_string();
+        assert!(err.contains("'x'") && err.contains("limit"), "{err}");
     }
 
     #[test]
