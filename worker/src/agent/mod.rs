@@ -21,6 +21,7 @@
 
 pub mod job;
 pub mod metrics;
+pub mod simulated;
 pub mod spec;
 pub mod trace;
 
@@ -122,7 +123,7 @@ fn unix_ms() -> u64 {
 }
 
 /// A client for the coordinator at `url`.
-async fn connect(url: &str) -> Result<WorkerControlClient<Channel>, String> {
+pub(crate) async fn connect(url: &str) -> Result<WorkerControlClient<Channel>, String> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("coordinator URL '{url}': {e}"))?;
     let channel = endpoint
