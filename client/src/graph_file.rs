@@ -1,10 +1,13 @@
 //! Reading and writing graph files: binary protobuf (`.pb`, or any other
-//! extension) and proto3 JSON (`.json`).
+//! extension), proto3 JSON (`.json`) and, for reading, ONNX models
+//! (`.onnx`, imported by [`crate::onnx_file`]).
 
 use std::path::Path;
 
 use adjoint_graph::{Graph, serialize};
 use anyhow::{Context, Result};
+
+use crate::onnx_file::{self, OnnxOptions};
 
 /// The two encodings of a graph file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +26,18 @@ impl Format {
     }
 }
 
-/// Loads and validates a graph file.
+/// Loads and validates a graph file; an ONNX model is imported with no
+/// loss and a symbolic batch.
 pub fn load(path: &Path) -> Result<Graph> {
+    load_with(path, &OnnxOptions::default())
+}
+
+/// Loads and validates a graph file; an ONNX model is imported with
+/// `onnx`'s batch, frozen initializers and loss (ignored for other files).
+pub fn load_with(path: &Path, onnx: &OnnxOptions) -> Result<Graph> {
+    if onnx_file::is_onnx(path) {
+        return Ok(onnx_file::load(path, onnx)?.graph);
+    }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let graph = match Format::from_path(path) {
         Format::Json => {

@@ -5,6 +5,7 @@
 //! - [`Client`]: the gRPC client of the coordinator.
 //! - [`spec`]: job specs from TOML files and flags.
 //! - [`graph_file`]: reading and writing graph files.
+//! - [`onnx_file`]: ONNX models as graph files.
 //! - [`local`]: a coordinator and workers as local processes (`adjoint up`).
 //! - [`example`]: the bundled example `adjoint demo` trains.
 
@@ -12,6 +13,7 @@ pub mod client;
 pub mod example;
 pub mod graph_file;
 pub mod local;
+pub mod onnx_file;
 pub mod spec;
 
 pub use client::Client;

@@ -26,6 +26,20 @@
 //! nan_policy = "fail"            # or "skip_step": a NaN/Inf step is skipped
 //! max_restarts = 3               # after lost workers, from the newest checkpoint
 //! ```
+//!
+//! An ONNX model (`graph = "model.onnx"`, external data files next to it)
+//! is imported by the client at `batch_size` and sent inline like a native
+//! graph; the original model, with its external data inlined, is uploaded
+//! as a blob (`onnx_blob`) so `adjoint pull JOB --onnx` can export the
+//! trained weights back into it. It needs a loss:
+//!
+//! ```toml
+//! graph = "model.onnx"
+//! loss = "cross_entropy"         # or "mse"
+//! loss_output = "logits"         # default: the model's only output
+//! label = "labels"               # the data's label tensor (default "labels")
+//! freeze = ["embed.*"]           # initializers kept frozen (`*` globs)
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +49,7 @@ use adjoint_worker::OptimizerConfig;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::onnx_file::{self, OnnxOptions};
 use crate::{Client, graph_file};
 
 /// The fields of a job spec, as a TOML file or flags give them. Paths are
@@ -45,7 +60,7 @@ pub struct SpecFields {
     /// Job name.
     #[arg(long)]
     pub name: Option<String>,
-    /// Graph file (`.json` or binary protobuf).
+    /// Graph file (`.json`, binary protobuf, or an `.onnx` model).
     #[arg(long)]
     pub graph: Option<PathBuf>,
     /// Training data: safetensors named as the graph inputs, `[samples, ...]`.
@@ -122,6 +137,18 @@ pub struct SpecFields {
     /// checkpoint, before the job fails (default 3).
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// ONNX model: the loss to add, `cross_entropy` or `mse`.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// ONNX model: the output the loss reads (default: the only output).
+    #[arg(long)]
+    pub loss_output: Option<String>,
+    /// ONNX model: the label input the loss compares with (default `labels`).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// ONNX model: initializers to keep frozen (`*` globs; repeatable).
+    #[arg(long)]
+    pub freeze: Option<Vec<String>>,
 }
 
 macro_rules! merge_fields {
@@ -183,7 +210,11 @@ impl SpecFields {
             lazy_experts,
             expert_parallel,
             nan_policy,
-            max_restarts
+            max_restarts,
+            loss,
+            loss_output,
+            label,
+            freeze
         );
         self
     }
@@ -196,7 +227,28 @@ impl SpecFields {
         let Some(data) = &self.data else {
             bail!("the job has no training data (--data or `data = ...` in the spec)");
         };
-        let graph = graph_file::load(graph_path)?;
+        let onnx = if onnx_file::is_onnx(graph_path) {
+            Some(onnx_file::load_for_training(
+                graph_path,
+                &self.onnx_options(),
+            )?)
+        } else {
+            if self.loss.is_some()
+                || self.loss_output.is_some()
+                || self.label.is_some()
+                || self.freeze.is_some()
+            {
+                bail!(
+                    "loss, loss_output, label and freeze apply to ONNX models only ({} is not `.onnx`)",
+                    graph_path.display()
+                );
+            }
+            None
+        };
+        let graph = match &onnx {
+            Some(m) => m.graph.clone(),
+            None => graph_file::load(graph_path)?,
+        };
         let mut spec = JobSpec {
             name: self.name.clone().unwrap_or_else(|| graph.name.clone()),
             model: Some(job_spec::Model::Graph(serialize::to_proto(&graph))),
@@ -233,7 +285,35 @@ impl SpecFields {
         if let Some(init) = &self.init {
             spec.init_blob = upload(client, init).await?;
         }
+        if let Some(m) = onnx {
+            if let Some(loss) = &m.loss {
+                spec.loss = loss.kind.clone();
+                spec.loss_output = loss.output.clone();
+                spec.label = loss.label.clone();
+            }
+            spec.freeze = self.freeze.clone().unwrap_or_default();
+            let name = graph_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model.onnx");
+            spec.onnx_blob = client
+                .upload_blob(name, m.bytes)
+                .await
+                .with_context(|| format!("uploading {}", graph_path.display()))?;
+        }
         Ok(spec)
+    }
+
+    /// How an ONNX graph is imported: at the batch size, with the loss and
+    /// frozen initializers these fields name.
+    pub fn onnx_options(&self) -> OnnxOptions {
+        OnnxOptions {
+            batch: self.batch_size.map(|b| b as usize),
+            freeze: self.freeze.clone().unwrap_or_default(),
+            loss: self.loss.clone(),
+            loss_output: self.loss_output.clone(),
+            label: self.label.clone(),
+        }
     }
 }
 

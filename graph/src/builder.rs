@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ops::{
-    Binary, CollectiveOp, GeluApprox, Index, Loss, MatMul, Moe, Movement, Nn, Op, Reduce,
-    ReduceKind, Unary,
+    Binary, CollectiveOp, Conv, Conv2dAttrs, GeluApprox, Index, Loss, MatMul, Moe, Movement, Nn,
+    Op, Pool2dAttrs, Reduce, ReduceKind, Unary,
 };
 use crate::{
     DType, Dim, Error, Graph, Init, Input, InputRole, Node, NodeRef, Param, Result, Shape,
@@ -603,6 +603,85 @@ impl Builder {
     /// The sum of `x` over a group of `ranks` (`CollectiveOp::AllReduce`).
     pub fn all_reduce(&mut self, x: ValueId, ranks: usize) -> Result<ValueId> {
         self.node1(Op::Collective(CollectiveOp::AllReduce { ranks }), &[x])
+    }
+
+    /// 2-D convolution of `x [N, C, H, W]` with `w [M, C/groups, kH, kW]`
+    /// (`Conv::Conv2d`).
+    pub fn conv2d(&mut self, x: ValueId, w: ValueId, attrs: Conv2dAttrs) -> Result<ValueId> {
+        self.node1(Op::Conv(Conv::Conv2d(attrs)), &[x, w])
+    }
+    /// The input gradient of a convolution over an input of spatial size
+    /// `input` (`Conv::Conv2dGradInput`).
+    pub fn conv2d_grad_input(
+        &mut self,
+        w: ValueId,
+        dy: ValueId,
+        conv: Conv2dAttrs,
+        input: [usize; 2],
+    ) -> Result<ValueId> {
+        self.node1(Op::Conv(Conv::Conv2dGradInput { conv, input }), &[w, dy])
+    }
+    /// The weight gradient of a convolution with a `kernel`-sized window
+    /// (`Conv::Conv2dGradWeight`).
+    pub fn conv2d_grad_weight(
+        &mut self,
+        x: ValueId,
+        dy: ValueId,
+        conv: Conv2dAttrs,
+        kernel: [usize; 2],
+    ) -> Result<ValueId> {
+        self.node1(Op::Conv(Conv::Conv2dGradWeight { conv, kernel }), &[x, dy])
+    }
+    /// 2-D max pooling (`Conv::MaxPool2d`).
+    pub fn max_pool2d(&mut self, x: ValueId, pool: Pool2dAttrs) -> Result<ValueId> {
+        self.node1(Op::Conv(Conv::MaxPool2d(pool)), &[x])
+    }
+    /// `dy` added at each window's argmax in `x` (`Conv::MaxPool2dGrad`).
+    pub fn max_pool2d_grad(
+        &mut self,
+        x: ValueId,
+        dy: ValueId,
+        pool: Pool2dAttrs,
+    ) -> Result<ValueId> {
+        self.node1(Op::Conv(Conv::MaxPool2dGrad(pool)), &[x, dy])
+    }
+    /// `v` read at each window's argmax in `x` (`Conv::MaxPool2dSelect`).
+    pub fn max_pool2d_select(
+        &mut self,
+        x: ValueId,
+        v: ValueId,
+        pool: Pool2dAttrs,
+    ) -> Result<ValueId> {
+        self.node1(Op::Conv(Conv::MaxPool2dSelect(pool)), &[x, v])
+    }
+    /// 2-D average pooling (`Conv::AvgPool2d`).
+    pub fn avg_pool2d(
+        &mut self,
+        x: ValueId,
+        pool: Pool2dAttrs,
+        count_include_pad: bool,
+    ) -> Result<ValueId> {
+        let op = Conv::AvgPool2d {
+            pool,
+            count_include_pad,
+        };
+        self.node1(Op::Conv(op), &[x])
+    }
+    /// AvgPool2d's transpose onto an input of spatial size `input`
+    /// (`Conv::AvgPool2dGrad`).
+    pub fn avg_pool2d_grad(
+        &mut self,
+        dy: ValueId,
+        pool: Pool2dAttrs,
+        count_include_pad: bool,
+        input: [usize; 2],
+    ) -> Result<ValueId> {
+        let op = Conv::AvgPool2dGrad {
+            pool,
+            count_include_pad,
+            input,
+        };
+        self.node1(Op::Conv(op), &[dy])
     }
 
     pub fn softmax(&mut self, x: ValueId, axis: i64) -> Result<ValueId> {

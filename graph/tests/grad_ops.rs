@@ -16,6 +16,11 @@
 //! dispatch gather it drives. The collectives are checked at `ranks = 1`,
 //! the only group the interpreter runs, on the grouped matmuls' rows and
 //! offsets (dropped rows come out zero).
+//!
+//! Convolutions and pools run with fixed attributes per row (stride 2,
+//! uneven padding, dilation 2, groups 2, ceil mode; see `CONVS` and
+//! `POOLS`) on random batch, channel and spatial sizes; max pools take
+//! distinct values so no window's argmax flips under the FD step.
 
 // Builder closures return the crate's `Result`, whose error is large.
 #![allow(clippy::result_large_err)]
@@ -26,10 +31,12 @@ use std::collections::BTreeMap;
 
 use adjoint_graph::gradcheck::{self, Options};
 use adjoint_graph::interp::{EvalCx, Tensor};
-use adjoint_graph::ops::{GeluApprox, Loss, Movement, Nn};
+use adjoint_graph::ops::conv::{out_size, pool_out};
+use adjoint_graph::ops::{Conv2dAttrs, GeluApprox, Loss, Movement, Nn, Pool2dAttrs};
 use adjoint_graph::{Builder, DType, Graph, InputRole, Op, Shape, ValueId};
 use common::Dom::{AwayFromZero, Distinct, Frozen, Index, Int, Offsets, Pos, Real};
 use common::*;
+use proptest::prelude::any;
 use proptest::strategy::{BoxedStrategy, Strategy};
 
 /// Default (rtol, atol) of the FD comparisons.
@@ -122,6 +129,24 @@ table! {
     all_to_all:  "AllToAll", "AllToAll(ranks=1)",  2, exchange(false),   [Real, Offsets],          T, |b, x, _| { let [y, _, _] = b.all_to_all(x[0], x[1], 1)?; Ok(vec![y]) };
     all_to_all_combine: "AllToAllCombine", "AllToAllCombine(ranks=1)", 3, exchange(true), [Real, Offsets, Int(3)], T, |b, x, _| one(b.all_to_all_combine(x[0], x[1], x[2], 1));
     all_reduce:  "AllReduce", "AllReduce(ranks=1)", 1, same(1, 0, 3),     [Real],                   T, |b, x, _| one(b.all_reduce(x[0], 1));
+    conv2d:      "Conv2d",  "Conv2d",              2, conv_cases(0, 0),  [Real, Real],             T, |b, x, _| one(b.conv2d(x[0], x[1], CONVS[0].0));
+    conv2d_stride_pads: "Conv2d", "Conv2d(stride 2, pads)", 2, conv_cases(1, 0), [Real, Real],     T, |b, x, _| one(b.conv2d(x[0], x[1], CONVS[1].0));
+    conv2d_dilation: "Conv2d", "Conv2d(dilation 2)", 2, conv_cases(2, 0),  [Real, Real],           T, |b, x, _| one(b.conv2d(x[0], x[1], CONVS[2].0));
+    conv2d_groups: "Conv2d", "Conv2d(groups 2)",   2, conv_cases(3, 0),  [Real, Real],             T, |b, x, _| one(b.conv2d(x[0], x[1], CONVS[3].0));
+    conv2d_grad_input: "Conv2dGradInput", "Conv2dGradInput(stride 2, pads)", 2, conv_cases(1, 1), [Real, Real], T, |b, x, c| one(b.conv2d_grad_input(x[0], x[1], CONVS[1].0, hw(c)));
+    conv2d_grad_input_groups: "Conv2dGradInput", "Conv2dGradInput(groups 2)", 2, conv_cases(3, 1), [Real, Real], T, |b, x, c| one(b.conv2d_grad_input(x[0], x[1], CONVS[3].0, hw(c)));
+    conv2d_grad_weight: "Conv2dGradWeight", "Conv2dGradWeight(dilation 2)", 2, conv_cases(2, 2), [Real, Real], T, |b, x, _| one(b.conv2d_grad_weight(x[0], x[1], CONVS[2].0, CONVS[2].1));
+    conv2d_grad_weight_groups: "Conv2dGradWeight", "Conv2dGradWeight(groups 2, stride 2)", 2, conv_cases(4, 2), [Real, Real], T, |b, x, _| one(b.conv2d_grad_weight(x[0], x[1], CONVS[4].0, CONVS[4].1));
+    max_pool2d:  "MaxPool2d", "MaxPool2d",         1, pool_cases(0, 0),  [Distinct],               T, |b, x, _| one(b.max_pool2d(x[0], POOLS[0]));
+    max_pool2d_ceil: "MaxPool2d", "MaxPool2d(pads, ceil_mode)", 1, pool_cases(1, 0), [Distinct],   T, |b, x, _| one(b.max_pool2d(x[0], POOLS[1]));
+    max_pool2d_dilation: "MaxPool2d", "MaxPool2d(dilation 2)", 1, pool_cases(2, 0), [Distinct],    T, |b, x, _| one(b.max_pool2d(x[0], POOLS[2]));
+    max_pool2d_grad: "MaxPool2dGrad", "MaxPool2dGrad(pads, ceil_mode)", 2, pool_cases(1, 1), [Distinct, Real], T, |b, x, _| one(b.max_pool2d_grad(x[0], x[1], POOLS[1]));
+    max_pool2d_select: "MaxPool2dSelect", "MaxPool2dSelect(dilation 2)", 2, pool_cases(2, 2), [Distinct, Real], T, |b, x, _| one(b.max_pool2d_select(x[0], x[1], POOLS[2]));
+    avg_pool2d:  "AvgPool2d", "AvgPool2d",         1, pool_cases(0, 0),  [Real],                   T, |b, x, _| one(b.avg_pool2d(x[0], POOLS[0], false));
+    avg_pool2d_ceil: "AvgPool2d", "AvgPool2d(pads, ceil_mode)", 1, pool_cases(1, 0), [Real],       T, |b, x, _| one(b.avg_pool2d(x[0], POOLS[1], false));
+    avg_pool2d_include_pad: "AvgPool2d", "AvgPool2d(pads, ceil_mode, count_include_pad)", 1, pool_cases(1, 0), [Real], T, |b, x, _| one(b.avg_pool2d(x[0], POOLS[1], true));
+    avg_pool2d_dilation: "AvgPool2d", "AvgPool2d(dilation 2)", 1, pool_cases(2, 0), [Real],         T, |b, x, _| one(b.avg_pool2d(x[0], POOLS[2], true));
+    avg_pool2d_grad: "AvgPool2dGrad", "AvgPool2dGrad(pads, ceil_mode, count_include_pad)", 1, pool_cases(1, 3), [Real], T, |b, x, c| one(b.avg_pool2d_grad(x[0], POOLS[1], true, hw(c)));
 }
 
 /// The MoE gate: softmax, top-k, the chosen probabilities (one-hot of the
@@ -168,6 +193,132 @@ fn exchange(combine: bool) -> BoxedStrategy<Case> {
                 c.shapes.push(vec![1, experts]);
             }
             c
+        })
+        .boxed()
+}
+
+/// Convolution rows' attributes and kernels: plain 3×3; stride 2 with
+/// uneven padding; dilation 2; groups 2; groups 2 with stride 2 and
+/// padding.
+const CONVS: [(Conv2dAttrs, [usize; 2]); 5] = [
+    (conv_attrs([1, 1], [0; 4], [1, 1], 1), [3, 3]),
+    (conv_attrs([2, 2], [1, 0, 2, 1], [1, 1], 1), [3, 2]),
+    (conv_attrs([1, 1], [1, 1, 1, 1], [2, 2], 1), [2, 3]),
+    (conv_attrs([1, 1], [0, 1, 0, 1], [1, 1], 2), [2, 2]),
+    (conv_attrs([2, 1], [1, 1, 0, 0], [1, 2], 2), [3, 2]),
+];
+
+const fn conv_attrs(
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    groups: usize,
+) -> Conv2dAttrs {
+    Conv2dAttrs {
+        strides,
+        pads,
+        dilations,
+        groups,
+    }
+}
+
+/// Pooling rows' windows: 2×2 stride 2; 3×3 stride 2 with padding in
+/// ceil mode; 2×2 dilation 2 stride 1 with uneven padding.
+const POOLS: [Pool2dAttrs; 3] = [
+    Pool2dAttrs {
+        kernel: [2, 2],
+        strides: [2, 2],
+        pads: [0; 4],
+        dilations: [1, 1],
+        ceil_mode: false,
+    },
+    Pool2dAttrs {
+        kernel: [3, 3],
+        strides: [2, 2],
+        pads: [1, 1, 1, 1],
+        dilations: [1, 1],
+        ceil_mode: true,
+    },
+    Pool2dAttrs {
+        kernel: [2, 2],
+        strides: [1, 1],
+        pads: [1, 0, 0, 1],
+        dilations: [2, 2],
+        ceil_mode: false,
+    },
+];
+
+/// The spatial size a gradient row's case stores in `target`.
+fn hw(c: &Case) -> [usize; 2] {
+    [c.target[0], c.target[1]]
+}
+
+/// An input's spatial size for a window `k` taps `d` apart: the window
+/// plus 0..=3.
+fn spatial_sizes(k: [usize; 2], d: [usize; 2]) -> impl Strategy<Value = [usize; 2]> {
+    let span = |a: usize| d[a] * (k[a] - 1) + 1;
+    (span(0)..=span(0) + 3, span(1)..=span(1) + 3).prop_map(|(h, w)| [h, w])
+}
+
+/// Cases of convolution row `i` of [`CONVS`]: `kind` 0 gives (x, w), 1
+/// (w, dy) and 2 (x, dy); `target` holds x's spatial size.
+fn conv_cases(i: usize, kind: usize) -> BoxedStrategy<Case> {
+    let (c, k) = CONVS[i];
+    (
+        1usize..=2,
+        1usize..=2,
+        1usize..=2,
+        spatial_sizes(k, c.dilations),
+        any::<u64>(),
+    )
+        .prop_map(move |(n, cg, mg, [h, w], seed)| {
+            let g = c.groups;
+            let out = |a: usize, size: usize| {
+                let pad = [c.pads[a], c.pads[a + 2]];
+                out_size(size, k[a], c.strides[a], c.dilations[a], pad, false).unwrap()
+            };
+            let x = vec![n, cg * g, h, w];
+            let wt = vec![mg * g, cg, k[0], k[1]];
+            let y = vec![n, mg * g, out(0, h), out(1, w)];
+            let shapes = match kind {
+                0 => vec![x, wt],
+                1 => vec![wt, y],
+                _ => vec![x, y],
+            };
+            Case {
+                target: vec![h, w],
+                seed,
+                ..Case::of(shapes)
+            }
+        })
+        .boxed()
+}
+
+/// Cases of pooling row `i` of [`POOLS`]: `kind` 0 gives (x), 1 (x, dy),
+/// 2 (x, x-shaped v) and 3 (dy); `target` holds x's spatial size.
+fn pool_cases(i: usize, kind: usize) -> BoxedStrategy<Case> {
+    let p = POOLS[i];
+    (
+        1usize..=2,
+        1usize..=2,
+        spatial_sizes(p.kernel, p.dilations),
+        any::<u64>(),
+    )
+        .prop_map(move |(n, ch, [h, w], seed)| {
+            let o = pool_out(&p, [h, w]).unwrap();
+            let x = vec![n, ch, h, w];
+            let y = vec![n, ch, o[0], o[1]];
+            let shapes = match kind {
+                0 => vec![x],
+                1 => vec![x, y],
+                2 => vec![x.clone(), x],
+                _ => vec![y],
+            };
+            Case {
+                target: vec![h, w],
+                seed,
+                ..Case::of(shapes)
+            }
         })
         .boxed()
 }
@@ -226,12 +377,20 @@ const ALL_OPS: &[&str] = &[
     "AllToAll",
     "AllToAllCombine",
     "AllReduce",
+    "Conv2d",
+    "Conv2dGradInput",
+    "Conv2dGradWeight",
+    "MaxPool2d",
+    "MaxPool2dGrad",
+    "MaxPool2dSelect",
+    "AvgPool2d",
+    "AvgPool2dGrad",
 ];
 
 #[test]
 fn every_op_has_a_row() {
     let rows = table();
-    assert_eq!(ALL_OPS.len(), 52);
+    assert_eq!(ALL_OPS.len(), 60);
     for &op in ALL_OPS {
         assert!(rows.iter().any(|r| r.op == op), "no row for {op}");
     }

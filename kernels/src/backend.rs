@@ -139,6 +139,43 @@ pub struct GroupedMatMulDims {
     pub transpose: bool,
 }
 
+/// Shapes of a 2-D convolution over NCHW tensors: x `[n, c, h, w]`, w
+/// `[m, c/groups, kh, kw]`, y `[n, m, oh, ow]`. A window tap `(ky, kx)` of
+/// output `(oy, ox)` reads x at `(oy·s0 + ky·d0 - pads[0], ox·s1 + kx·d1 -
+/// pads[1])`, zero outside the input; `pads` are `[top, left, bottom,
+/// right]` (the bottom and right ones only shape `oh` and `ow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dDims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub m: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub strides: [usize; 2],
+    pub pads: [usize; 4],
+    pub dilations: [usize; 2],
+    pub groups: usize,
+}
+
+/// Shapes of a 2-D pool: `planes` (`N·C`) planes of `[h, w]` in, `[oh, ow]`
+/// out; windows as in [`Conv2dDims`], `pads` `[top, left, bottom, right]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dDims {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub pads: [usize; 4],
+    pub dilations: [usize; 2],
+}
+
 /// What a random kernel draws from: (seed, step, rank, site, element).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RngKey {
@@ -421,6 +458,39 @@ pub trait Backend {
     // ----- optimizers (over flat buffers) -----
     fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()>;
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()>;
+
+    // ----- convolution and pooling (NCHW, f32) -----
+    /// `y = conv(x, w)` (see [`Conv2dDims`]).
+    fn conv2d(&mut self, x: View, w: View, y: View, dims: &Conv2dDims) -> Result<()>;
+    /// `dx`: the transpose of [`Backend::conv2d`] in x, applied to `dy`.
+    fn conv2d_grad_input(&mut self, w: View, dy: View, dx: View, dims: &Conv2dDims) -> Result<()>;
+    /// `dw`: the transpose of [`Backend::conv2d`] in w, applied to `dy`.
+    fn conv2d_grad_weight(&mut self, x: View, dy: View, dw: View, dims: &Conv2dDims) -> Result<()>;
+    /// The largest tap of each window (the first in row-major tap order on
+    /// ties; padding never wins; a window without taps in the input gives
+    /// -inf).
+    fn max_pool2d(&mut self, x: View, y: View, dims: &Pool2dDims) -> Result<()>;
+    /// `dx`: zeros with each `dy` added at its window's argmax in `x`.
+    fn max_pool2d_grad(&mut self, x: View, dy: View, dx: View, dims: &Pool2dDims) -> Result<()>;
+    /// `y`: `v` (shaped like `x`) read at each window's argmax in `x`.
+    fn max_pool2d_select(&mut self, x: View, v: View, y: View, dims: &Pool2dDims) -> Result<()>;
+    /// The mean of each window over its taps inside the input, or with
+    /// `count_include_pad` over its taps inside the padded input.
+    fn avg_pool2d(
+        &mut self,
+        x: View,
+        y: View,
+        dims: &Pool2dDims,
+        count_include_pad: bool,
+    ) -> Result<()>;
+    /// The transpose of [`Backend::avg_pool2d`].
+    fn avg_pool2d_grad(
+        &mut self,
+        dy: View,
+        dx: View,
+        dims: &Pool2dDims,
+        count_include_pad: bool,
+    ) -> Result<()>;
 
     // ----- mixture of experts -----
     // Packed rows: the `T·k` (token, slot) pairs of a routing, grouped by

@@ -4,7 +4,8 @@
 //! Layout under the store root:
 //!
 //! - `blobs/<sha256 hex>`: content-addressed uploads ([`BlobStore::upload`]);
-//! - `jobs/<job id>/<name>`: artifacts the workers write;
+//! - `jobs/<job id>/<name>`: artifacts the workers write, and `model.onnx`,
+//!   the job's `onnx_blob`, copied there at submission;
 //! - `tmp/`: uploads in flight, renamed into `blobs/` once hashed.
 //!
 //! Workers read blobs and write artifacts in the same store directly (a
@@ -155,6 +156,17 @@ impl BlobStore {
             )));
         }
         Ok(metadata)
+    }
+
+    /// Copies blob `id` to artifact `name` of job `job_id` (all checked).
+    pub async fn copy_to_artifact(&self, id: &str, job_id: &str, name: &str) -> Result<()> {
+        check_blob_id(id)?;
+        let to = Path::from(artifact_path(job_id, name)?);
+        match self.store.copy(&Path::from(id), &to).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::BlobNotFound(id.to_owned())),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Streams artifact `name` of job `job_id` in chunks of

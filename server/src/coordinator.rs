@@ -69,6 +69,9 @@ impl Config {
 /// Restarts a job gets after lost workers when its spec does not say.
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 
+/// The artifact a job submitted with an `onnx_blob` gets a copy of it as.
+pub const ONNX_ARTIFACT: &str = "model.onnx";
+
 /// A queued job with what scheduling needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Queued {
@@ -261,6 +264,18 @@ impl Coordinator {
             .insert_job(&spec, &estimate, "queued", now_ms())
             .await?;
         span.record("job", job.id.as_str());
+        if !spec.onnx_blob.is_empty() {
+            // The original ONNX model, for exporting the trained weights
+            // into it (`adjoint pull --onnx`).
+            if let Err(e) = self
+                .inner
+                .blobs
+                .copy_to_artifact(&spec.onnx_blob, &job.id, ONNX_ARTIFACT)
+                .await
+            {
+                tracing::warn!(job = %job.id, "cannot copy the ONNX model to the job's artifacts: {e}");
+            }
+        }
         tracing::info!(job = %job.id, name = %spec.name, workers = spec.workers, "job submitted");
         self.publish(&job.id, event);
         state.queue.push(Queued {
@@ -295,6 +310,9 @@ impl Coordinator {
         };
         if !spec.init_blob.is_empty() {
             blobs.blob_size(&spec.init_blob).await?;
+        }
+        if !spec.onnx_blob.is_empty() {
+            blobs.blob_size(&spec.onnx_blob).await?;
         }
         if !spec.resume_from_job.is_empty()
             && self.inner.db.get(&spec.resume_from_job).await?.is_none()
@@ -660,7 +678,11 @@ impl Coordinator {
                 restarts: queued.restarts,
                 finished: vec![false; start.workers.len()],
                 ranks: start.workers,
-                artifacts: BTreeSet::new(),
+                artifacts: if queued.spec.onnx_blob.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    BTreeSet::from([ONNX_ARTIFACT.to_owned()])
+                },
             },
         );
         Ok(())

@@ -64,7 +64,7 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
         return Err(bad("dataset_blob", "is required"));
     }
     names::check_blob_id(&spec.dataset_blob)?;
-    for blob in [&spec.eval_blob, &spec.init_blob] {
+    for blob in [&spec.eval_blob, &spec.init_blob, &spec.onnx_blob] {
         if !blob.is_empty() {
             names::check_blob_id(blob)?;
         }
@@ -132,11 +132,12 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
     if !spec.bucket_mb.is_finite() || !(0.0..=1e6).contains(&spec.bucket_mb) {
         return Err(bad("bucket_mb", "must be a size in MiB from 0 to 1e6"));
     }
-    spec.checkpoint = spec.checkpoint.trim().to_ascii_lowercase();
-    if spec.checkpoint.is_empty() {
+    // Not lowercased before parsing: the policy's name is case-insensitive,
+    // a budget's unit is not (`budget:1GiB`).
+    spec.checkpoint = spec.checkpoint.trim().to_owned();
+    if spec.checkpoint.is_empty() || spec.checkpoint.eq_ignore_ascii_case(AUTO) {
         spec.checkpoint = AUTO.into();
-    }
-    if spec.checkpoint != AUTO {
+    } else {
         let policy: Policy = spec
             .checkpoint
             .parse()

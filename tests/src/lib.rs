@@ -22,6 +22,8 @@ use adjoint_worker::data::{HostTensor, write_safetensors};
 use anyhow::{Context, Result, bail};
 use tokio_stream::StreamExt;
 
+pub mod fuzz_entry;
+
 /// Features of the example model.
 pub const FEATURES: usize = 16;
 /// Classes of the example model.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use adjoint_graph::ops::GeluApprox;
+use adjoint_graph::ops::{Conv2dAttrs, GeluApprox, Pool2dAttrs};
 use adjoint_graph::{Builder, DType, Graph, Init, InputRole, Shape, ValueId};
 use common::*;
 
@@ -285,4 +285,108 @@ fn losses() {
     let loss = bld.mse(pred, target).unwrap();
     bld.loss(loss);
     check_engine(bld.finish().unwrap(), &[]);
+}
+
+fn conv(
+    strides: [usize; 2],
+    pads: [usize; 4],
+    dilations: [usize; 2],
+    groups: usize,
+) -> Conv2dAttrs {
+    Conv2dAttrs {
+        strides,
+        pads,
+        dilations,
+        groups,
+    }
+}
+
+/// Convolutions (plain, strided and padded, dilated, grouped, pointwise)
+/// with a bias, forward and both gradients.
+#[test]
+fn conv2d_variants() {
+    let cases = [
+        ([2, 3, 9, 9], [4, 3, 3, 3], conv([1, 1], [0; 4], [1, 1], 1)),
+        (
+            [2, 3, 9, 8],
+            [5, 3, 3, 2],
+            conv([2, 2], [1, 0, 2, 1], [1, 1], 1),
+        ),
+        (
+            [1, 4, 10, 10],
+            [6, 2, 3, 3],
+            conv([1, 2], [2, 2, 2, 2], [2, 2], 2),
+        ),
+        ([3, 4, 6, 6], [4, 1, 3, 3], conv([1, 1], [1; 4], [1, 1], 4)),
+        ([2, 6, 5, 7], [3, 6, 1, 1], conv([1, 1], [0; 4], [1, 1], 1)),
+    ];
+    for (xs, ws, attrs) in cases {
+        check_engine(
+            model("conv2d", |b| {
+                let x = p(b, "x", &xs, NORMAL);
+                let w = p(b, "w", &ws, NORMAL);
+                let bias = p(b, "bias", &[ws[0], 1, 1], NORMAL);
+                let y = b.conv2d(x, w, attrs).unwrap();
+                vec![b.add(y, bias).unwrap()]
+            }),
+            &[],
+        );
+    }
+}
+
+/// The convolution gradients as ops of their own (their backward runs
+/// Conv2d and each other).
+#[test]
+fn conv2d_gradient_ops() {
+    let attrs = conv([2, 1], [1, 1, 0, 1], [1, 1], 2);
+    check_engine(
+        model("conv2d_grads", |b| {
+            let x = p(b, "x", &[2, 4, 7, 6], NORMAL);
+            let w = p(b, "w", &[6, 2, 3, 2], NORMAL);
+            let dy = p(b, "dy", &[2, 6, 3, 7], NORMAL);
+            vec![
+                b.conv2d_grad_input(w, dy, attrs, [7, 6]).unwrap(),
+                b.conv2d_grad_weight(x, dy, attrs, [3, 2]).unwrap(),
+            ]
+        }),
+        &[],
+    );
+}
+
+/// Max and average pools (padding, ceil mode, dilation, count_include_pad)
+/// and the pool gradient ops.
+#[test]
+fn pools() {
+    let windows = [
+        Pool2dAttrs::square(2, 2),
+        Pool2dAttrs {
+            pads: [1; 4],
+            ceil_mode: true,
+            ..Pool2dAttrs::square(3, 2)
+        },
+        Pool2dAttrs {
+            pads: [1, 0, 0, 1],
+            dilations: [2, 2],
+            ..Pool2dAttrs::square(2, 1)
+        },
+    ];
+    for pool in windows {
+        check_engine(
+            model("pools", |b| {
+                let x = p(b, "x", &[2, 3, 7, 6], NORMAL);
+                let v = p(b, "v", &[2, 3, 7, 6], NORMAL);
+                let y = b.max_pool2d(x, pool).unwrap();
+                let dy = p(b, "dy", &b.graph().static_shape(y), NORMAL);
+                vec![
+                    y,
+                    b.max_pool2d_select(x, v, pool).unwrap(),
+                    b.max_pool2d_grad(x, dy, pool).unwrap(),
+                    b.avg_pool2d(x, pool, false).unwrap(),
+                    b.avg_pool2d(x, pool, true).unwrap(),
+                    b.avg_pool2d_grad(dy, pool, true, [7, 6]).unwrap(),
+                ]
+            }),
+            &[],
+        );
+    }
 }

@@ -1,8 +1,12 @@
 //! `adjoint jobs`, `status`, `cancel`, `pull` and `workers`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use adjoint_graph::TensorData;
 use adjoint_proto::v1::JobState;
+use adjoint_server::coordinator::ONNX_ARTIFACT;
+use adjoint_worker::data::read_safetensors;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -34,16 +38,22 @@ pub struct CancelArgs {
     addr: Addr,
 }
 
-/// Download a job's artifact (by default its final weights).
+/// Download a job's artifact (by default its final weights, named as the
+/// graph's parameters: an ONNX model's initializer names), or with
+/// `--onnx` the job's ONNX model with the trained weights in it.
 #[derive(Debug, Args)]
 pub struct PullArgs {
     job: String,
     /// Where to write it.
     #[arg(short, long)]
     output: PathBuf,
-    /// Which artifact.
+    /// Which artifact (the weights with `--onnx`).
     #[arg(long, default_value = "weights.safetensors")]
     artifact: String,
+    /// Write the ONNX model the job was submitted with, its initializers
+    /// replaced by the trained weights (one self-contained file).
+    #[arg(long)]
+    onnx: bool,
     #[command(flatten)]
     addr: Addr,
 }
@@ -129,6 +139,9 @@ pub fn cancel(args: CancelArgs) -> Result<()> {
 }
 
 pub fn pull(args: PullArgs) -> Result<()> {
+    if args.onnx {
+        return pull_onnx(&args);
+    }
     let bytes = with_client(&args.addr, async |c| {
         c.download(&args.job, &args.artifact).await
     })?;
@@ -141,6 +154,65 @@ pub fn pull(args: PullArgs) -> Result<()> {
         "wrote {} ({}) to {}",
         args.artifact,
         human_bytes(bytes.len() as u64),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// `pull --onnx`: the job's `model.onnx` with the pulled weights in it.
+fn pull_onnx(args: &PullArgs) -> Result<()> {
+    let (model, weights) = with_client(&args.addr, async |c| {
+        let job = c.get_job(&args.job).await?;
+        if job.spec.as_ref().is_none_or(|s| s.onnx_blob.is_empty()) {
+            bail!(
+                "job {} was not submitted as an ONNX model: there is no model to export into (pull the weights without --onnx)",
+                args.job
+            );
+        }
+        let model = c
+            .download(&args.job, ONNX_ARTIFACT)
+            .await
+            .with_context(|| format!("downloading the ONNX model of {}", args.job))?;
+        let weights = c
+            .download(&args.job, &args.artifact)
+            .await
+            .with_context(|| format!("downloading {} of {}", args.artifact, args.job))?;
+        Ok((model, weights))
+    })?;
+    let tensors = read_safetensors(&weights)
+        .with_context(|| format!("artifact '{}' of {}", args.artifact, args.job))?;
+    let weights: BTreeMap<String, TensorData> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let data = TensorData {
+                dtype: t.dtype,
+                shape: t.shape,
+                bytes: t.bytes,
+            };
+            (name, data)
+        })
+        .collect();
+    // The importer's callback type: the graph crate's (large) error.
+    #[allow(clippy::result_large_err)]
+    let no_files = |location: &str| -> adjoint_graph::Result<Vec<u8>> {
+        Err(adjoint_graph::Error::Unsupported(format!(
+            "the stored model should have no external data, but names '{location}'"
+        )))
+    };
+    let out =
+        adjoint_graph::onnx::with_weights(&model, &weights, &no_files).with_context(|| {
+            format!(
+                "exporting the trained weights of {} into its ONNX model",
+                args.job
+            )
+        })?;
+    std::fs::write(&args.output, &out)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote the ONNX model of {} with {} trained weights ({}) to {}",
+        args.job,
+        weights.len(),
+        human_bytes(out.len() as u64),
         args.output.display()
     );
     Ok(())

@@ -7,6 +7,7 @@ mod check;
 mod demo;
 mod engine;
 mod grad;
+mod inspect;
 mod jobs;
 mod logs;
 mod model;
@@ -51,6 +52,7 @@ enum Command {
     Worker(adjoint_worker::cli::WorkerArgs),
     Model(model::ModelArgs),
     Check(check::CheckArgs),
+    Inspect(inspect::InspectArgs),
     Plan(plan::PlanArgs),
     Logs(logs::LogsArgs),
     Timeline(timeline::TimelineArgs),
@@ -75,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => adjoint_worker::cli::run(args).map_err(anyhow::Error::msg),
         Command::Model(args) => model::run(args),
         Command::Check(args) => check::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Logs(args) => logs::run(args),
         Command::Timeline(args) => timeline::run(args),

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
+use adjoint_client::onnx_file;
 use adjoint_client::spec::SpecFields;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 
 use super::service::{Addr, human_bytes, with_client};
@@ -11,7 +12,7 @@ use super::service::{Addr, human_bytes, with_client};
 /// Submit a training job (a TOML spec and/or flags); prints its id.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// A TOML job spec; flags override its fields.
+    /// A TOML job spec (flags override its fields), or an `.onnx` model.
     spec: Option<PathBuf>,
     #[command(flatten)]
     fields: SpecFields,
@@ -25,7 +26,7 @@ pub struct SubmitArgs {
 /// Validate and plan a job without running it: memory per worker, FLOPs.
 #[derive(Debug, Args)]
 pub struct EstimateArgs {
-    /// A TOML job spec; flags override its fields.
+    /// A TOML job spec (flags override its fields), or an `.onnx` model.
     spec: Option<PathBuf>,
     #[command(flatten)]
     fields: SpecFields,
@@ -33,8 +34,23 @@ pub struct EstimateArgs {
     addr: Addr,
 }
 
+/// The spec file's fields with the flags over them; an `.onnx` file in
+/// the spec's place is the graph.
 fn fields(spec: &Option<PathBuf>, flags: &SpecFields) -> Result<SpecFields> {
     Ok(match spec {
+        Some(path) if onnx_file::is_onnx(path) => {
+            if flags.graph.is_some() {
+                bail!(
+                    "{} is the graph: drop --graph, or give a TOML spec instead",
+                    path.display()
+                );
+            }
+            SpecFields {
+                graph: Some(path.clone()),
+                ..SpecFields::default()
+            }
+            .merged(flags)
+        }
         Some(path) => SpecFields::from_file(path)?.merged(flags),
         None => flags.clone(),
     })

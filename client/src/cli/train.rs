@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use adjoint_client::graph_file;
+use adjoint_client::onnx_file::{self, OnnxOptions};
 use adjoint_graph::Dim;
 use adjoint_kernels::CpuBackend;
 use adjoint_worker::data::{
@@ -20,7 +21,8 @@ use super::engine::load_tensors;
 /// Train a graph on a dataset on the CPU engine, with a progress bar.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The graph file (`.json` or binary protobuf); it must have a loss.
+    /// The graph file (`.json` or binary protobuf; it must have a loss), or
+    /// an ONNX model (`.onnx`; give it a loss with --loss).
     graph: PathBuf,
     /// A safetensors file with one tensor per graph input, `[samples, ...]`.
     #[arg(long)]
@@ -44,10 +46,40 @@ pub struct TrainArgs {
     /// Write the trained parameters here (safetensors).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// ONNX model: the loss to add, `cross_entropy` or `mse`.
+    #[arg(long)]
+    loss: Option<String>,
+    /// ONNX model: the output the loss reads (default: the only output).
+    #[arg(long)]
+    loss_output: Option<String>,
+    /// ONNX model: the label input the loss compares with (default `labels`).
+    #[arg(long)]
+    label: Option<String>,
+    /// ONNX model: initializers to keep frozen (`*` globs; repeatable).
+    #[arg(long)]
+    freeze: Vec<String>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let graph = graph_file::load(&args.graph)?;
+    let graph = if onnx_file::is_onnx(&args.graph) {
+        let opts = OnnxOptions {
+            batch: args.batch_size,
+            freeze: args.freeze.clone(),
+            loss: args.loss.clone(),
+            loss_output: args.loss_output.clone(),
+            label: args.label.clone(),
+        };
+        onnx_file::load_for_training(&args.graph, &opts)?.graph
+    } else {
+        if args.loss.is_some()
+            || args.loss_output.is_some()
+            || args.label.is_some()
+            || !args.freeze.is_empty()
+        {
+            bail!("--loss, --loss-output, --label and --freeze apply to ONNX models only");
+        }
+        graph_file::load(&args.graph)?
+    };
     let optimizer = OptimizerConfig::parse(&args.optimizer)?;
     let fixed = graph
         .inputs

@@ -44,6 +44,7 @@
 //! callback.
 
 mod emit;
+pub mod export;
 mod fold;
 mod import;
 mod loss;
@@ -55,6 +56,8 @@ mod value;
 
 use adjoint_proto::onnx::TensorProto;
 use prost::Message;
+
+pub use export::{inline_external, with_weights};
 
 use crate::{Error, Graph, Result, TensorData};
 

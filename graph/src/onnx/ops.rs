@@ -19,6 +19,9 @@
 //! | ReduceSum, ReduceMean, ReduceMax | Reduce |
 //! | Dropout | identity (mask all true), or Nn Dropout in training mode (no mask) |
 //! | Trilu | `Where(mask, x, 0)` with a constant mask |
+//! | Conv (2-D) | Conv Conv2d (auto_pad resolved to pads), `+ bias` reshaped to `[M, 1, 1]` |
+//! | MaxPool, AveragePool (2-D) | Conv MaxPool2d, AvgPool2d (MaxPool's Indices output is not supported) |
+//! | GlobalAveragePool (2-D) | ReduceMean over axes 2 and 3, kept |
 //!
 //! On constant inputs, the elementwise arithmetic and Cast compute directly
 //! (any dtype, so integer shape arithmetic folds); everything else folds
@@ -28,7 +31,7 @@ use super::emit::Emit;
 use super::fold;
 use super::shape_ops::{self, cast_target};
 use super::value::{Const, Val};
-use crate::ops::{Binary, GeluApprox, ReduceKind, Unary};
+use crate::ops::{Binary, Conv2dAttrs, GeluApprox, Pool2dAttrs, ReduceKind, Unary};
 use crate::shape::normalize_axis;
 use crate::{DType, Dim, Error, NodeRef, Result, Shape, ValueId, rng};
 
@@ -36,15 +39,7 @@ use crate::{DType, Dim, Error, NodeRef, Result, Shape, ValueId, rng};
 type Outs = Result<Vec<Val>>;
 
 /// The ops the IR cannot express yet.
-const NOT_YET: &[&str] = &[
-    "Conv",
-    "ConvTranspose",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "GlobalMaxPool",
-    "BatchNormalization",
-];
+const NOT_YET: &[&str] = &["ConvTranspose", "GlobalMaxPool", "BatchNormalization"];
 
 /// Maps one node: the values (or constants) of its outputs, in order.
 pub(crate) fn emit(e: &mut Emit<'_>) -> Outs {
@@ -102,8 +97,14 @@ pub(crate) fn emit(e: &mut Emit<'_>) -> Outs {
         "ReduceMax" => reduce(e, ReduceKind::Max),
         "Dropout" => dropout(e),
         "Trilu" => trilu(e),
+        "Conv" => conv(e),
+        "MaxPool" | "AveragePool" => pool(e, op == "MaxPool"),
+        "GlobalAveragePool" => {
+            let x = spatial_input(e, op)?;
+            one(e.b.mean(x, &[2, 3], true))
+        }
         _ if NOT_YET.contains(&op) => Err(e.node.unsupported(format!(
-            "ONNX op '{op}' is not supported yet (the op set has no convolution, pooling or batch normalization)"
+            "ONNX op '{op}' is not supported yet (the op set has no transposed convolution, global max pooling or batch normalization)"
         ))),
         _ => Err(Error::UnknownOp {
             node: NodeRef {
@@ -449,4 +450,195 @@ fn trilu(e: &mut Emit<'_>) -> Outs {
     let mask = e.constant_value(&mask, "mask")?;
     let zero = e.b.scalar_like(0.0, x)?;
     one(e.b.select(mask, x, zero))
+}
+
+/// Input 0 of a convolution or pool: a float `[N, C, H, W]` (1-D and 3-D
+/// forms, and integer inputs, are unsupported).
+fn spatial_input(e: &mut Emit<'_>, op: &str) -> Result<ValueId> {
+    let x = e.value(0)?;
+    let rank = e.shape(x).rank();
+    if rank != 4 {
+        let what = match rank.checked_sub(2) {
+            Some(d) if d > 0 => format!("{d}-D"),
+            _ => format!("rank-{rank}"),
+        };
+        return Err(e.node.unsupported(format!(
+            "{op} on {what} data (input of shape {}): only 2-D (NCHW) is supported",
+            e.shape(x)
+        )));
+    }
+    let dtype = e.b.dtype(x);
+    if !dtype.is_float() {
+        return Err(e.node.unsupported(format!(
+            "{op} of {dtype} values: the IR's convolution and pooling are float-only"
+        )));
+    }
+    Ok(x)
+}
+
+/// A 2-element int attribute (`default` when absent), non-negative.
+fn attr_pair(e: &Emit<'_>, name: &str, default: usize, min: usize) -> Result<[usize; 2]> {
+    let v = e.node.ints(name)?;
+    let Some(v) = v else {
+        return Ok([default; 2]);
+    };
+    let bad = || {
+        e.node.bad_attr(
+            name,
+            format!("expected 2 ints of at least {min}, found {v:?}"),
+        )
+    };
+    match v[..] {
+        [a, b] if a >= min as i64 && b >= min as i64 => Ok([a as usize, b as usize]),
+        _ => Err(bad()),
+    }
+}
+
+/// `[top, left, bottom, right]` from `auto_pad` and `pads`, for a window of
+/// `k` taps `d` apart with strides `s` over spatial size `hw`.
+fn resolve_pads(
+    e: &Emit<'_>,
+    hw: [usize; 2],
+    k: [usize; 2],
+    s: [usize; 2],
+    d: [usize; 2],
+) -> Result<[usize; 4]> {
+    let auto = e.node.string("auto_pad", "NOTSET")?;
+    match auto.as_str() {
+        "NOTSET" => match e.node.ints("pads")? {
+            None => Ok([0; 4]),
+            Some(v) if v.len() == 4 && v.iter().all(|&p| p >= 0) => {
+                Ok([v[0] as usize, v[1] as usize, v[2] as usize, v[3] as usize])
+            }
+            Some(v) => Err(e
+                .node
+                .bad_attr("pads", format!("expected 4 non-negative ints, found {v:?}"))),
+        },
+        "VALID" => Ok([0; 4]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut pads = [0; 4];
+            for a in 0..2 {
+                let out = hw[a].div_ceil(s[a]);
+                let span = d[a] * (k[a] - 1) + 1;
+                let total = ((out.max(1) - 1) * s[a] + span).saturating_sub(hw[a]);
+                let small = total / 2;
+                let (begin, end) = if auto == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                };
+                pads[a] = begin;
+                pads[a + 2] = end;
+            }
+            Ok(pads)
+        }
+        other => Err(e.node.bad_attr(
+            "auto_pad",
+            format!("expected NOTSET, VALID, SAME_UPPER or SAME_LOWER, found '{other}'"),
+        )),
+    }
+}
+
+/// The fixed spatial size of `[N, C, H, W]`.
+fn fixed_hw(e: &Emit<'_>, x: ValueId) -> Result<[usize; 2]> {
+    let shape = e.shape(x);
+    match shape.dims() {
+        [_, _, Dim::Fixed(h), Dim::Fixed(w)] => Ok([*h, *w]),
+        _ => Err(e
+            .node
+            .invalid(format!("expected fixed spatial dims, found {shape}"))),
+    }
+}
+
+/// Conv: x, w and an optional bias `[M]`.
+fn conv(e: &mut Emit<'_>) -> Outs {
+    let x = spatial_input(e, "Conv")?;
+    let w = e.value(1)?;
+    let hw = fixed_hw(e, x)?;
+    let k = match e.shape(w).dims() {
+        [_, _, Dim::Fixed(kh), Dim::Fixed(kw)] => [*kh, *kw],
+        _ => {
+            return Err(e.node.invalid(format!(
+                "{}: expected a weight [M, C/group, kH, kW], found {}",
+                e.describe(1),
+                e.shape(w)
+            )));
+        }
+    };
+    if let Some(ks) = e.node.ints("kernel_shape")?
+        && ks != [k[0] as i64, k[1] as i64]
+    {
+        return Err(e.node.bad_attr(
+            "kernel_shape",
+            format!("{ks:?} does not match the weight's {k:?}"),
+        ));
+    }
+    let strides = attr_pair(e, "strides", 1, 1)?;
+    let dilations = attr_pair(e, "dilations", 1, 1)?;
+    let groups = e.node.int("group", 1)?;
+    if groups < 1 {
+        return Err(e
+            .node
+            .bad_attr("group", format!("expected a positive int, found {groups}")));
+    }
+    let pads = resolve_pads(e, hw, k, strides, dilations)?;
+    let attrs = Conv2dAttrs {
+        strides,
+        pads,
+        dilations,
+        groups: groups as usize,
+    };
+    let mut y = e.b.conv2d(x, w, attrs)?;
+    if e.has(2) {
+        let bias = e.value(2)?;
+        let m = e.shape(w).dims()[0];
+        let bias =
+            e.b.reshape(bias, Shape(vec![m, Dim::Fixed(1), Dim::Fixed(1)]))?;
+        y = e.b.add(y, bias)?;
+    }
+    one(Ok(y))
+}
+
+/// MaxPool (`max`) or AveragePool.
+fn pool(e: &mut Emit<'_>, max: bool) -> Outs {
+    let op = if max { "MaxPool" } else { "AveragePool" };
+    if max && e.node.wants_output(1) {
+        return Err(e.node.unsupported(
+            "MaxPool's second output, Indices (the argmax positions), is not supported",
+        ));
+    }
+    let x = spatial_input(e, op)?;
+    let hw = fixed_hw(e, x)?;
+    let kernel = match e.node.ints("kernel_shape")? {
+        Some(v) if v.len() == 2 && v.iter().all(|&k| k >= 1) => [v[0] as usize, v[1] as usize],
+        Some(v) => {
+            return Err(e.node.bad_attr(
+                "kernel_shape",
+                format!("expected 2 positive ints (only 2-D is supported), found {v:?}"),
+            ));
+        }
+        None => return Err(e.node.bad_attr("kernel_shape", "is required")),
+    };
+    if max && e.node.int("storage_order", 0)? != 0 {
+        return Err(e
+            .node
+            .unsupported("MaxPool with storage_order 1 (column-major indices)"));
+    }
+    let strides = attr_pair(e, "strides", 1, 1)?;
+    let dilations = attr_pair(e, "dilations", 1, 1)?;
+    let pads = resolve_pads(e, hw, kernel, strides, dilations)?;
+    let ceil_mode = e.node.int("ceil_mode", 0)? != 0;
+    let attrs = Pool2dAttrs {
+        kernel,
+        strides,
+        pads,
+        dilations,
+        ceil_mode,
+    };
+    if max {
+        one(e.b.max_pool2d(x, attrs))
+    } else {
+        let count_include_pad = e.node.int("count_include_pad", 0)? != 0;
+        one(e.b.avg_pool2d(x, attrs, count_include_pad))
+    }
 }

@@ -11,6 +11,7 @@
 
 pub mod binary;
 pub mod collective;
+pub mod conv;
 pub mod index;
 pub mod loss;
 pub mod matmul;
@@ -25,6 +26,7 @@ mod test_util;
 
 pub use binary::Binary;
 pub use collective::CollectiveOp;
+pub use conv::{Conv, Conv2dAttrs, Pool2dAttrs};
 pub use index::Index;
 pub use loss::Loss;
 pub use matmul::MatMul;
@@ -142,6 +144,7 @@ pub enum Op {
     Nn(Nn),
     Loss(Loss),
     Moe(Moe),
+    Conv(Conv),
     Collective(CollectiveOp),
 }
 
@@ -157,6 +160,7 @@ macro_rules! each_family {
             Op::Nn($op) => $body,
             Op::Loss($op) => $body,
             Op::Moe($op) => $body,
+            Op::Conv($op) => $body,
             Op::Collective($op) => $body,
         }
     };
@@ -186,6 +190,7 @@ impl Op {
         try_family!(Nn);
         try_family!(Loss);
         try_family!(Moe);
+        try_family!(Conv);
         if let Some(parsed) = CollectiveOp::parse(name, attrs) {
             return parsed.map(|o| Some(Op::Collective(o)));
         }
@@ -235,6 +240,7 @@ impl Op {
             Op::Nn(o) => Op::Nn(o.bind_batch(batch)),
             Op::Loss(o) => Op::Loss(o.bind_batch(batch)),
             Op::Moe(o) => Op::Moe(o.bind_batch(batch)),
+            Op::Conv(o) => Op::Conv(o.bind_batch(batch)),
             Op::Collective(o) => Op::Collective(o.bind_batch(batch)),
         }
     }

@@ -6,6 +6,7 @@
 //! Large kernels split their work over rayon's pool (one pool for the
 //! process, nothing spawned per op); GEMM goes through the `gemm` crate.
 
+mod conv;
 mod elementwise;
 mod index;
 mod layout;
@@ -29,6 +30,9 @@ pub const PARALLEL_THRESHOLD: usize = 1 << 15;
 pub struct CpuBackend {
     buffers: Vec<Buffer>,
     events: u64,
+    /// im2col's column matrices, grown to the largest convolution run so
+    /// far (see `conv.rs`), so steps after the first allocate nothing.
+    scratch: Vec<f32>,
 }
 
 impl CpuBackend {
@@ -603,6 +607,89 @@ impl Backend for CpuBackend {
         let (w, g) = (self.w("adamw param", param)?, self.r("adamw grad", grad)?);
         optim::adamw(w, g, self.w("adamw m", m)?, self.w("adamw v", v)?, p);
         Ok(())
+    }
+
+    fn conv2d(&mut self, x: View, w: View, y: View, dims: &Conv2dDims) -> Result<()> {
+        disjoint("conv2d", &[y], &[x, w])?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (xs, ws) = (self.r("conv2d x", x)?, self.r("conv2d w", w)?);
+        let out = conv::conv2d(xs, ws, self.w("conv2d y", y)?, dims, &mut scratch);
+        self.scratch = scratch;
+        out
+    }
+
+    fn conv2d_grad_input(&mut self, w: View, dy: View, dx: View, dims: &Conv2dDims) -> Result<()> {
+        disjoint("conv2d_grad_input", &[dx], &[w, dy])?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let ws = self.r("conv2d_grad_input w", w)?;
+        let dys = self.r("conv2d_grad_input dy", dy)?;
+        let dxs = self.w("conv2d_grad_input dx", dx)?;
+        let out = conv::conv2d_grad_input(ws, dys, dxs, dims, &mut scratch);
+        self.scratch = scratch;
+        out
+    }
+
+    fn conv2d_grad_weight(&mut self, x: View, dy: View, dw: View, dims: &Conv2dDims) -> Result<()> {
+        disjoint("conv2d_grad_weight", &[dw], &[x, dy])?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let xs = self.r("conv2d_grad_weight x", x)?;
+        let dys = self.r("conv2d_grad_weight dy", dy)?;
+        let dws = self.w("conv2d_grad_weight dw", dw)?;
+        let out = conv::conv2d_grad_weight(xs, dys, dws, dims, &mut scratch);
+        self.scratch = scratch;
+        out
+    }
+
+    fn max_pool2d(&mut self, x: View, y: View, dims: &Pool2dDims) -> Result<()> {
+        disjoint("max_pool2d", &[y], &[x])?;
+        conv::max_pool2d(self.r("max_pool2d x", x)?, self.w("max_pool2d y", y)?, dims)
+    }
+
+    fn max_pool2d_grad(&mut self, x: View, dy: View, dx: View, dims: &Pool2dDims) -> Result<()> {
+        disjoint("max_pool2d_grad", &[dx], &[x, dy])?;
+        let (xs, dys) = (
+            self.r("max_pool2d_grad x", x)?,
+            self.r("max_pool2d_grad dy", dy)?,
+        );
+        conv::max_pool2d_grad(xs, dys, self.w("max_pool2d_grad dx", dx)?, dims)
+    }
+
+    fn max_pool2d_select(&mut self, x: View, v: View, y: View, dims: &Pool2dDims) -> Result<()> {
+        disjoint("max_pool2d_select", &[y], &[x, v])?;
+        let (xs, vs) = (
+            self.r("max_pool2d_select x", x)?,
+            self.r("max_pool2d_select v", v)?,
+        );
+        conv::max_pool2d_select(xs, vs, self.w("max_pool2d_select y", y)?, dims)
+    }
+
+    fn avg_pool2d(
+        &mut self,
+        x: View,
+        y: View,
+        dims: &Pool2dDims,
+        count_include_pad: bool,
+    ) -> Result<()> {
+        disjoint("avg_pool2d", &[y], &[x])?;
+        let xs = self.r("avg_pool2d x", x)?;
+        conv::avg_pool2d(xs, self.w("avg_pool2d y", y)?, dims, count_include_pad)
+    }
+
+    fn avg_pool2d_grad(
+        &mut self,
+        dy: View,
+        dx: View,
+        dims: &Pool2dDims,
+        count_include_pad: bool,
+    ) -> Result<()> {
+        disjoint("avg_pool2d_grad", &[dx], &[dy])?;
+        let dys = self.r("avg_pool2d_grad dy", dy)?;
+        conv::avg_pool2d_grad(
+            dys,
+            self.w("avg_pool2d_grad dx", dx)?,
+            dims,
+            count_include_pad,
+        )
     }
 
     fn top_k(&mut self, x: View, ids: View, rows: usize, n: usize, k: usize) -> Result<()> {

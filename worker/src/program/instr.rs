@@ -1,6 +1,6 @@
 //! One backend call with its arguments resolved.
 
-use adjoint_kernels::backend::GroupedMatMulDims;
+use adjoint_kernels::backend::{Conv2dDims, GroupedMatMulDims, Pool2dDims};
 use adjoint_kernels::{Backend, BinaryOp, CompareOp, MatMulDims, ReduceOp, RngKey, UnaryOp, View};
 
 use super::exchange::Exchange;
@@ -188,6 +188,53 @@ pub enum Instr {
         offsets: View,
         dw: View,
         dims: GroupedMatMulDims,
+    },
+    Conv2d {
+        x: View,
+        w: View,
+        y: View,
+        dims: Conv2dDims,
+    },
+    Conv2dGradInput {
+        w: View,
+        dy: View,
+        dx: View,
+        dims: Conv2dDims,
+    },
+    Conv2dGradWeight {
+        x: View,
+        dy: View,
+        dw: View,
+        dims: Conv2dDims,
+    },
+    MaxPool2d {
+        x: View,
+        y: View,
+        dims: Pool2dDims,
+    },
+    MaxPool2dGrad {
+        x: View,
+        dy: View,
+        dx: View,
+        dims: Pool2dDims,
+    },
+    MaxPool2dSelect {
+        x: View,
+        v: View,
+        y: View,
+        dims: Pool2dDims,
+    },
+    AvgPool2d {
+        x: View,
+        y: View,
+        dims: Pool2dDims,
+        count_include_pad: bool,
+    },
+    AvgPool2dGrad {
+        dy: View,
+        dx: View,
+        dims: Pool2dDims,
+        count_include_pad: bool,
     },
     /// Data that crosses ranks: run by the executor with the job's
     /// collective, never by [`Instr::run`].
@@ -402,6 +449,28 @@ impl Instr {
                 dw,
                 dims,
             } => backend.grouped_matmul_grad_w(*x, *dy, *offsets, *dw, dims),
+            Instr::Conv2d { x, w, y, dims } => backend.conv2d(*x, *w, *y, dims),
+            Instr::Conv2dGradInput { w, dy, dx, dims } => {
+                backend.conv2d_grad_input(*w, *dy, *dx, dims)
+            }
+            Instr::Conv2dGradWeight { x, dy, dw, dims } => {
+                backend.conv2d_grad_weight(*x, *dy, *dw, dims)
+            }
+            Instr::MaxPool2d { x, y, dims } => backend.max_pool2d(*x, *y, dims),
+            Instr::MaxPool2dGrad { x, dy, dx, dims } => backend.max_pool2d_grad(*x, *dy, *dx, dims),
+            Instr::MaxPool2dSelect { x, v, y, dims } => backend.max_pool2d_select(*x, *v, *y, dims),
+            Instr::AvgPool2d {
+                x,
+                y,
+                dims,
+                count_include_pad,
+            } => backend.avg_pool2d(*x, *y, dims, *count_include_pad),
+            Instr::AvgPool2dGrad {
+                dy,
+                dx,
+                dims,
+                count_include_pad,
+            } => backend.avg_pool2d_grad(*dy, *dx, dims, *count_include_pad),
             Instr::Exchange(_) => Err(adjoint_kernels::Error::Invalid(
                 "a collective op (AllToAll, AllToAllCombine, AllReduce) runs only with a collective: train it with a DistTrainer".into(),
             )),
@@ -437,6 +506,14 @@ impl Instr {
             Instr::MoeRoute { .. } => "MoeRoute",
             Instr::GroupedMatMul { .. } => "GroupedMatMul",
             Instr::GroupedMatMulGradW { .. } => "GroupedMatMulGradW",
+            Instr::Conv2d { .. } => "Conv2d",
+            Instr::Conv2dGradInput { .. } => "Conv2dGradInput",
+            Instr::Conv2dGradWeight { .. } => "Conv2dGradWeight",
+            Instr::MaxPool2d { .. } => "MaxPool2d",
+            Instr::MaxPool2dGrad { .. } => "MaxPool2dGrad",
+            Instr::MaxPool2dSelect { .. } => "MaxPool2dSelect",
+            Instr::AvgPool2d { .. } => "AvgPool2d",
+            Instr::AvgPool2dGrad { .. } => "AvgPool2dGrad",
             Instr::Exchange(_) => "Exchange",
         }
     }
@@ -475,6 +552,14 @@ impl Instr {
             } => vec![*row_token, *slot_row, *slot_keep, *offsets],
             Instr::GroupedMatMul { y, .. } => vec![*y],
             Instr::GroupedMatMulGradW { dw, .. } => vec![*dw],
+            Instr::Conv2d { y, .. }
+            | Instr::MaxPool2d { y, .. }
+            | Instr::MaxPool2dSelect { y, .. }
+            | Instr::AvgPool2d { y, .. } => vec![*y],
+            Instr::Conv2dGradInput { dx, .. }
+            | Instr::MaxPool2dGrad { dx, .. }
+            | Instr::AvgPool2dGrad { dx, .. } => vec![*dx],
+            Instr::Conv2dGradWeight { dw, .. } => vec![*dw],
             Instr::Exchange(x) => x.outputs(),
         }
     }

@@ -3,10 +3,11 @@
 use adjoint_graph::interp::strides as contiguous_strides;
 use adjoint_graph::ops::moe;
 use adjoint_graph::ops::{
-    Binary, CollectiveOp, GeluApprox, Index, Loss, Moe, Movement, Nn, Op, ReduceKind, Unary,
+    Binary, CollectiveOp, Conv, Conv2dAttrs, GeluApprox, Index, Loss, Moe, Movement, Nn, Op,
+    Pool2dAttrs, ReduceKind, Unary,
 };
 use adjoint_graph::{Graph, Node, ValueId};
-use adjoint_kernels::backend::GroupedMatMulDims;
+use adjoint_kernels::backend::{Conv2dDims, GroupedMatMulDims, Pool2dDims};
 use adjoint_kernels::{BinaryOp, CompareOp, ReduceOp, UnaryOp, View};
 
 use super::exchange::{Exchange, ExchangeDims};
@@ -32,6 +33,7 @@ pub fn lower_node(
         Op::Nn(n) => cx.nn(n, out),
         Op::Loss(l) => cx.loss(l, out),
         Op::Moe(m) => cx.moe(m, out),
+        Op::Conv(c) => cx.conv(c, out),
         Op::Collective(c) => cx.collective(*c, out),
     }
 }
@@ -557,6 +559,130 @@ impl Cx<'_> {
                     inner: width,
                 }
             }
+        };
+        out.push(instr);
+        Ok(())
+    }
+
+    /// `shape` as `[N, C, H, W]`.
+    fn nchw(&self, shape: &[usize], what: &str) -> Result<[usize; 4]> {
+        match *shape {
+            [n, c, h, w] => Ok([n, c, h, w]),
+            _ => Err(self.unsupported(format!("{what}: expected [N, C, H, W], found {shape:?}"))),
+        }
+    }
+
+    /// Convolution dims from x's and y's shapes and the kernel `[M, kh, kw]`.
+    fn conv_dims(
+        &self,
+        c: &Conv2dAttrs,
+        x: &[usize],
+        y: &[usize],
+        k: [usize; 2],
+    ) -> Result<Conv2dDims> {
+        let [n, ch, h, w] = self.nchw(x, "convolution input")?;
+        let [_, m, oh, ow] = self.nchw(y, "convolution output")?;
+        Ok(Conv2dDims {
+            n,
+            c: ch,
+            h,
+            w,
+            m,
+            kh: k[0],
+            kw: k[1],
+            oh,
+            ow,
+            strides: c.strides,
+            pads: c.pads,
+            dilations: c.dilations,
+            groups: c.groups,
+        })
+    }
+
+    /// Pool dims from x's and y's shapes.
+    fn pool_dims(&self, p: &Pool2dAttrs, x: &[usize], y: &[usize]) -> Result<Pool2dDims> {
+        let [n, ch, h, w] = self.nchw(x, "pool input")?;
+        let [_, _, oh, ow] = self.nchw(y, "pool output")?;
+        Ok(Pool2dDims {
+            planes: n * ch,
+            h,
+            w,
+            oh,
+            ow,
+            kernel: p.kernel,
+            strides: p.strides,
+            pads: p.pads,
+            dilations: p.dilations,
+        })
+    }
+
+    fn conv(&self, c: &Conv, out: &mut Vec<Instr>) -> Result<()> {
+        let spatial = |s: &[usize]| [s[s.len() - 2], s[s.len() - 1]];
+        let instr = match *c {
+            Conv::Conv2d(a) => Instr::Conv2d {
+                x: self.input(0)?,
+                w: self.input(1)?,
+                y: self.output(0)?,
+                dims: self.conv_dims(
+                    &a,
+                    &self.in_shape(0),
+                    &self.out_shape(0),
+                    spatial(&self.in_shape(1)),
+                )?,
+            },
+            Conv::Conv2dGradInput { conv, .. } => Instr::Conv2dGradInput {
+                w: self.input(0)?,
+                dy: self.input(1)?,
+                dx: self.output(0)?,
+                dims: self.conv_dims(
+                    &conv,
+                    &self.out_shape(0),
+                    &self.in_shape(1),
+                    spatial(&self.in_shape(0)),
+                )?,
+            },
+            Conv::Conv2dGradWeight { conv, kernel } => Instr::Conv2dGradWeight {
+                x: self.input(0)?,
+                dy: self.input(1)?,
+                dw: self.output(0)?,
+                dims: self.conv_dims(&conv, &self.in_shape(0), &self.in_shape(1), kernel)?,
+            },
+            Conv::MaxPool2d(p) => Instr::MaxPool2d {
+                x: self.input(0)?,
+                y: self.output(0)?,
+                dims: self.pool_dims(&p, &self.in_shape(0), &self.out_shape(0))?,
+            },
+            Conv::MaxPool2dGrad(p) => Instr::MaxPool2dGrad {
+                x: self.input(0)?,
+                dy: self.input(1)?,
+                dx: self.output(0)?,
+                dims: self.pool_dims(&p, &self.in_shape(0), &self.in_shape(1))?,
+            },
+            Conv::MaxPool2dSelect(p) => Instr::MaxPool2dSelect {
+                x: self.input(0)?,
+                v: self.input(1)?,
+                y: self.output(0)?,
+                dims: self.pool_dims(&p, &self.in_shape(0), &self.out_shape(0))?,
+            },
+            Conv::AvgPool2d {
+                pool,
+                count_include_pad,
+            } => Instr::AvgPool2d {
+                x: self.input(0)?,
+                y: self.output(0)?,
+                dims: self.pool_dims(&pool, &self.in_shape(0), &self.out_shape(0))?,
+                count_include_pad,
+            },
+            Conv::AvgPool2dGrad {
+                pool,
+                count_include_pad,
+                ..
+            } => Instr::AvgPool2dGrad {
+                dy: self.input(0)?,
+                dx: self.output(0)?,
+                dims: self.pool_dims(&pool, &self.out_shape(0), &self.in_shape(0))?,
+                count_include_pad,
+            },
         };
         out.push(instr);
         Ok(())
