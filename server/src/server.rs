@@ -10,6 +10,7 @@ use adjoint_proto::v1::worker_control_server::WorkerControlServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
@@ -115,7 +116,16 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
         None => None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let incoming = TcpListenerStream::new(listener);
+    // Small replies (a submitted job, a heartbeat's answer) go out at once:
+    // with Nagle's algorithm on, each waited for the client's delayed ACK
+    // (about 40 ms per call).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("TCP_NODELAY: {e}");
+            }
+        })
+    });
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .trace_fn(request_span)
