@@ -213,6 +213,29 @@ impl Geom {
             && work < 2 * 64 * 64 * 64
             && work.saturating_mul(images) >= BATCH_PARALLEL_WORK
     }
+
+    /// Runs `image(i, out_i, par)` for each of the `count` images whose
+    /// outputs are consecutive `len`-element pieces of `out`: one image
+    /// per task when they are many and small, else in turn with the GEMMs
+    /// threaded inside.
+    fn for_each_image(
+        &self,
+        out: &mut [f32],
+        len: usize,
+        count: usize,
+        work: usize,
+        image: &(impl Fn(usize, &mut [f32], gemm::Parallelism) + Sync),
+    ) {
+        if self.images_in_parallel(count, work) {
+            out.par_chunks_exact_mut(len)
+                .enumerate()
+                .for_each(|(i, o)| image(i, o, gemm::Parallelism::None));
+        } else {
+            for (i, o) in out.chunks_exact_mut(len).enumerate() {
+                image(i, o, parallelism(work));
+            }
+        }
+    }
 }
 
 /// `c = a · b` (or `c += a · b` when `accumulate`) for an `[m, k]` by
@@ -357,15 +380,7 @@ pub fn conv2d(
                 gemm_into((mg, p, kg), w_g, c_g, y_g, st, false, par);
             }
         };
-        if g.images_in_parallel(count, work) {
-            ys.par_chunks_exact_mut(g.y_img)
-                .enumerate()
-                .for_each(|(i, y_i)| image(i, y_i, gemm::Parallelism::None));
-        } else {
-            for (i, y_i) in ys.chunks_exact_mut(g.y_img).enumerate() {
-                image(i, y_i, parallelism(work));
-            }
-        }
+        g.for_each_image(ys, g.y_img, count, work, &image);
         i0 += count;
     }
     Ok(())
@@ -420,15 +435,7 @@ pub fn conv2d_grad_input(
                 gemm_into((kg, p, mg), w_g, dy_g, c_g, st, false, par);
             }
         };
-        if g.images_in_parallel(count, work) {
-            col.par_chunks_exact_mut(g.col_img)
-                .enumerate()
-                .for_each(|(i, c)| image(i, c, gemm::Parallelism::None));
-        } else {
-            for (i, c) in col.chunks_exact_mut(g.col_img).enumerate() {
-                image(i, c, parallelism(work));
-            }
-        }
+        g.for_each_image(col, g.col_img, count, work, &image);
         if !pointwise {
             g.col2im(&scratch[..need], dxs);
         }

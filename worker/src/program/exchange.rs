@@ -240,15 +240,23 @@ fn dispatch<B: Backend>(
     s.rows.clear();
     s.rows.resize(d.ranks * d.rows * w, 0.0);
     let local_off = expert_starts(&s.counts, d.ranks, local);
+    // Where each source's rows for expert e start in `received` (blocks in
+    // place order, each by local expert); advanced expert by expert.
+    let mut next_row: Vec<usize> = s
+        .counts
+        .chunks_exact(local.max(1))
+        .scan(0usize, |at, block| {
+            let start = *at;
+            *at += block.iter().sum::<i64>() as usize;
+            Some(start)
+        })
+        .collect();
     let mut dst = 0usize;
     for e in 0..local {
-        for p in 0..d.ranks {
-            let block_start: usize = (0..p)
-                .map(|q| s.counts[q * local..(q + 1) * local].iter().sum::<i64>() as usize)
-                .sum();
-            let within: usize = s.counts[p * local..p * local + e].iter().sum::<i64>() as usize;
+        for (p, row) in next_row.iter_mut().enumerate() {
             let n = s.counts[p * local + e] as usize;
-            let src = (block_start + within) * w;
+            let src = *row * w;
+            *row += n;
             s.rows[dst * w..(dst + n) * w].copy_from_slice(&s.received[src..src + n * w]);
             dst += n;
         }
