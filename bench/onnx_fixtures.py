@@ -4,7 +4,8 @@ training data, and PyTorch's training trajectory from the exported weights.
     bench/.venv/bin/python bench/onnx_fixtures.py [--out tests/fixtures/onnx] [NAME ...]
 
 Needs onnx, onnxruntime and onnxscript in the venv (bench/requirements.txt).
-For each case (default: all of mlp, transformer, mlp_dynamo), into OUT/NAME/:
+For each case (default: all of mlp, transformer, mlp_dynamo, cnn_bn), into
+OUT/NAME/:
 
   model.onnx          the exported model: graph inputs are the model inputs,
                       graph output the logits; the initial weights are its
@@ -13,10 +14,12 @@ For each case (default: all of mlp, transformer, mlp_dynamo), into OUT/NAME/:
                       tensor data file, referenced by model.onnx
   data.safetensors    the training data: one tensor per ONNX graph input,
                       named as the input, plus `labels`; all [samples, ...]
-                      with samples = steps * batch
+                      with samples = steps * batch, or fewer for a case that
+                      sets `samples` (step i reads batch i mod samples/batch)
   trained.safetensors PyTorch's weights after `steps` SGD steps, f32, named by
                       the ONNX initializer names, in the initializers' layout
-                      (PyTorch's own: nn.Linear weight [out, in])
+                      (PyTorch's own: nn.Linear weight [out, in]); with the
+                      BatchNorm running statistics (buffers) after those steps
   reference.json      input/output/initializer names, parameter -> initializer
                       map, batch, loss kind, optimizer, PyTorch's losses (one
                       per step, on consecutive batches), `outputs_after` (the
@@ -29,11 +32,18 @@ model reproduces PyTorch's output on the first batch (initial weights) and,
 with the initializers replaced by trained.safetensors, `outputs_after`
 (both within ORT_TOL).
 
-Adding a model (e.g. a CNN once Conv/BatchNormalization are supported): write
-a module whose forward takes the graph inputs and returns the output, a data
-function, and add a Case to CASES; ops it needs beyond IMPORTER_OPS go into
-its `extra_ops`. Buffers (BatchNorm running stats) are mapped to initializers
-like parameters and listed as non-trainable.
+Adding a model: write a module whose forward takes the graph inputs and
+returns the output, a data function, and add a Case to CASES; ops it needs
+beyond IMPORTER_OPS go into its `extra_ops`. Buffers (BatchNorm running
+stats) are mapped to initializers like parameters and listed under `state`;
+`num_batches_tracked` is no initializer (the exporter writes the momentum as
+an attribute) and is left out.
+
+BatchNorm in training mode updates its running statistics on every forward,
+the exporter's trace included: the exported initializers hold the statistics
+after that one traced forward, and training starts from exactly them. The
+other forwards here (the onnxruntime comparisons) run on copies of the model,
+so they leave its statistics alone.
 
 Deterministic: torch.manual_seed(SEED) before building each model, a
 generator seeded SEED + 1 for the data, one thread, deterministic algorithms,
@@ -44,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import math
 import os
@@ -81,7 +92,7 @@ IMPORTER_OPS = frozenset("""
     Relu LeakyRelu Gelu Erf Softmax LogSoftmax LayerNormalization ReduceMean
     ReduceSum Reshape Transpose Flatten Squeeze Unsqueeze Concat Split Slice
     Gather Expand Where Equal Cast Constant ConstantOfShape Identity Dropout
-    Trilu Shape
+    Trilu Shape Conv MaxPool AveragePool GlobalAveragePool BatchNormalization
 """.split())
 
 # TorchScript-based exporter: training-mode graph (Dropout kept, BatchNorm in
@@ -120,6 +131,25 @@ class TransformerLogits(models.Transformer):
         return self.logits(tokens)
 
 
+class CnnBn(nn.Module):
+    """[Conv 3x3 (pad 1) -> BatchNorm2d -> ReLU -> MaxPool 2x2] x 2 on
+    1x16x16 images (4 then 8 channels), flatten, Linear 128 -> 10. PyTorch's
+    default init; BatchNorm momentum 0.1 (ONNX's 0.9), eps 1e-5."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(x.flatten(1))
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -141,6 +171,15 @@ def transformer_data(cfg: models.TransformerConfig, gen: torch.Generator, sample
     return {"tokens": seq[:, :-1].contiguous(), "labels": seq[:, 1:].contiguous()}
 
 
+def cnn_data(gen: torch.Generator, samples: int) -> dict:
+    """x ~ N(0, 1) images [samples, 1, 16, 16] shifted by 0.5 (so the
+    running mean moves); labels from a fixed random linear teacher on the
+    pixels (argmax over 10 classes)."""
+    x = torch.randn(samples, 1, 16, 16, generator=gen, dtype=torch.float32) + 0.5
+    teacher = torch.randn(256, 10, generator=gen, dtype=torch.float32)
+    return {"x": x, "labels": (x.reshape(samples, -1) @ teacher).argmax(-1).to(torch.int64)}
+
+
 # ---------------------------------------------------------------- cases
 
 
@@ -159,6 +198,7 @@ class Case:
     exporter: str  # "torchscript" | "dynamo"
     external_data: bool = False
     extra_ops: frozenset = field(default_factory=frozenset)
+    samples: int | None = None  # None: steps * batch (no batch read twice)
 
 
 MLP_CFG = models.MlpConfig(input=16, hidden=[32], classes=4, batch=8)
@@ -199,6 +239,20 @@ CASES = {
     "mlp_dynamo": _mlp_case("mlp_dynamo", "dynamo", True,
                             "the mlp case (same seeds: same weights, data and losses) through "
                             "the dynamo (torch.export) exporter, weights as external data"),
+    "cnn_bn": Case(
+        name="cnn_bn",
+        description="CNN on 1x16x16 images: [Conv 3x3 -> BatchNorm2d -> ReLU -> MaxPool 2] x 2 "
+                    "(4, 8 channels), Linear 128 -> 10; TorchScript exporter in training mode "
+                    "(BatchNormalization training_mode=1: batch statistics, running statistics "
+                    "updated every step); 5 batches of 8, read 4 times",
+        build=CnnBn,
+        make_data=cnn_data,
+        input_names=["x"], output_names=["logits"],
+        batch=8, lr=0.1, loss=CE_MLP,
+        config={"image": [1, 16, 16], "channels": [4, 8], "classes": 10, "batch": 8,
+                "bn_momentum_pytorch": 0.1, "bn_eps": 1e-5},
+        exporter="torchscript", samples=40,
+    ),
 }
 
 
@@ -255,11 +309,18 @@ def value_info(vi) -> dict:
             "shape": dims}
 
 
+def model_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The state_dict as arrays, without BatchNorm's `num_batches_tracked`
+    (no initializer: it only matters when momentum is None)."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
 def map_initializers(model: nn.Module, inits: dict[str, np.ndarray]) -> tuple[dict, list]:
     """{state_dict name: initializer name} for every parameter and buffer,
     by name and exact value (by value alone where the exporter renamed one),
     and the initializers that are no parameter or buffer."""
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    state = model_state(model)
     free = dict(inits)
     mapping = {}
     for name, arr in state.items():
@@ -315,18 +376,23 @@ def generate(case: Case, out_dir: Path, steps: int) -> dict:
     model = case.build()
     model.train()
     gen = torch.Generator().manual_seed(SEED + 1)
-    data = case.make_data(gen, steps * case.batch)
+    samples = case.samples or steps * case.batch
+    data = case.make_data(gen, samples)
     if set(data) != set(case.input_names) | {"labels"}:
         raise SystemExit(f"{case.name}: data keys {sorted(data)} are not the graph inputs + labels")
     B = case.batch
+    if samples % B:
+        raise SystemExit(f"{case.name}: {samples} samples are no whole number of batches of {B}")
 
     def batch(i):
+        i %= samples // B
         return {k: v[i * B:(i + 1) * B] for k, v in data.items()}
 
     first = batch(0)
     first_args = tuple(first[n] for n in case.input_names)
     with torch.no_grad():
-        out_before = model(*first_args).clone()
+        # A copy: a training-mode BatchNorm's forward updates its statistics.
+        out_before = copy.deepcopy(model)(*first_args).clone()
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -353,6 +419,7 @@ def generate(case: Case, out_dir: Path, steps: int) -> dict:
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     mapping, other_inits = map_initializers(model, inits)
     trainable = [n for n, _ in model.named_parameters()]
+    buffers = [n for n in model_state(model) if n not in dict(model.named_parameters())]
     renamed = {k: v for k, v in mapping.items() if k != v}
     print(f"  initializers: {list(inits)}")
     print(f"  parameter -> initializer: {'identity' if not renamed else renamed}"
@@ -381,9 +448,9 @@ def generate(case: Case, out_dir: Path, steps: int) -> dict:
         losses.append(float(loss.item()))
         opt.step()
     with torch.no_grad():
-        out_after = model(*first_args)
+        out_after = copy.deepcopy(model)(*first_args)
 
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    state = model_state(model)
     trained = {mapping[k]: np.ascontiguousarray(v, dtype=v.dtype) for k, v in state.items()}
     for k, v in trained.items():
         if v.shape != inits[k].shape or v.dtype != inits[k].dtype:
@@ -421,13 +488,20 @@ def generate(case: Case, out_dir: Path, steps: int) -> dict:
                                 "initializers. Layout is PyTorch's (nn.Linear weight "
                                 "[out, in]; the graph applies Gemm transB=1 or Transpose+MatMul)",
         "trainable": [mapping[n] for n in trainable],
+        **({"state": [mapping[n] for n in buffers],
+            "state_note": "initializers that are PyTorch buffers (BatchNorm running_mean / "
+                          "running_var): non-trainable state in adjoint, updated by every "
+                          "training step; trained.safetensors holds PyTorch's values after the "
+                          "last step"} if buffers else {}),
         "non_parameter_initializers": other_inits,
         "data": {
             "file": "data.safetensors",
             "tensors": {k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape)}
                         for k, v in data.items()},
-            "samples": steps * case.batch,
-            "batching": "batch i (0-based) is samples [i*batch, (i+1)*batch) of every tensor",
+            "samples": samples,
+            "batching": "step i (0-based) reads samples [j*batch, (j+1)*batch) of every tensor, "
+                        "j = i mod (samples / batch)" if case.samples else
+                        "batch i (0-based) is samples [i*batch, (i+1)*batch) of every tensor",
         },
         "batch": case.batch,
         "loss": case.loss,

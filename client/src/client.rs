@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+use adjoint_proto::dial::{Authorize, Credentials};
 use adjoint_proto::v1::coordinator_client::CoordinatorClient;
 use adjoint_proto::v1::{
     BlobChunk, CancelJobRequest, DownloadArtifactRequest, Estimate, EstimateJobRequest,
@@ -34,29 +35,65 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// A connection to a coordinator.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// Every call carries the current span's W3C trace context.
-    inner: CoordinatorClient<InterceptedService<Channel, TraceInterceptor>>,
+    /// Every call carries the current span's W3C trace context and the
+    /// bearer token, if any.
+    inner: CoordinatorClient<InterceptedService<Channel, Authorize<TraceInterceptor>>>,
 }
 
-/// `addr` as a URI: `host:port` gets `http://` in front.
-pub fn endpoint(addr: &str) -> String {
+/// `addr` as a URI: `host:port` gets `http://` in front (`https://` when
+/// `tls`).
+pub fn endpoint(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_owned()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
 }
 
 impl Client {
-    /// Connects to the coordinator at `addr` (`host:port` or a URI).
+    /// Connects to the coordinator at `addr` (`host:port` or a URI) with
+    /// no token: for a coordinator without authentication.
     pub async fn connect(addr: &str) -> Result<Client> {
-        let uri = endpoint(addr);
-        let channel = Channel::from_shared(uri.clone())
-            .with_context(|| format!("bad coordinator address '{addr}'"))?
+        Client::connect_with(addr, &Credentials::none()).await
+    }
+
+    /// Connects to the coordinator at `addr` presenting `credentials`: a
+    /// bearer token, and the CA that signed the server's certificate (then
+    /// `host:port` means `https://host:port`).
+    ///
+    /// ```no_run
+    /// # async fn run() -> anyhow::Result<()> {
+    /// use adjoint_client::{Client, Credentials};
+    /// let credentials = Credentials::none()
+    ///     .with_token(std::env::var("ADJOINT_TOKEN")?)
+    ///     .with_ca_pem(std::fs::read("ca.pem")?);
+    /// let mut client = Client::connect_with("adjoint.internal:7070", &credentials).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with(addr: &str, credentials: &Credentials) -> Result<Client> {
+        let uri = endpoint(addr, credentials.trusts_a_ca());
+        let channel = credentials
+            .endpoint(&uri)
+            .map_err(anyhow::Error::msg)?
             .connect()
             .await
-            .with_context(|| format!("cannot reach the coordinator at {uri}"))?;
-        let inner = CoordinatorClient::with_interceptor(channel, TraceInterceptor)
+            .map_err(|e| {
+                let why = chain(&e);
+                let hint = if why.contains("certificate") {
+                    "; is --ca-file (ADJOINT_CA_FILE) the CA that signed the coordinator's \
+                     certificate, and does that certificate name this host (--tls-domain)?"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("cannot reach the coordinator at {uri}: {why}{hint}")
+            })?;
+        let interceptor = credentials
+            .interceptor(TraceInterceptor)
+            .map_err(anyhow::Error::msg)?;
+        let inner = CoordinatorClient::with_interceptor(channel, interceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Client { inner })
@@ -175,4 +212,21 @@ impl Client {
         }
         Ok(out)
     }
+}
+
+/// An error and its sources, `: `-separated (a TLS failure is a source of
+/// a transport error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // rustls's errors repeat their source's text.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }

@@ -16,4 +16,5 @@ pub mod local;
 pub mod onnx_file;
 pub mod spec;
 
+pub use adjoint_proto::dial::Credentials;
 pub use client::Client;

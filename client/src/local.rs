@@ -178,7 +178,7 @@ impl LocalCluster {
                 "--threads",
                 &threads.to_string(),
                 "--coordinator",
-                &format!("http://{}", self.addr),
+                &self.url(),
                 "--name",
                 name,
                 "--metrics-listen",
@@ -196,15 +196,42 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The coordinator's URL: `https://` when the cluster's environment
+    /// gives it a TLS certificate (`ADJOINT_TLS_CERT`).
+    pub fn url(&self) -> String {
+        let tls = self.env.iter().any(|(k, _)| k == "ADJOINT_TLS_CERT");
+        crate::client::endpoint(&self.addr, tls)
+    }
+
+    /// What this cluster's own calls present: `ADJOINT_TOKEN`,
+    /// `ADJOINT_CA_FILE` and `ADJOINT_TLS_DOMAIN` of its environment.
+    pub fn credentials(&self) -> Result<crate::Credentials> {
+        let var = |name: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let ca = var("ADJOINT_CA_FILE").map(PathBuf::from);
+        crate::Credentials::load(
+            var("ADJOINT_TOKEN"),
+            None,
+            ca.as_deref(),
+            var("ADJOINT_TLS_DOMAIN"),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
     /// Polls the coordinator until `n` workers are registered.
     pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<()> {
+        let credentials = self.credentials()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let deadline = Instant::now() + timeout;
         runtime.block_on(async {
             loop {
-                if let Ok(mut c) = Client::connect(&self.addr).await {
+                if let Ok(mut c) = Client::connect_with(&self.url(), &credentials).await {
                     let live = c
                         .workers()
                         .await?

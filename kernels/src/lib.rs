@@ -10,6 +10,9 @@
 //!
 //! - [`cpu`]: f32 kernels (i64/i32 indices, u8 booleans), GEMM through the
 //!   `gemm` crate, rayon threads where they pay.
+//! - `cuda` (feature `cuda`, on by default): the CUDA backend through
+//!   cudarc, loaded at run time; without CUDA it says "no CUDA device
+//!   found" and the CPU is used.
 //! - [`rng`]: the counter-based Philox generator random kernels draw from.
 //! - [`alloc_audit`]: marks scopes where a third-party library allocates, so
 //!   tests can prove the engine itself does not.
@@ -23,6 +26,8 @@ pub mod alloc_audit;
 pub mod alloc_count;
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod rng;
 
 pub use backend::{

@@ -19,7 +19,8 @@
 //! `v1::coordinator_client`, `v1::coordinator_server`,
 //! `v1::worker_control_client` and `v1::worker_control_server` exist
 //! (tonic). Without it the crate links no gRPC stack, which is how
-//! `adjoint-graph` uses it.
+//! `adjoint-graph` uses it. [`dial`] (also `services`) connects to the
+//! coordinator: TLS and the bearer token.
 //!
 //! [`onnx`] holds the prost types of the subset of ONNX's model format
 //! (`proto/onnx/onnx.proto`, proto2) that `adjoint-graph`'s ONNX importer
@@ -52,6 +53,9 @@ pub mod onnx {
 }
 
 mod proto_json;
+
+#[cfg(feature = "services")]
+pub mod dial;
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in
 /// this crate (with source info), e.g. for gRPC server reflection.

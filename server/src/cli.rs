@@ -51,6 +51,21 @@ pub struct ServerArgs {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set [default: text].
     #[arg(long, env = "ADJOINT_LOG_FORMAT")]
     pub log_format: Option<adjoint_telemetry::LogFormat>,
+    /// Bearer tokens: `on`, `off`, or `auto` (on unless listening on a
+    /// loopback address) [default: auto].
+    #[arg(long, env = "ADJOINT_AUTH", value_parser = ["on", "off", "auto"])]
+    pub auth: Option<String>,
+    /// The tokens file (TOML: `worker_token` and `[[users]]` with `name`,
+    /// `token` or `token_sha256`, `admin`). Needed when auth is on.
+    #[arg(long, env = "ADJOINT_TOKENS")]
+    pub tokens: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (with
+    /// --tls-key).
+    #[arg(long, env = "ADJOINT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ADJOINT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -64,6 +79,10 @@ impl ServerArgs {
             heartbeat_ms: self.heartbeat_ms,
             metrics_listen: self.metrics_listen,
             log_format: self.log_format.map(|f| f.to_string()),
+            auth: self.auth.clone(),
+            tokens: self.tokens.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         };
         let file = match &self.config {
             Some(path) => ServerFile::read(path)?,
@@ -93,7 +112,13 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn serve(settings: ServerSettings) -> anyhow::Result<()> {
     let listen = settings.listen;
-    let config = settings.config();
+    let config = settings.config()?;
+    if config.auth.is_on() && config.tls.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "bearer tokens will cross the network in plain text: give --tls-cert and --tls-key"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adjoint_proto::v1::{
-    Abort, Assignment, CoordinatorMessage, Estimate, Job, JobEvent, JobSpec, JobState, job_event,
-    job_spec,
+    Abort, Assignment, CoordinatorMessage, Estimate, Job, JobEvent, JobSpec, JobState,
+    UploadBlobResponse, job_event, job_spec,
 };
 use tokio::sync::{Mutex, MutexGuard, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
+use crate::auth::Caller;
 use crate::blobs::BlobStore;
 use crate::db::{JobDb, Transition};
 use crate::error::state_name;
@@ -33,7 +34,7 @@ use crate::workers::{Worker, WorkerStatus};
 use crate::{Error, Result, names, plan, scheduler};
 
 /// How the coordinator is set up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Holds `jobs.sqlite` and, by default, the blob store.
     pub data_dir: std::path::PathBuf,
@@ -45,6 +46,10 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Where `/metrics` (Prometheus) is served; `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Who may call: open, or bearer tokens ([`crate::auth`]).
+    pub auth: crate::auth::Auth,
+    /// TLS on the gRPC port; `None`: plain HTTP/2.
+    pub tls: Option<crate::tls::TlsIdentity>,
 }
 
 impl Config {
@@ -55,6 +60,8 @@ impl Config {
             store: None,
             heartbeat: Duration::from_secs(1),
             metrics_listen: None,
+            auth: crate::auth::Auth::open(),
+            tls: None,
         }
     }
 
@@ -236,7 +243,13 @@ impl Coordinator {
 
     /// Validates and plans `spec` without queueing it.
     pub async fn estimate(&self, spec: JobSpec) -> Result<Estimate> {
-        let (spec, estimate) = self.validate(spec).await?;
+        self.estimate_as(spec, &Caller::Open).await
+    }
+
+    /// [`Coordinator::estimate`] for `caller`, who may use only blobs they
+    /// uploaded.
+    pub async fn estimate_as(&self, spec: JobSpec, caller: &Caller) -> Result<Estimate> {
+        let (spec, estimate) = self.validate(spec, caller).await?;
         let state = self.inner.state.lock().await;
         check_fits(&state, &spec, &estimate)?;
         Ok(estimate)
@@ -245,15 +258,26 @@ impl Coordinator {
     /// Validates, plans and queues `spec`; returns the job as stored after
     /// the scheduling pass (so RUNNING if it started at once).
     pub async fn submit(&self, spec: JobSpec) -> Result<Job> {
+        self.submit_as(spec, &Caller::Open).await
+    }
+
+    /// [`Coordinator::submit`] for `caller`: the job is theirs, and may use
+    /// only blobs they uploaded and resume only jobs they may see.
+    pub async fn submit_as(&self, spec: JobSpec, caller: &Caller) -> Result<Job> {
         let span = tracing::info_span!("submit", job = tracing::field::Empty);
-        self.submit_traced(spec, span.clone())
+        self.submit_traced(spec, caller, span.clone())
             .instrument(span)
             .await
     }
 
-    async fn submit_traced(&self, spec: JobSpec, span: tracing::Span) -> Result<Job> {
+    async fn submit_traced(
+        &self,
+        spec: JobSpec,
+        caller: &Caller,
+        span: tracing::Span,
+    ) -> Result<Job> {
         let (spec, estimate) = self
-            .validate(spec)
+            .validate(spec, caller)
             .instrument(tracing::info_span!("validate"))
             .await?;
         let mut state = self.inner.state.lock().await;
@@ -261,7 +285,7 @@ impl Coordinator {
         let (job, event) = self
             .inner
             .db
-            .insert_job(&spec, &estimate, "queued", now_ms())
+            .insert_job(&spec, &estimate, caller.owner_name(), "queued", now_ms())
             .await?;
         span.record("job", job.id.as_str());
         if !spec.onnx_blob.is_empty() {
@@ -294,8 +318,9 @@ impl Coordinator {
 
     /// Normalizes `spec`, reads its blobs and plans it (the planning on the
     /// blocking pool).
-    async fn validate(&self, spec: JobSpec) -> Result<(JobSpec, Estimate)> {
+    async fn validate(&self, spec: JobSpec, caller: &Caller) -> Result<(JobSpec, Estimate)> {
         let spec = plan::normalize(spec)?;
+        self.check_access(&spec, caller).await?;
         let blobs = &self.inner.blobs;
         let graph_bytes = match &spec.model {
             Some(job_spec::Model::GraphBlob(id)) => Some(blobs.read_blob(id).await?),
@@ -314,10 +339,8 @@ impl Coordinator {
         if !spec.onnx_blob.is_empty() {
             blobs.blob_size(&spec.onnx_blob).await?;
         }
-        if !spec.resume_from_job.is_empty()
-            && self.inner.db.get(&spec.resume_from_job).await?.is_none()
-        {
-            return Err(Error::JobNotFound(spec.resume_from_job.clone()));
+        if !spec.resume_from_job.is_empty() {
+            self.job_for(caller, &spec.resume_from_job).await?;
         }
         // The scheduler gangs only workers with room for the estimate, so
         // `auto` checkpointing plans for the gang of the N largest workers
@@ -361,9 +384,67 @@ impl Coordinator {
             .ok_or_else(|| Error::JobNotFound(id.to_owned()))
     }
 
+    /// The job with this id if `caller` may see it; otherwise the same
+    /// not-found error as for a job that does not exist.
+    pub async fn job_for(&self, caller: &Caller, id: &str) -> Result<Job> {
+        match self.get(id).await {
+            Ok(job) if caller.may_see(&job.owner) => Ok(job),
+            Ok(_) => Err(Error::JobNotFound(id.to_owned())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Jobs in any of `states` (every job if empty), oldest first.
     pub async fn list(&self, states: Vec<JobState>) -> Result<Vec<Job>> {
         self.inner.db.list(states).await
+    }
+
+    /// [`Coordinator::list`], only the jobs `caller` may see.
+    pub async fn list_as(&self, states: Vec<JobState>, caller: &Caller) -> Result<Vec<Job>> {
+        let mut jobs = self.inner.db.list(states).await?;
+        jobs.retain(|job| caller.may_see(&job.owner));
+        Ok(jobs)
+    }
+
+    /// Stores an upload of `caller`'s and records it as theirs.
+    pub async fn upload_as<S>(&self, chunks: S, caller: &Caller) -> Result<UploadBlobResponse>
+    where
+        S: futures::Stream<Item = Result<adjoint_proto::v1::BlobChunk, tonic::Status>> + Unpin,
+    {
+        let uploaded = self.inner.blobs.upload(chunks).await?;
+        if let Caller::User { name, .. } = caller {
+            self.inner.db.record_upload(&uploaded.blob_id, name).await?;
+        }
+        Ok(uploaded)
+    }
+
+    /// Checks that every blob `spec` names was uploaded by `caller` (any
+    /// blob, with authentication off or for an admin).
+    async fn check_access(&self, spec: &JobSpec, caller: &Caller) -> Result<()> {
+        if caller.sees_everything() {
+            return Ok(());
+        }
+        let owner = caller.owner_name();
+        let graph_blob = match &spec.model {
+            Some(job_spec::Model::GraphBlob(id)) => id.as_str(),
+            _ => "",
+        };
+        let fields = [
+            ("graph_blob", graph_blob),
+            ("dataset_blob", spec.dataset_blob.as_str()),
+            ("eval_blob", spec.eval_blob.as_str()),
+            ("init_blob", spec.init_blob.as_str()),
+            ("onnx_blob", spec.onnx_blob.as_str()),
+        ];
+        for (field, blob) in fields {
+            if !blob.is_empty() && !self.inner.db.uploaded_by(blob, owner).await? {
+                return Err(Error::NotYourBlob {
+                    field,
+                    blob: blob.to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Cancels a queued or running job (a running job's workers get an

@@ -7,7 +7,10 @@
 //!   queue and makes the id `job-000042`), `id`, `state` (the `JobState`
 //!   number), `reason`, `spec` and `estimate` (protobuf bytes),
 //!   `created_ms`/`updated_ms`, `step`, `last_loss`, `workers` and
-//!   `artifacts` (newline-separated; neither ids nor names hold newlines);
+//!   `artifacts` (newline-separated; neither ids nor names hold newlines),
+//!   `owner` (the submitting user; empty when authentication is off);
+//! - `blob_uploads`: `(blob_id, owner)` for every user who uploaded a blob,
+//!   so a job may use only blobs its owner uploaded;
 //! - `events`: `(job_id, seq)` → `unix_ms` and the `JobEvent` as protobuf,
 //!   numbered from 1 per job, so `WatchJob` can replay after a restart.
 //!
@@ -41,6 +44,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     artifacts TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS blob_uploads (
+    blob_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (blob_id, owner)
+);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -51,7 +59,10 @@ CREATE TABLE IF NOT EXISTS events (
 ";
 
 const JOB_COLUMNS: &str = "id, state, reason, spec, estimate, created_ms, updated_ms, step, \
-                           last_loss, workers, artifacts";
+                           last_loss, workers, artifacts, owner";
+
+/// Columns added after the first release, added to older files on open.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("owner", "TEXT NOT NULL DEFAULT ''")];
 
 /// A change of a job's state, written with its `JobStateChange` event.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +104,7 @@ impl JobDb {
             tracing::debug!(journal_mode = %mode, "job database opened");
             conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
             conn.execute_batch(SCHEMA)?;
+            add_missing_columns(&conn)?;
             Ok(conn)
         })
         .await
@@ -125,23 +137,26 @@ impl JobDb {
         &self,
         spec: &JobSpec,
         estimate: &Estimate,
+        owner: &str,
         reason: &str,
         now: u64,
     ) -> Result<(Job, JobEvent)> {
         let spec_bytes = spec.encode_to_vec();
         let estimate_bytes = estimate.encode_to_vec();
         let reason = reason.to_owned();
+        let owner = owner.to_owned();
         self.call(move |conn| {
             let tx = conn.transaction()?;
             tx.execute(
-                "INSERT INTO jobs (state, reason, spec, estimate, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                "INSERT INTO jobs (state, reason, spec, estimate, created_ms, updated_ms, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
                 params![
                     JobState::Queued as i32,
                     reason,
                     spec_bytes,
                     estimate_bytes,
-                    now as i64
+                    now as i64,
+                    owner
                 ],
             )?;
             let seq = tx.last_insert_rowid();
@@ -224,6 +239,35 @@ impl JobDb {
             let event = append_event(&tx, &id, now, job_event::Kind::Log(line))?;
             tx.commit()?;
             Ok(event)
+        })
+        .await
+    }
+
+    /// Records that `owner` uploaded blob `blob_id`.
+    pub async fn record_upload(&self, blob_id: &str, owner: &str) -> Result<()> {
+        let (blob_id, owner) = (blob_id.to_owned(), owner.to_owned());
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO blob_uploads (blob_id, owner) VALUES (?1, ?2)",
+                params![blob_id, owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether `owner` uploaded blob `blob_id`.
+    pub async fn uploaded_by(&self, blob_id: &str, owner: &str) -> Result<bool> {
+        let (blob_id, owner) = (blob_id.to_owned(), owner.to_owned());
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM blob_uploads WHERE blob_id = ?1 AND owner = ?2",
+                    params![blob_id, owner],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
         })
         .await
     }
@@ -376,12 +420,28 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Job>> {
         workers: split(row.get(9)?),
         estimate: None,
         artifacts: split(row.get(10)?),
+        owner: row.get(11)?,
     };
     Ok((|| {
         job.spec = Some(decode(&spec, "job spec")?);
         job.estimate = Some(decode(&estimate, "estimate")?);
         Ok(job)
     })())
+}
+
+/// Adds the columns of [`ADDED_COLUMNS`] a file made by an older version
+/// lacks.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('jobs')")?;
+    let present: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, decl) in ADDED_COLUMNS {
+        if !present.iter().any(|p| p == name) {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
@@ -402,13 +462,13 @@ mod tests {
             ..JobSpec::default()
         };
         let (a, first) = db
-            .insert_job(&spec, &Estimate::default(), "", 1)
+            .insert_job(&spec, &Estimate::default(), "alice", "", 1)
             .await
             .unwrap();
         assert_eq!(a.id, "job-000001");
         assert_eq!(first.seq, 1);
         let (b, _) = db
-            .insert_job(&spec, &Estimate::default(), "", 2)
+            .insert_job(&spec, &Estimate::default(), "", "", 2)
             .await
             .unwrap();
         assert_eq!(b.id, "job-000002");
@@ -423,11 +483,44 @@ mod tests {
         let ids: Vec<_> = queued.iter().map(|j| j.id.as_str()).collect();
         assert_eq!(ids, ["job-000001", "job-000002"]);
         assert_eq!(queued[0].reason, "coordinator restarted");
+        assert_eq!(
+            (queued[0].owner.as_str(), queued[1].owner.as_str()),
+            ("alice", "")
+        );
         assert!(queued[0].workers.is_empty());
         let events = db.events_after(&a.id, 1).await.unwrap();
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
         let listed = db.list(vec![JobState::Running]).await.unwrap();
         assert!(listed.is_empty());
         assert!(db.get("job-000009").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_older_file_gains_the_owner_column_and_uploads_are_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite");
+        {
+            // The jobs table as the first release made it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE,
+                 state INTEGER NOT NULL, reason TEXT NOT NULL, spec BLOB NOT NULL,
+                 estimate BLOB NOT NULL, created_ms INTEGER NOT NULL,
+                 updated_ms INTEGER NOT NULL, step INTEGER NOT NULL DEFAULT 0,
+                 last_loss REAL NOT NULL DEFAULT 0, workers TEXT NOT NULL DEFAULT '',
+                 artifacts TEXT NOT NULL DEFAULT '');
+                 INSERT INTO jobs (id, state, reason, spec, estimate, created_ms, updated_ms)
+                 VALUES ('job-000001', 1, 'queued', x'', x'', 1, 1);",
+            )
+            .unwrap();
+        }
+        let db = JobDb::open(&path).await.unwrap();
+        let old = db.get("job-000001").await.unwrap().unwrap();
+        assert_eq!(old.owner, "");
+        db.record_upload("b1", "alice").await.unwrap();
+        db.record_upload("b1", "alice").await.unwrap();
+        assert!(db.uploaded_by("b1", "alice").await.unwrap());
+        assert!(!db.uploaded_by("b1", "bob").await.unwrap());
+        assert!(!db.uploaded_by("b2", "alice").await.unwrap());
     }
 }

@@ -46,6 +46,10 @@ pub enum Error {
     JobNotFound(String),
     #[error("blob '{0}' not found")]
     BlobNotFound(String),
+    /// A job spec names a blob its submitter never uploaded (the same
+    /// answer whether or not someone else did).
+    #[error("{field}: blob '{blob}' not found among your uploads")]
+    NotYourBlob { field: &'static str, blob: String },
     #[error("artifact '{name}' of job '{job_id}' not found")]
     ArtifactNotFound { job_id: String, name: String },
     /// The operation needs a job in another state (cancel a finished job).
@@ -98,9 +102,10 @@ impl From<Error> for tonic::Status {
             | Error::Dataset { .. }
             | Error::InvalidName { .. }
             | Error::Protocol(_) => Code::InvalidArgument,
-            Error::JobNotFound(_) | Error::BlobNotFound(_) | Error::ArtifactNotFound { .. } => {
-                Code::NotFound
-            }
+            Error::JobNotFound(_)
+            | Error::BlobNotFound(_)
+            | Error::NotYourBlob { .. }
+            | Error::ArtifactNotFound { .. } => Code::NotFound,
             Error::JobEnded { .. } => Code::FailedPrecondition,
             Error::TooBig { .. } => Code::ResourceExhausted,
             Error::Stream(status) => return status.clone(),

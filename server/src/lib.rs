@@ -32,6 +32,7 @@
 // The graph crate's errors are large; they sit on the cold path.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod blobs;
 pub mod cli;
 pub mod coordinator;
@@ -44,6 +45,7 @@ pub mod plan;
 pub mod scheduler;
 pub mod server;
 pub mod settings;
+pub mod tls;
 pub mod workers;
 
 pub use coordinator::{Config, Coordinator};

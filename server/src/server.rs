@@ -1,6 +1,7 @@
 //! Serving the coordinator on a TCP listener: `adjoint.v1.Coordinator`,
 //! `adjoint.v1.WorkerControl`, gRPC health and server reflection on one
-//! port, until [`ServerHandle::shutdown`].
+//! port (TLS when configured; the two adjoint services behind their bearer
+//! token checks), until [`ServerHandle::shutdown`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::grpc::{CoordinatorService, WorkerControlService};
 use crate::{Config, Coordinator, Error, Result};
@@ -35,6 +37,7 @@ pub struct ServerHandle {
     core: Coordinator,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
+    tls: bool,
 }
 
 impl ServerHandle {
@@ -48,9 +51,10 @@ impl ServerHandle {
         self.metrics.as_ref().map(|m| m.0)
     }
 
-    /// `http://ADDR`, for a tonic `Endpoint`.
+    /// `http://ADDR` (`https://` with TLS), for a tonic `Endpoint`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The coordinator behind the services.
@@ -115,6 +119,13 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
         }
         None => None,
     };
+    let mut builder = tonic::transport::Server::builder();
+    let tls = core.config().tls.clone();
+    if let Some(identity) = &tls {
+        builder = builder
+            .tls_config(identity.server_config())
+            .map_err(|e| Error::Internal(format!("TLS: {e}")))?;
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     // Small replies (a submitted job, a heartbeat's answer) go out at once:
     // with Nagle's algorithm on, each waited for the client's delayed ACK
@@ -127,7 +138,7 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
         })
     });
     let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .trace_fn(request_span)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
@@ -136,13 +147,15 @@ pub async fn serve(listener: TcpListener, config: Config) -> Result<ServerHandle
             .await?;
         Ok(())
     });
-    tracing::info!(%addr, "adjoint-server listening");
+    let auth = core.config().auth.is_on();
+    tracing::info!(%addr, tls = tls.is_some(), auth, "adjoint-server listening");
     Ok(ServerHandle {
         addr,
         metrics,
         core,
         stop: Some(stop),
         task,
+        tls: tls.is_some(),
     })
 }
 
@@ -159,14 +172,20 @@ fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
 }
 
 /// Every service of the server, each with the message limits of
-/// [`MAX_MESSAGE_BYTES`]: the one place they are set.
+/// [`MAX_MESSAGE_BYTES`]: the one place they are set. The job API admits
+/// user tokens, worker control the worker token; health and reflection
+/// are open (probes, tools).
 async fn routes(core: Coordinator) -> Result<Routes> {
+    let users = core.config().auth.clone();
+    let workers_auth = users.clone();
     let coordinator = CoordinatorServer::new(CoordinatorService::new(core.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let coordinator = InterceptedService::new(coordinator, move |r| users.user_call(r));
     let workers = WorkerControlServer::new(WorkerControlService::new(core))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers = InterceptedService::new(workers, move |r| workers_auth.worker_call(r));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<CoordinatorServer<CoordinatorService>>()

@@ -74,6 +74,19 @@ pub struct WorkerArgs {
     /// [default: 100].
     #[arg(long, env = "ADJOINT_TRACE_STEPS_EVERY")]
     pub trace_steps_every: Option<u64>,
+    /// A file holding the worker token, when the coordinator requires one
+    /// (the token itself may instead be in ADJOINT_WORKER_TOKEN, which
+    /// wins).
+    #[arg(long, env = "ADJOINT_WORKER_TOKEN_FILE")]
+    pub worker_token_file: Option<PathBuf>,
+    /// Speak TLS to the coordinator (an https:// URL), trusting the CA
+    /// certificate (PEM) in this file [default: the system's roots].
+    #[arg(long, env = "ADJOINT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The name the coordinator's certificate carries, when it is not the
+    /// URL's host.
+    #[arg(long, env = "ADJOINT_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
 }
 
 impl WorkerArgs {
@@ -92,6 +105,9 @@ impl WorkerArgs {
             metrics_listen: self.metrics_listen,
             log_format: self.log_format.map(|f| f.to_string()),
             trace_steps_every: self.trace_steps_every,
+            worker_token_file: self.worker_token_file.clone(),
+            ca_file: self.ca_file.clone(),
+            tls_domain: self.tls_domain.clone(),
         };
         let file = match &self.config {
             Some(path) => WorkerFile::read(path)?,
@@ -119,7 +135,9 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     if let Some(n) = s.threads {
         CpuBackend::set_threads(n);
     }
+    let credentials = s.credentials()?;
     let mut cfg = AgentConfig::new(s.coordinator, s.store);
+    cfg.credentials = credentials;
     cfg.name = s.name;
     cfg.ring_listen = s.ring_listen;
     cfg.ring_advertise = s.ring_advertise;

@@ -212,32 +212,40 @@ impl Dataset {
     }
 }
 
-/// Feeds host tensors named as parameters into an executor's values.
+/// Pairs host tensors named as parameters or state with those values of
+/// `graph` (the values a checkpoint or weights file holds); a tensor of
+/// another name, shape or dtype is an error.
 pub fn params_by_name<'a>(
     graph: &Graph,
     tensors: &'a BTreeMap<String, HostTensor>,
 ) -> Result<Vec<(ValueId, &'a HostTensor)>> {
+    let values = graph
+        .params
+        .iter()
+        .map(|p| (p.value, "parameter"))
+        .chain(graph.state.iter().map(|s| (s.value, "state")));
     let mut out = Vec::new();
-    for p in &graph.params {
-        let name = graph.name_of(p.value);
+    for (v, what) in values {
+        let name = graph.name_of(v);
         let Some(t) = tensors.get(name) else { continue };
-        let want = graph.static_shape(p.value);
-        if t.shape != want || t.dtype != graph.ty(p.value).dtype {
+        let want = graph.static_shape(v);
+        if t.shape != want || t.dtype != graph.ty(v).dtype {
             return Err(Error::Data(format!(
-                "parameter '{name}': the file has {}{:?}, the graph {}",
+                "{what} '{name}': the file has {}{:?}, the graph {}",
                 t.dtype,
                 t.shape,
-                graph.ty(p.value)
+                graph.ty(v)
             )));
         }
-        out.push((p.value, t));
+        out.push((v, t));
     }
-    for name in tensors.keys() {
-        if !graph.params.iter().any(|p| graph.name_of(p.value) == name) {
-            return Err(Error::Data(format!(
-                "the file has a tensor '{name}' that is not a parameter of the graph"
-            )));
-        }
+    if let Some(name) = tensors.keys().find(|n| {
+        let named = |v: ValueId| graph.name_of(v) == n.as_str();
+        !graph.params.iter().any(|p| named(p.value)) && !graph.state.iter().any(|s| named(s.value))
+    }) {
+        return Err(Error::Data(format!(
+            "the file has a tensor '{name}' that is not a parameter or state of the graph"
+        )));
     }
     Ok(out)
 }

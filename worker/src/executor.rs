@@ -11,6 +11,10 @@
 //! offsets as their gradients in the gradient buffer (the order backward
 //! produces them), so an optimizer updates all of them in one pass over two
 //! flat views.
+//!
+//! State with an update (a BatchNormalization's running statistics) is
+//! replaced by its update when the caller commits a run
+//! ([`Executor::commit_state`]); a run alone leaves it as it was.
 
 use std::collections::BTreeMap;
 
@@ -79,6 +83,8 @@ pub struct Executor<B: Backend> {
     poison: Vec<Vec<View>>,
     /// Copies into gradient slots for gradients the plan could not place.
     grad_copies: Vec<Instr>,
+    /// Copies of each state update into its state, in `graph.state` order.
+    state_copies: Vec<Instr>,
     /// Host buffers of the collective instructions.
     exchange: ExchangeScratch,
     /// Bytes the collective instructions sent and the time they took, in
@@ -126,6 +132,7 @@ impl<B: Backend> Executor<B> {
         let views = ValueViews::build(&graph, &plan, &layout, &buffers)?;
         let program = Program::compile(&graph, &views)?;
         let grad_copies = grad_copy_instrs(&graph, &plan, &views, &buffers)?;
+        let state_copies = state_copy_instrs(&graph, &views)?;
         let backward_start = graph
             .nodes
             .iter()
@@ -151,6 +158,7 @@ impl<B: Backend> Executor<B> {
             buckets,
             poison,
             grad_copies,
+            state_copies,
             exchange: ExchangeScratch::default(),
             exchange_bytes: 0,
             exchange_secs: 0.0,
@@ -269,6 +277,29 @@ impl<B: Backend> Executor<B> {
             self.write_values(s.value, &t.data)?;
         }
         Ok(())
+    }
+
+    /// Replaces each state variable that has an update with the update the
+    /// last run computed: what a training step does after its run (every
+    /// micro-step's, as PyTorch's forward updates BatchNorm's running
+    /// statistics). Allocates nothing.
+    pub fn commit_state(&mut self) -> Result<()> {
+        for copy in &self.state_copies {
+            copy.run(&mut self.backend, StepKey::default())?;
+        }
+        Ok(())
+    }
+
+    /// The f32 state variables that have an update, and their views.
+    pub fn updated_state(&self) -> Result<Vec<(ValueId, View)>> {
+        let mut out = Vec::new();
+        for s in self.graph.state.iter().filter(|s| s.update.is_some()) {
+            let view = self.views.view(&self.graph, s.value)?;
+            if view.elem == ElemType::F32 {
+                out.push((s.value, view));
+            }
+        }
+        Ok(out)
     }
 
     /// Where value `v` lives (an arena offset, a parameter or input
@@ -487,6 +518,22 @@ fn grad_copy_instrs(
                 len: src.len,
                 elem: src.elem,
             };
+            Ok(Instr::Copy { src, dst })
+        })
+        .collect()
+}
+
+/// Copies of each state update into its state (none where the update is
+/// the state itself).
+fn state_copy_instrs(graph: &Graph, views: &ValueViews) -> Result<Vec<Instr>> {
+    graph
+        .state
+        .iter()
+        .filter_map(|s| Some((s.value, s.update?)))
+        .filter(|(value, update)| value != update)
+        .map(|(value, update)| {
+            let src = views.view(graph, update)?;
+            let dst = views.view(graph, value)?;
             Ok(Instr::Copy { src, dst })
         })
         .collect()

@@ -12,6 +12,8 @@
 //! collective_timeout = 60
 //! log_format = "json"
 //! trace_steps_every = 100
+//! worker_token_file = "/etc/adjoint/worker-token"   # or ADJOINT_WORKER_TOKEN
+//! ca_file = "/etc/adjoint/tls/ca.crt"              # with an https:// coordinator
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +40,9 @@ pub struct WorkerFile {
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: Option<String>,
     pub trace_steps_every: Option<u64>,
+    pub worker_token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub tls_domain: Option<String>,
 }
 
 impl WorkerFile {
@@ -62,6 +67,9 @@ impl WorkerFile {
             metrics_listen: self.metrics_listen.or(under.metrics_listen),
             log_format: self.log_format.or(under.log_format),
             trace_steps_every: self.trace_steps_every.or(under.trace_steps_every),
+            worker_token_file: self.worker_token_file.or(under.worker_token_file),
+            ca_file: self.ca_file.or(under.ca_file),
+            tls_domain: self.tls_domain.or(under.tls_domain),
         }
     }
 }
@@ -84,6 +92,12 @@ pub struct WorkerSettings {
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: String,
     pub trace_steps_every: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_domain: Option<String>,
 }
 
 impl WorkerSettings {
@@ -115,7 +129,21 @@ impl WorkerSettings {
             metrics_listen: s.metrics_listen,
             log_format,
             trace_steps_every: s.trace_steps_every.unwrap_or(100),
+            worker_token_file: s.worker_token_file,
+            ca_file: s.ca_file,
+            tls_domain: s.tls_domain,
         })
+    }
+
+    /// The worker token (ADJOINT_WORKER_TOKEN, else the token file) and
+    /// the CA to trust. The token is never part of the settings shown.
+    pub fn credentials(&self) -> Result<adjoint_proto::dial::Credentials, String> {
+        adjoint_proto::dial::Credentials::load(
+            std::env::var("ADJOINT_WORKER_TOKEN").ok(),
+            self.worker_token_file.as_deref(),
+            self.ca_file.as_deref(),
+            self.tls_domain.clone(),
+        )
     }
 
     pub fn log_format(&self) -> LogFormat {

@@ -1,5 +1,6 @@
 //! The training loop: forward and backward as one program, then the
-//! optimizer, over in-memory batches.
+//! optimizer, over in-memory batches. Each step also commits the state
+//! updates (running statistics) its run computed.
 
 use adjoint_graph::checkpoint::Policy;
 use adjoint_graph::training::training_graph;
@@ -124,6 +125,7 @@ impl<B: Backend> Trainer<B> {
             rank: 0,
         };
         self.exec.run(key, &mut |_, _| {})?;
+        self.exec.commit_state()?;
         let loss = self.exec.loss()?;
         let (params, grads) = (self.exec.params_view(), self.exec.grads_view());
         self.optimizer.step(&mut self.exec.backend, params, grads)?;

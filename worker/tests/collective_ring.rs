@@ -430,3 +430,30 @@ fn invalid_arguments_are_refused_without_talking() {
     assert_eq!(*op, Op::Broadcast);
     assert!(colls.iter().all(|c| c.seq() == 1));
 }
+
+#[test]
+fn a_cancelled_rendezvous_stops_waiting_for_a_peer_that_never_comes() {
+    // Rank 1 holds a listener but never joins: without the cancel, rank 0
+    // would wait the whole minute of connect_timeout.
+    for listening in [true, false] {
+        let (mut ls, peers) = listeners(2);
+        let absent = ls.pop().expect("two listeners");
+        if !listening {
+            drop(absent);
+        }
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opts = RingOptions {
+            connect_timeout: Duration::from_secs(60),
+            cancel: Some(cancel.clone()),
+            ..RingOptions::default()
+        };
+        let setter = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(200));
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let listener = ls.pop().expect("rank 0's listener");
+        let err = RingCollective::connect(0, 2, listener, &peers, opts).unwrap_err();
+        setter.join().unwrap();
+        assert!(err.to_string().contains("cancelled"), "{err}");
+    }
+}

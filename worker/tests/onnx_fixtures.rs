@@ -1,11 +1,12 @@
 //! ONNX models exported from PyTorch (`tests/fixtures/onnx/`, written by
-//! `bench/onnx_fixtures.py`: an MLP and a 2-layer GPT through the
-//! TorchScript exporter in training mode, the MLP again through the dynamo
-//! exporter with external data) train in adjoint as they are: imported,
-//! given the cross-entropy loss the spec would name, and trained for 20 SGD
-//! steps from the exported initializers on the same batches, their losses
-//! match PyTorch's within 1e-4 relative and their weights PyTorch's after
-//! the 20 steps.
+//! `bench/onnx_fixtures.py`: an MLP, a 2-layer GPT and a CNN with
+//! BatchNorm through the TorchScript exporter in training mode, the MLP
+//! again through the dynamo exporter with external data) train in adjoint
+//! as they are: imported, given the cross-entropy loss the spec would name,
+//! and trained for 20 SGD steps from the exported initializers on the same
+//! batches, their losses match PyTorch's within 1e-4 relative and their
+//! weights PyTorch's after the 20 steps, BatchNorm's running statistics
+//! (state, updated by every step) included.
 
 // The importer's callback returns the graph crate's error, large by design
 // (it names node, op and provenance); this is a test.
@@ -50,6 +51,11 @@ fn check(name: &str) {
         ..ImportOptions::default()
     };
     let imported = import(&model, &opts, &external).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let want_state: Vec<&str> = reference["state"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(imported.state, want_state, "{name}: state initializers");
     let graph = with_loss(
         &imported,
         loss["kind"].as_str().unwrap(),
@@ -70,8 +76,10 @@ fn check(name: &str) {
     .unwrap();
     let mut got = Vec::new();
     for step in 0..want.len() {
+        // A fixture with fewer samples than steps × batch reads them again.
+        let start = (step * batch) % data.samples();
         let rows: Vec<&[u8]> = (0..graph.inputs.len())
-            .map(|i| data.rows(i, step * batch, batch).unwrap())
+            .map(|i| data.rows(i, start, batch).unwrap())
             .collect();
         got.push(f64::from(trainer.step(&rows).unwrap().loss));
     }
@@ -82,7 +90,7 @@ fn check(name: &str) {
         );
     }
 
-    // The weights after the 20 steps, by initializer name.
+    // The weights and state after the 20 steps, by initializer name.
     let trained =
         read_safetensors(&std::fs::read(dir.join("trained.safetensors")).unwrap()).unwrap();
     let exec = trainer.executor();
@@ -108,11 +116,17 @@ fn check(name: &str) {
             "{name}: {param} differs by {rel} relative: {worst:?}"
         );
     }
+    let loss_rel = got
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (g, w)| m.max((g - w).abs() / w.abs()));
+    let state_rel = want_state.iter().map(|s| worst[*s]).fold(0f32, f32::max);
     println!(
-        "{name}: 20 losses within 1e-4 of PyTorch's ({} -> {}); weights within {:.1e}",
+        "{name}: 20 losses within {loss_rel:.1e} relative of PyTorch's ({} -> {}); weights within {:.1e}; {} state tensors within {state_rel:.1e}",
         got[0],
         got[got.len() - 1],
-        worst.values().fold(0f32, |m, v| m.max(*v))
+        worst.values().fold(0f32, |m, v| m.max(*v)),
+        want_state.len()
     );
 }
 
@@ -129,4 +143,9 @@ fn mlp_from_the_dynamo_exporter_with_external_data_trains_like_pytorch() {
 #[test]
 fn transformer_from_the_torchscript_exporter_trains_like_pytorch() {
     check("transformer");
+}
+
+#[test]
+fn cnn_with_batch_norm_trains_like_pytorch_running_statistics_included() {
+    check("cnn_bn");
 }

@@ -98,9 +98,7 @@ fn train_on_service(args: &DemoArgs) -> Result<()> {
         seed: Some(args.seed),
         ..SpecFields::default()
     };
-    let addr = Addr {
-        addr: cluster.addr.clone(),
-    };
+    let addr = Addr::local(&cluster.addr);
     println!(
         "  job: GPT with mixture-of-experts MLPs (d {}, {} layers, {} heads, {} experts top-{}, seq {}, vocab {}) learning next = (5t + 7) mod {}; {} workers x batch {batch}, AdamW, warm-up + cosine, {} steps",
         cfg.d_model,

@@ -7,7 +7,9 @@
 //! `Constant` node, a tensor whose elements are all equal a `Constant`
 //! broadcast to its shape, any other tensor a frozen parameter holding its
 //! values. A float initializer becomes a parameter (trainable or frozen)
-//! named as the initializer when a node first reads it as a value.
+//! named as the initializer when a node first reads it as a value, or
+//! non-trainable state (a BatchNormalization's running statistics) when a
+//! node first reads it through [`Emit::state`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +63,22 @@ impl Consts {
         self.claim(b, v, &w.name)?;
         self.by_name.insert(w.name.clone(), v);
         Ok(v)
+    }
+
+    /// The state variable of a float initializer (made on first use), named
+    /// as the initializer; `None` when an earlier node already made the
+    /// initializer a parameter.
+    pub fn state(&mut self, b: &mut Builder, w: &Weight) -> Result<Option<ValueId>> {
+        if let Some(&v) = self.by_name.get(&w.name) {
+            let is_state = b.graph().state.iter().any(|s| s.value == v);
+            return Ok(is_state.then_some(v));
+        }
+        let fresh = b.fresh_name(&w.name);
+        let (dtype, shape) = (w.data.dtype, w.data.shape.clone());
+        let v = b.state(&fresh, dtype, &shape, Init::Values(w.data.clone()))?;
+        self.claim(b, v, &w.name)?;
+        self.by_name.insert(w.name.clone(), v);
+        Ok(Some(v))
     }
 
     /// Renames `v` to `name`, moving away an intermediate that has it; an
@@ -157,6 +175,18 @@ impl<'a> Emit<'a> {
                 .node
                 .unsupported(format!("{}: {why}", self.describe(i)))),
         }
+    }
+
+    /// Input `i` as non-trainable state, when it is a float initializer
+    /// (made state on first use, named as the initializer; [`Emit::value`]
+    /// then gives the same value); `None` for any other input, or an
+    /// initializer an earlier node made a parameter.
+    pub fn state(&mut self, i: usize) -> Result<Option<ValueId>> {
+        let Some(Val::Weight(w)) = self.opt(i) else {
+            return Ok(None);
+        };
+        let (w, consts) = (w.clone(), &mut *self.consts);
+        at_root(self.b, self.scope.as_deref(), |b| consts.state(b, &w))
     }
 
     /// Input `i`, which must be known at import (`what` says what it is).

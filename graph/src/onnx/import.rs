@@ -45,6 +45,7 @@ pub(crate) fn run(model: &[u8], opts: &ImportOptions, external: External<'_>) ->
         vals: BTreeMap::new(),
         consts: Consts::default(),
         opset,
+        from_pytorch: model.producer_name() == "pytorch",
         external,
     };
     imp.initializers(graph, opts)?;
@@ -68,12 +69,21 @@ pub(crate) fn run(model: &[u8], opts: &ImportOptions, external: External<'_>) ->
         .filter(|n| params.contains(n))
         .map(str::to_owned)
         .collect();
+    let states: BTreeSet<&str> = g.state.iter().map(|s| g.name_of(s.value)).collect();
+    let state = graph
+        .initializer
+        .iter()
+        .map(|t| t.name())
+        .filter(|n| states.contains(n))
+        .map(str::to_owned)
+        .collect();
     Ok(Imported {
         graph: g,
         opset,
         inputs,
         outputs,
         trainable,
+        state,
     })
 }
 
@@ -127,6 +137,8 @@ struct Importer<'a> {
     vals: BTreeMap<String, Val>,
     consts: Consts,
     opset: i64,
+    /// The model's `producer_name` is "pytorch".
+    from_pytorch: bool,
     external: External<'a>,
 }
 
@@ -221,7 +233,7 @@ impl Importer<'_> {
     }
 
     fn node(&mut self, index: usize, proto: &NodeProto) -> Result<()> {
-        let node = OnnxNode::new(proto, index, self.opset, self.external);
+        let node = OnnxNode::new(proto, index, self.opset, self.from_pytorch, self.external);
         if !matches!(proto.domain(), "" | "ai.onnx") {
             return Err(node.unsupported(format!(
                 "op domain '{}' is not supported (only the default ONNX domain is)",

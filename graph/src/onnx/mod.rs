@@ -9,10 +9,13 @@
 //! - Float initializers are parameters holding their values
 //!   ([`crate::Init::Values`]), trainable unless a [`ImportOptions::freeze`]
 //!   glob matches, declared in the order nodes first read them; integer and
-//!   bool initializers are constants. A float initializer no node reads as
-//!   a value (unused, or only read where a constant is needed, like
-//!   Dropout's ratio) makes no parameter. A graph input that is also an
-//!   initializer is an initializer.
+//!   bool initializers are constants. The running mean and variance a
+//!   BatchNormalization reads are non-trainable state instead
+//!   ([`crate::StateVar`], named as the initializer), which each training
+//!   step updates when the node is in training mode. A float initializer
+//!   no node reads as a value (unused, or only read where a constant is
+//!   needed, like Dropout's ratio) makes no parameter. A graph input that
+//!   is also an initializer is an initializer.
 //! - Graph inputs are data inputs of their ONNX dtype and shape; a symbolic
 //!   or unknown leading dim is bound to [`ImportOptions::batch`], or becomes
 //!   the batch symbol when none is given. No other dim may be symbolic.
@@ -33,8 +36,8 @@
 //! (by name, or `#index/first-output` when unnamed), its op, the attribute
 //! or input and the shapes involved: truncated or invalid protobuf is
 //! [`Error::Decode`], an op outside the table [`Error::UnknownOp`] (with
-//! the opset), another domain and ops not supported yet (Conv, pooling,
-//! BatchNormalization) [`Error::Unsupported`], a bad attribute
+//! the opset), another domain and ops not supported yet (ConvTranspose,
+//! GlobalMaxPool) [`Error::Unsupported`], a bad attribute
 //! [`Error::BadAttribute`], missing external data and malformed tensors
 //! [`Error::InvalidValue`] naming the tensor and file, shape problems
 //! [`Error::InvalidNode`] or, against a type the model declares,
@@ -43,6 +46,7 @@
 //! The module is pure: external data files are read by the caller's
 //! callback.
 
+mod batch_norm;
 mod emit;
 pub mod export;
 mod fold;
@@ -85,6 +89,9 @@ pub struct Imported {
     pub outputs: Vec<String>,
     /// Initializer names that became trainable parameters.
     pub trainable: Vec<String>,
+    /// Initializer names that became non-trainable state (the running
+    /// statistics of BatchNormalization), in initializer order.
+    pub state: Vec<String>,
 }
 
 /// Imports an ONNX model. `external` returns the bytes of an external data

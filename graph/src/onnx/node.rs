@@ -20,12 +20,23 @@ pub(crate) struct OnnxNode<'a> {
     /// The node's name, or `#index/first-output` when it has none.
     pub name: String,
     pub opset: i64,
+    /// Whether the model says PyTorch wrote it (`producer_name`
+    /// "pytorch"): where PyTorch and the ONNX spec differ (the variance a
+    /// BatchNormalization's running var takes in), the mapping follows
+    /// PyTorch, so the model trains as it did there.
+    pub from_pytorch: bool,
     pub external: External<'a>,
     attrs: BTreeMap<&'a str, &'a AttributeProto>,
 }
 
 impl<'a> OnnxNode<'a> {
-    pub fn new(proto: &'a NodeProto, index: usize, opset: i64, external: External<'a>) -> Self {
+    pub fn new(
+        proto: &'a NodeProto,
+        index: usize,
+        opset: i64,
+        from_pytorch: bool,
+        external: External<'a>,
+    ) -> Self {
         let name = match proto.name() {
             "" => format!(
                 "#{index}/{}",
@@ -38,6 +49,7 @@ impl<'a> OnnxNode<'a> {
             proto,
             name,
             opset,
+            from_pytorch,
             external,
             attrs,
         }

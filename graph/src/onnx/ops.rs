@@ -22,11 +22,13 @@
 //! | Conv (2-D) | Conv Conv2d (auto_pad resolved to pads), `+ bias` reshaped to `[M, 1, 1]` |
 //! | MaxPool, AveragePool (2-D) | Conv MaxPool2d, AvgPool2d (MaxPool's Indices output is not supported) |
 //! | GlobalAveragePool (2-D) | ReduceMean over axes 2 and 3, kept |
+//! | BatchNormalization | Reduce, arithmetic and Rsqrt (`batch_norm`): batch statistics and running-statistic state updates in training mode, the given statistics in inference mode |
 //!
 //! On constant inputs, the elementwise arithmetic and Cast compute directly
 //! (any dtype, so integer shape arithmetic folds); everything else folds
 //! through the scratch graph of `fold`.
 
+use super::batch_norm;
 use super::emit::Emit;
 use super::fold;
 use super::shape_ops::{self, cast_target};
@@ -39,7 +41,7 @@ use crate::{DType, Dim, Error, NodeRef, Result, Shape, ValueId, rng};
 type Outs = Result<Vec<Val>>;
 
 /// The ops the IR cannot express yet.
-const NOT_YET: &[&str] = &["ConvTranspose", "GlobalMaxPool", "BatchNormalization"];
+const NOT_YET: &[&str] = &["ConvTranspose", "GlobalMaxPool"];
 
 /// Maps one node: the values (or constants) of its outputs, in order.
 pub(crate) fn emit(e: &mut Emit<'_>) -> Outs {
@@ -99,12 +101,13 @@ pub(crate) fn emit(e: &mut Emit<'_>) -> Outs {
         "Trilu" => trilu(e),
         "Conv" => conv(e),
         "MaxPool" | "AveragePool" => pool(e, op == "MaxPool"),
+        "BatchNormalization" => batch_norm::batch_norm(e),
         "GlobalAveragePool" => {
             let x = spatial_input(e, op)?;
             one(e.b.mean(x, &[2, 3], true))
         }
         _ if NOT_YET.contains(&op) => Err(e.node.unsupported(format!(
-            "ONNX op '{op}' is not supported yet (the op set has no transposed convolution, global max pooling or batch normalization)"
+            "ONNX op '{op}' is not supported yet (the op set has no transposed convolution or global max pooling)"
         ))),
         _ => Err(Error::UnknownOp {
             node: NodeRef {

@@ -60,7 +60,7 @@ pub struct JobContext {
 /// Asks a running job to stop between steps.
 #[derive(Debug, Default)]
 pub struct AbortSignal {
-    flag: AtomicBool,
+    flag: Arc<AtomicBool>,
     reason: Mutex<String>,
 }
 
@@ -72,6 +72,11 @@ impl AbortSignal {
 
     pub fn is_set(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
+    }
+
+    /// The flag itself, for a wait that polls it (the ring rendezvous).
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
     }
 
     /// The error a job stopped by this signal reports.
@@ -572,11 +577,20 @@ fn train_steps(
     }
     let mut coll: Box<dyn Collective> = match p.listener {
         Some(listener) => Box::new(
-            RingCollective::connect(p.rank, p.world, listener, &p.peers, p.ring).map_err(|e| {
-                Failure {
-                    message: format!("ring: {e}"),
-                    retryable: true,
-                }
+            RingCollective::connect(
+                p.rank,
+                p.world,
+                listener,
+                &p.peers,
+                RingOptions {
+                    // An Abort (a peer rejected or lost) ends the wait.
+                    cancel: Some(abort.flag()),
+                    ..p.ring
+                },
+            )
+            .map_err(|e| Failure {
+                message: format!("ring: {e}"),
+                retryable: true,
             })?,
         ),
         // A group of one: every all-reduce is the identity.

@@ -31,15 +31,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use adjoint_proto::dial::{Authorize, Credentials};
 use adjoint_proto::v1::{
     self, coordinator_message, worker_control_client::WorkerControlClient, worker_message::Kind,
 };
+use adjoint_telemetry::propagate::TraceInterceptor;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::ExecOptions;
 use crate::collective::RingOptions;
@@ -72,6 +75,8 @@ pub struct AgentConfig {
     /// First reconnect delay; it doubles up to `max_backoff`.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// The worker token and the CA of the coordinator's certificate.
+    pub credentials: Credentials,
 }
 
 impl AgentConfig {
@@ -93,6 +98,7 @@ impl AgentConfig {
             ring_advertise: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            credentials: Credentials::none(),
         }
     }
 }
@@ -122,16 +128,20 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A client for the coordinator at `url`.
-pub(crate) async fn connect(url: &str) -> Result<WorkerControlClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("coordinator URL '{url}': {e}"))?;
-    let channel = endpoint
+/// A `WorkerControl` client whose calls carry the worker token.
+pub(crate) type ControlClient =
+    WorkerControlClient<InterceptedService<Channel, Authorize<TraceInterceptor>>>;
+
+/// A client for the coordinator at `url`, presenting `credentials`.
+pub(crate) async fn connect(url: &str, credentials: &Credentials) -> Result<ControlClient, String> {
+    let channel = credentials
+        .endpoint(url)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .map_err(|e| error_chain(&e))?;
-    Ok(WorkerControlClient::new(channel))
+    let interceptor = credentials.interceptor(TraceInterceptor)?;
+    Ok(WorkerControlClient::with_interceptor(channel, interceptor))
 }
 
 /// An error and its sources, `: `-separated.
@@ -291,7 +301,7 @@ impl Agent {
         let mut attempts = 0u64;
         loop {
             let client = tokio::select! {
-                c = connect(&self.cfg.coordinator) => c,
+                c = connect(&self.cfg.coordinator, &self.cfg.credentials) => c,
                 () = &mut shutdown => return,
             };
             let client = match client {
@@ -334,7 +344,7 @@ impl Agent {
     /// One stream: register, then relay until it ends.
     async fn serve(
         &mut self,
-        mut client: WorkerControlClient<Channel>,
+        mut client: ControlClient,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> StreamEnd {
         let (tx, rx) = mpsc::channel::<v1::WorkerMessage>(256);
@@ -385,6 +395,14 @@ impl Agent {
                     }
                 }
                 Some(m) = self.outbox_rx.recv() => {
+                    // Once the coordinator reads this rank's JobFinished it
+                    // may assign the next job at once: the worker must be
+                    // free by then, not only when `done_rx` is read.
+                    if let Some(Kind::Finished(f)) = &m.kind
+                        && self.running.as_ref().is_some_and(|r| r.job_id == f.job_id)
+                    {
+                        self.running = None;
+                    }
                     if let Err(e) = tx.send(m).await {
                         self.carry = Some(e.0);
                         return StreamEnd::Lost("the request stream closed".into());

@@ -18,8 +18,14 @@ pub type Assigned = Arc<Mutex<Vec<(String, u32)>>>;
 
 /// Runs one simulated worker named `name` against the coordinator at
 /// `url` until its stream ends; `work` is how long a rank "trains".
-pub async fn run(url: &str, name: &str, work: Duration, assigned: Assigned) -> Result<(), String> {
-    let mut client = super::connect(url)
+pub async fn run(
+    url: &str,
+    credentials: &adjoint_proto::dial::Credentials,
+    name: &str,
+    work: Duration,
+    assigned: Assigned,
+) -> Result<(), String> {
+    let mut client = super::connect(url, credentials)
         .await
         .map_err(|e| format!("{name}: connect: {e}"))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<v1::WorkerMessage>(64);

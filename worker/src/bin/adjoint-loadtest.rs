@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use adjoint_graph::serialize;
 use adjoint_graph::zoo::{self, MlpConfig};
+use adjoint_proto::dial::Credentials;
 use adjoint_proto::v1::coordinator_client::CoordinatorClient;
 use adjoint_proto::v1::{
     BlobChunk, GetJobRequest, JobSpec, JobState, ListJobsRequest, SubmitJobRequest, job_spec,
@@ -124,7 +125,7 @@ async fn load(args: &Args, url: &str, pid: u32) -> Result<serde_json::Value, Str
         let (url, assigned, done) = (url.to_owned(), assigned.clone(), done.clone());
         tokio::spawn(async move {
             let name = format!("sim-{i:04}");
-            if let Err(e) = simulated::run(&url, &name, work, assigned).await
+            if let Err(e) = simulated::run(&url, &Credentials::none(), &name, work, assigned).await
                 && !done.load(std::sync::atomic::Ordering::Relaxed)
             {
                 eprintln!("{e}");

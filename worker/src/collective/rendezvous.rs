@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ struct Ctx<'a> {
     peers: &'a [SocketAddr],
     token: &'a str,
     deadline: Instant,
+    cancel: Option<&'a AtomicBool>,
 }
 
 impl Ctx<'_> {
@@ -60,6 +62,10 @@ impl Ctx<'_> {
     fn expired(&self) -> bool {
         Instant::now() >= self.deadline
     }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::SeqCst))
+    }
 }
 
 /// Connects rank `rank` into the ring of `peers` (one address per rank).
@@ -76,6 +82,7 @@ pub(super) fn rendezvous(
         peers,
         token: &opts.token,
         deadline: Instant::now() + opts.connect_timeout,
+        cancel: opts.cancel.as_deref(),
     };
     let (next, prev) = ((rank + 1) % world, (rank + world - 1) % world);
     let mut next_stream = connect(&ctx, next)?;
@@ -84,6 +91,7 @@ pub(super) fn rendezvous(
         .write_all(&hello)
         .map_err(|e| ctx.fail(next, format!("sending hello: {e}")))?;
     let prev_stream = accept(&ctx, &listener, prev)?;
+    wait_readable(&ctx, &next_stream, next)?;
     next_stream
         .set_read_timeout(Some(ctx.left()))
         .map_err(|e| ctx.fail(next, e.to_string()))?;
@@ -92,6 +100,35 @@ pub(super) fn rendezvous(
         next: next_stream,
         prev: prev_stream,
     })
+}
+
+/// Waits until `stream` has something to read (the peer's answer), in
+/// short slices so that a cancel is seen; fails at the deadline.
+fn wait_readable(ctx: &Ctx<'_>, stream: &TcpStream, peer: usize) -> Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        stream
+            .set_read_timeout(Some(ctx.left().min(Duration::from_millis(100))))
+            .map_err(|e| ctx.fail(peer, e.to_string()))?;
+        match stream.peek(&mut byte) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if ctx.cancelled() {
+                    return Err(ctx.fail(peer, "cancelled while waiting for its answer"));
+                }
+                if ctx.expired() {
+                    return Err(ctx.fail(peer, "no answer to the hello in time"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ctx.fail(peer, format!("waiting for its answer: {e}"))),
+        }
+    }
 }
 
 fn connect(ctx: &Ctx<'_>, peer: usize) -> Result<TcpStream> {
@@ -107,6 +144,9 @@ fn connect(ctx: &Ctx<'_>, peer: usize) -> Result<TcpStream> {
             }
             Err(e) if ctx.expired() => {
                 return Err(ctx.fail(peer, format!("could not connect: {e}")));
+            }
+            Err(_) if ctx.cancelled() => {
+                return Err(ctx.fail(peer, "cancelled while connecting"));
             }
             Err(_) => {
                 thread::sleep(backoff.min(ctx.left()));
@@ -143,6 +183,9 @@ fn accept(ctx: &Ctx<'_>, listener: &TcpListener, peer: usize) -> Result<TcpStrea
                 }
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if ctx.cancelled() {
+                    return Err(ctx.fail(peer, format!("cancelled while waiting ({rejected})")));
+                }
                 if ctx.expired() {
                     return Err(
                         ctx.fail(peer, format!("no connection accepted in time ({rejected})"))

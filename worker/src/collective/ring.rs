@@ -32,6 +32,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ use super::{
 };
 
 /// How a ring behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RingOptions {
     /// How long a collective waits for a peer to make progress (a segment
     /// to arrive, a write to be taken) before failing with `Timeout`; twice
@@ -59,6 +61,10 @@ pub struct RingOptions {
     pub inflight: usize,
     /// The job's token: ranks with different tokens reject each other.
     pub token: String,
+    /// Set by someone else to stop a rendezvous still waiting for peers
+    /// (the job was aborted): it then fails at once instead of at
+    /// `connect_timeout`.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RingOptions {
@@ -69,6 +75,7 @@ impl Default for RingOptions {
             segment_bytes: 1 << 20,
             inflight: 2,
             token: String::new(),
+            cancel: None,
         }
     }
 }

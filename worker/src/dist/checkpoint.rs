@@ -1,5 +1,6 @@
-//! Checkpoints: one safetensors file holding every parameter (named as in
-//! the graph), the optimizer state per parameter (`optim.<state>.<param>`,
+//! Checkpoints: one safetensors file holding every parameter and state
+//! variable (BatchNorm running statistics; named as in the graph), the
+//! optimizer state per parameter (`optim.<state>.<param>`,
 //! PyTorch's state names) and, as string metadata, the step, seed, data
 //! position and the shape of the run.
 
@@ -91,7 +92,7 @@ impl Checkpoint {
         })
     }
 
-    /// The parameters alone (tensors not named `optim.*`).
+    /// The parameters and state alone (tensors not named `optim.*`).
     pub fn params(&self) -> BTreeMap<String, HostTensor> {
         self.tensors
             .iter()

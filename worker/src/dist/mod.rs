@@ -19,8 +19,14 @@
 //! each bucket became ready, when its all-reduce ran and when backward
 //! ended, so tests can see the overlap.
 //!
-//! Checkpoints ([`checkpoint`]) hold the parameters, the optimizer state per
-//! parameter and the step, seed and data position as metadata.
+//! State updates (BatchNorm running statistics) are committed after every
+//! micro-step's run, as PyTorch's forward updates them; with more than one
+//! rank, the updated state is then averaged over the ranks once per step
+//! (each rank saw its own batches), so every rank holds the same values.
+//!
+//! Checkpoints ([`checkpoint`]) hold the parameters and state, the
+//! optimizer state per parameter and the step, seed and data position as
+//! metadata.
 
 pub mod checkpoint;
 mod eval;
@@ -327,6 +333,10 @@ pub struct DistTrainer<B: Backend> {
     sparse: SparseExperts,
     /// Expert shards under expert parallelism.
     shards: Option<ExpertShards>,
+    /// The f32 state with updates, averaged over the ranks after each step
+    /// (empty with one rank), and its host mirror.
+    state_sync: Vec<View>,
+    state_host: Vec<f32>,
 }
 
 impl<B: Backend> DistTrainer<B> {
@@ -413,6 +423,12 @@ impl<B: Backend> DistTrainer<B> {
             ));
         }
         let buckets = exec.buckets().len();
+        let state_sync: Vec<View> = if cfg.world > 1 {
+            exec.updated_state()?.into_iter().map(|(_, v)| v).collect()
+        } else {
+            Vec::new()
+        };
+        let state_host = vec![0.0; state_sync.iter().map(|v| v.len).sum()];
         Ok(DistTrainer {
             base_lr: optimizer.lr(),
             host: vec![0.0; elements],
@@ -437,6 +453,8 @@ impl<B: Backend> DistTrainer<B> {
             logs,
             sparse,
             shards,
+            state_sync,
+            state_host,
         })
     }
 
@@ -527,16 +545,18 @@ impl<B: Backend> DistTrainer<B> {
         Ok((self.cfg.rank == 0).then_some(params))
     }
 
-    /// Every parameter (trainable or not), named as in the graph; expert
-    /// weights under expert parallelism are this rank's shards.
+    /// Every parameter (trainable or not) and state variable (running
+    /// statistics), named as in the graph; expert weights under expert
+    /// parallelism are this rank's shards.
     pub fn params(&self) -> Result<BTreeMap<String, HostTensor>> {
         let g = self.exec.graph();
         let mut out = BTreeMap::new();
-        for p in &g.params {
-            let data = self.exec.read_f32(p.value)?;
+        let values = g.params.iter().map(|p| p.value);
+        for v in values.chain(g.state.iter().map(|s| s.value)) {
+            let data = self.exec.read_f32(v)?;
             out.insert(
-                g.name_of(p.value).to_owned(),
-                HostTensor::from_f32(g.static_shape(p.value), &data),
+                g.name_of(v).to_owned(),
+                HostTensor::from_f32(g.static_shape(v), &data),
             );
         }
         Ok(out)
@@ -648,6 +668,8 @@ impl<B: Backend> DistTrainer<B> {
             sparse,
             shards,
             logs,
+            state_sync,
+            state_host,
             ..
         } = self;
         let step = *steps;
@@ -722,6 +744,7 @@ impl<B: Backend> DistTrainer<B> {
             if let Some(e) = failed {
                 return Err(e);
             }
+            exec.commit_state()?;
             if phase == Phase::Last {
                 events.backward_start = exec.backward_started();
                 if let Some(times) = exec.take_node_times() {
@@ -750,6 +773,13 @@ impl<B: Backend> DistTrainer<B> {
         }
         if events.backward_end.is_none() {
             events.backward_end = Some(Instant::now());
+        }
+        if !state_sync.is_empty() {
+            let t = Instant::now();
+            let world = cfg.world;
+            average_state(&mut exec.backend, state_sync, state_host, world, coll)?;
+            totals.allreduce_secs += t.elapsed().as_secs_f64();
+            totals.allreduce_bytes += 4 * state_host.len() as u64;
         }
 
         // The loss and, under expert parallelism, the shards' squared
@@ -951,6 +981,34 @@ fn shard_for(
     Ok(Some(adjoint_graph::expert_parallel::shard_experts(
         graph, ep,
     )?))
+}
+
+/// Replaces each view of `views` (f32 state) by its mean over the `world`
+/// ranks, through `host` (their lengths summed).
+fn average_state<B: Backend>(
+    backend: &mut B,
+    views: &[View],
+    host: &mut [f32],
+    world: usize,
+    coll: &mut dyn Collective,
+) -> Result<()> {
+    let mut at = 0;
+    for v in views {
+        backend.read(*v, bytemuck::cast_slice_mut(&mut host[at..at + v.len]))?;
+        at += v.len;
+    }
+    coll.all_reduce_sum(host).map_err(collective_error)?;
+    let scale = 1.0 / world as f32;
+    at = 0;
+    for v in views {
+        let part = &mut host[at..at + v.len];
+        for x in part.iter_mut() {
+            *x *= scale;
+        }
+        backend.write(*v, bytemuck::cast_slice(part))?;
+        at += v.len;
+    }
+    Ok(())
 }
 
 /// Collective failures surface as data errors naming the rank, peer and
