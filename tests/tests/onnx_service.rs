@@ -4,7 +4,8 @@
 //! the weights PyTorch reached, and comes back both as safetensors and
 //! (`pull --onnx`) as the original model with the trained weights, which
 //! imports again and, when `ADJOINT_PYTHON` names a Python with
-//! onnxruntime, computes in ONNX Runtime what PyTorch computed. Broken
+//! onnxruntime, computes in ONNX Runtime what PyTorch computed. The CNN
+//! with BatchNorm does the same with its running statistics. Broken
 //! models fail with a message naming the problem, never a panic; and
 //! `adjoint inspect` describes the fixture.
 
@@ -190,6 +191,105 @@ fn an_onnx_model_trains_on_the_service_like_pytorch_and_exports_back_to_onnx() {
     assert_eq!(names.len(), got.len(), "{names:?} vs {:?}", got.keys());
 
     // ONNX Runtime computes with the exported model what PyTorch did.
+    onnxruntime_round_trip(&exported, &data, &reference, dir.path());
+}
+
+/// The CNN with BatchNorm PyTorch exported in training mode: on the
+/// service its 20 steps reach PyTorch's weights and running statistics,
+/// which `pull` and `pull --onnx` hand back under the initializers' names.
+#[test]
+fn a_cnn_with_batch_norm_trains_on_the_service_with_its_running_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cnn = copy_fixture("cnn_bn", dir.path());
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(cnn.join("reference.json")).unwrap()).unwrap();
+    let data = read_safetensors(&std::fs::read(cnn.join("data.safetensors")).unwrap()).unwrap();
+    // PyTorch read its 5 batches 4 times in order: one epoch of 160
+    // samples in that order, placed for the service's shuffle.
+    let steps = reference["steps"].as_u64().unwrap() as usize;
+    let repeated: BTreeMap<String, HostTensor> = data
+        .iter()
+        .map(|(name, t)| {
+            let mut t = t.clone();
+            let times = steps * 8 / t.shape[0];
+            t.bytes = t.bytes.repeat(times);
+            t.shape[0] *= times;
+            (name.clone(), t)
+        })
+        .collect();
+    let train = cnn.join("train.safetensors");
+    std::fs::write(
+        &train,
+        write_safetensors(&unshuffled(&repeated, 0)).unwrap(),
+    )
+    .unwrap();
+    let cluster = LocalCluster::start(&dir.path().join("cluster"), 1).unwrap();
+    let model = cnn.join("model.onnx");
+    let submitted = adjoint(
+        &cluster.addr,
+        &[
+            "submit",
+            model.to_str().unwrap(),
+            "--data",
+            train.to_str().unwrap(),
+            "--loss",
+            "cross_entropy",
+            "--batch-size",
+            "8",
+            "--steps",
+            &steps.to_string(),
+            "--optimizer",
+            "sgd:lr=0.1",
+        ],
+    );
+    assert!(submitted.ok, "submit failed: {submitted}{}", logs(&cluster));
+    let id = submitted.stdout.trim().to_owned();
+    let watched = adjoint(&cluster.addr, &["watch", &id]);
+    assert!(watched.ok, "watch failed: {watched}{}", logs(&cluster));
+
+    // Weights and running statistics, by initializer name, are PyTorch's.
+    let weights = dir.path().join("weights.safetensors");
+    let pulled = adjoint(
+        &cluster.addr,
+        &["pull", &id, "-o", weights.to_str().unwrap()],
+    );
+    assert!(pulled.ok, "pull failed: {pulled}");
+    let got = read_weights(&std::fs::read(&weights).unwrap()).unwrap();
+    let want = read_weights(&std::fs::read(cnn.join("trained.safetensors")).unwrap()).unwrap();
+    assert!(got.contains_key("bn2.running_var"), "{:?}", got.keys());
+    if let Some(diff) = weights_differ(&got, &want, 1e-4) {
+        panic!("the service's weights are not PyTorch's: {diff}");
+    }
+    println!(
+        "cnn_bn service weights and running statistics vs PyTorch's: max relative difference {:.2e}",
+        max_rel_diff(&got, &want)
+    );
+
+    // The exported model carries the trained statistics as initializers.
+    let exported = dir.path().join("trained.onnx");
+    let pulled = adjoint(
+        &cluster.addr,
+        &["pull", &id, "--onnx", "-o", exported.to_str().unwrap()],
+    );
+    assert!(pulled.ok, "pull --onnx failed: {pulled}");
+    let again = import(
+        &std::fs::read(&exported).unwrap(),
+        &ImportOptions::default(),
+        &no_files,
+    )
+    .unwrap();
+    let g = &again.graph;
+    for st in &g.state {
+        let name = g.name_of(st.value);
+        let Init::Values(values) = &st.init else {
+            panic!("{name}: not initialized from the model's values");
+        };
+        assert_eq!(
+            values.bytes, got[name].bytes,
+            "state {name} of the exported model is not the pulled statistic"
+        );
+    }
+    assert_eq!(g.state.len(), 4, "{:?}", again.state);
     onnxruntime_round_trip(&exported, &data, &reference, dir.path());
 }
 

@@ -138,7 +138,27 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 .collect();
             println!("\nparameters ({})", rows.len());
             table(&["name", "shape", "dtype", "trainable"], &rows);
-            let constants = graph.initializer.len().saturating_sub(rows.len());
+            if !g.state.is_empty() {
+                let state: Vec<[String; 3]> = g
+                    .state
+                    .iter()
+                    .map(|st| {
+                        let shape = g.static_shape(st.value);
+                        let role = if st.update.is_some() {
+                            "updated in training"
+                        } else {
+                            "read only"
+                        };
+                        [g.name_of(st.value).to_owned(), format!("{shape:?}"), role.to_owned()]
+                    })
+                    .collect();
+                println!("\nstate ({}: BatchNormalization running statistics)", state.len());
+                table(&["name", "shape", "role"], &state);
+            }
+            let constants = graph
+                .initializer
+                .len()
+                .saturating_sub(rows.len() + g.state.len());
             if constants > 0 {
                 println!("  (+ {constants} initializer(s) used as constants or unused)");
             }

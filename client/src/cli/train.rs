@@ -139,15 +139,33 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     if let Some(path) = &args.output {
         let exec = trainer.executor();
+        let g = exec.graph();
+        // Parameters and state (BatchNorm's running statistics), by name.
+        let values = g
+            .params
+            .iter()
+            .map(|p| p.value)
+            .chain(g.state.iter().map(|s| s.value));
         let mut out = BTreeMap::new();
-        for p in &exec.graph().params {
-            let name = exec.graph().name_of(p.value).to_owned();
-            let shape = exec.graph().static_shape(p.value);
-            out.insert(name, HostTensor::from_f32(shape, &exec.read_f32(p.value)?));
+        for v in values {
+            let shape = g.static_shape(v);
+            out.insert(
+                g.name_of(v).to_owned(),
+                HostTensor::from_f32(shape, &exec.read_f32(v)?),
+            );
         }
         std::fs::write(path, write_safetensors(&out)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("wrote {} parameters to {}", out.len(), path.display());
+        let state = if g.state.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} state tensors", g.state.len())
+        };
+        println!(
+            "wrote {} parameters{state} to {}",
+            g.params.len(),
+            path.display()
+        );
     }
     Ok(())
 }
