@@ -149,10 +149,17 @@ pub fn run(args: InspectArgs) -> Result<()> {
                         } else {
                             "read only"
                         };
-                        [g.name_of(st.value).to_owned(), format!("{shape:?}"), role.to_owned()]
+                        [
+                            g.name_of(st.value).to_owned(),
+                            format!("{shape:?}"),
+                            role.to_owned(),
+                        ]
                     })
                     .collect();
-                println!("\nstate ({}: BatchNormalization running statistics)", state.len());
+                println!(
+                    "\nstate ({}: BatchNormalization running statistics)",
+                    state.len()
+                );
                 table(&["name", "shape", "role"], &state);
             }
             let constants = graph
