@@ -152,6 +152,11 @@ def main():
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        # Full f32 matmuls, as adjoint's cuBLAS (TF32 off by default).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
     w = WORKLOADS[a.name]
 
     torch.manual_seed(0)
@@ -233,6 +238,8 @@ def main():
         "step_ms": round(step_ms, 3),
         "torch": torch.__version__,
         "device": a.device,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" else None,
         "batch": w["batch"],
         "config": models.config_dict(model.cfg),
         "optimizer": w["optimizer"]["name"] if w["optimizer"] else None,

@@ -8,8 +8,11 @@
 #   kernels/tests/cuda_ops.rs (CUDA vs CPU, op by op) and
 #   kernels/tests/cuda_nvrtc.rs (every .cu through NVRTC);
 # - stripped release binaries adjoint, adjoint-worker and adjoint-server
-#   (skipped with --tests-only), for the later stages (a 1-rank NCCL job,
-#   benchmarks) once the worker runs on CUDA;
+#   (skipped with --tests-only), for the 1-rank NCCL job and the benchmarks;
+# - example/ (model.json, train.safetensors: the MLP job the service tests
+#   train, written by an ignored test of tests/tests/service_device.rs) for
+#   the NCCL job, and bench/torch_bench.py with bench/models.py for
+#   PyTorch's side of the benchmarks;
 # - scripts/gpu-check.sh and a MANIFEST (commit, rustc, sizes, sha256).
 #
 # Writes target/gpu-bundle/adjoint-gpu-bundle.tar.xz, which must stay under
@@ -32,7 +35,7 @@ stage=$out/$name
 tarball=$out/$name.tar.xz
 suites=(cuda_ops cuda_nvrtc)
 rm -rf "$stage" "$tarball"
-mkdir -p "$stage/bin" "$stage/tests"
+mkdir -p "$stage/bin" "$stage/tests" "$stage/example"
 
 echo "--- test binaries: ${suites[*]}" >&2
 test_args=()
@@ -71,6 +74,11 @@ if [ "$tests_only" -eq 0 ]; then
 fi
 
 strip "$stage"/tests/* "$stage"/bin/* 2>/dev/null || true
+echo "--- example job and PyTorch bench" >&2
+ADJOINT_EXAMPLE_DIR="$PWD/$stage/example" cargo test --release -p adjoint-tests \
+  --test service_device write_bundle_example -- --ignored --exact >&2
+mkdir -p "$stage/bench"
+cp bench/torch_bench.py bench/models.py "$stage/bench/"
 cp scripts/gpu-check.sh "$stage/gpu-check.sh"
 {
   echo "adjoint GPU bundle"

@@ -11,8 +11,14 @@
 #   1. gpu          nvidia-smi: the GPU, driver and memory;
 #   2. libraries    which CUDA libraries load from where;
 #   3. cuda_nvrtc   every kernels/cuda/*.cu through NVRTC (test binary);
-#   4. cuda_ops     the CUDA backend against the CPU backend, op by op.
-# Later stages go where marked below once they exist.
+#   4. cuda_ops     the CUDA backend against the CPU backend, op by op;
+#   5. nccl_job     `adjoint up --workers 1 --device cuda`, the bundled
+#                   example job submitted with device gpu, watched to the
+#                   end: SUCCEEDED, on CUDA, through an NCCL communicator;
+#   6. bench        `adjoint bench mlp|transformer|moe --device cuda` and
+#                   PyTorch's bench/torch_bench.py on the same GPU (every
+#                   timed step synchronised, TF32 off on both), then the
+#                   ratio of their step times per workload.
 #
 # Prints one JSON line per result (per stage, and per test of the test
 # binaries), then one summary line. A test that says "skipped" counts as a
@@ -173,11 +179,79 @@ run_tests cuda_nvrtc 60
 # ----- 4. CUDA against the CPU -----
 run_tests cuda_ops 120
 
-# ----- later stages -----
-# Not built yet, so not run (add them here when they exist):
-# - a 1-rank NCCL job through `adjoint up --device cuda` (needs the worker's
-#   --device flag and the NCCL collective);
-# - `adjoint bench mlp|transformer|moe --device cuda` and PyTorch's same
-#   workloads on this GPU, every timed step synchronised, TF32 off on both.
+# ----- 5. a 1-rank NCCL job through `adjoint up --device cuda` -----
+nccl_job() {
+  local t=$SECONDS bin=$root/bin/adjoint dir=$work/up out=$work/up.out addr="" id="" status
+  if [ ! -x "$bin" ] || [ ! -f "$root/example/model.json" ]; then
+    result nccl_job setup failed 0 "no adjoint binary or example in the bundle"
+    return
+  fi
+  "$bin" up --workers 1 --device cuda --dir "$dir" >"$out" 2>&1 &
+  local up=$!
+  local wait_until=$((SECONDS + $(limit 40)))
+  while [ $SECONDS -lt $wait_until ] && kill -0 "$up" 2>/dev/null; do
+    addr=$(sed -n 's/.*export ADJOINT_ADDR=\([^ ]*\).*/\1/p' "$out" | head -n 1)
+    [ -n "$addr" ] && break
+    sleep 0.2
+  done
+  if [ -z "$addr" ]; then
+    result nccl_job up failed $((SECONDS - t)) "$(tail -n 5 "$out"; tail -n 5 "$dir"/logs/worker-0.log 2>/dev/null)"
+    kill "$up" 2>/dev/null; wait "$up" 2>/dev/null
+    return
+  fi
+  result nccl_job up ok $((SECONDS - t)) "$(ADJOINT_ADDR=$addr timeout 10 "$bin" workers 2>&1 | tail -n 1)"
+  t=$SECONDS
+  id=$(ADJOINT_ADDR=$addr timeout 30 "$bin" submit --graph "$root/example/model.json" \
+    --data "$root/example/train.safetensors" --device gpu --batch-size 32 --steps 30 \
+    --optimizer sgd:lr=0.1,momentum=0.9 2>"$work/submit.err" | tail -n 1)
+  if [ -z "$id" ]; then
+    result nccl_job submit failed $((SECONDS - t)) "$(head -c 600 "$work/submit.err")"
+  else
+    ADJOINT_ADDR=$addr timeout "$(limit 90)" "$bin" watch "$id" >"$work/watch.out" 2>&1
+    status=$(ADJOINT_ADDR=$addr timeout 10 "$bin" status "$id" 2>&1)
+    ADJOINT_ADDR=$addr timeout 10 "$bin" logs "$id" >"$work/job.log" 2>&1
+    local nccl_line device_line
+    nccl_line=$(grep -m1 "NCCL communicator" "$work/job.log")
+    device_line=$(grep -m1 "compiled on" "$work/job.log" | sed 's/:.*compiled on/: compiled on/' | head -c 200)
+    if echo "$status" | grep -qi succeeded && [ -n "$nccl_line" ] && echo "$device_line" | grep -q cuda; then
+      result nccl_job job ok $((SECONDS - t)) "$id SUCCEEDED; $nccl_line; $device_line; $(tail -n 2 "$work/watch.out" | tr "\n" " " | head -c 200)"
+    else
+      result nccl_job job failed $((SECONDS - t)) "$(echo "$status" | head -n 3); $nccl_line; $device_line; $(tail -n 6 "$work/job.log")"
+    fi
+  fi
+  kill "$up" 2>/dev/null
+  wait "$up" 2>/dev/null
+}
+nccl_job
+
+# ----- 6. adjoint against PyTorch on this GPU -----
+# Each run prints one JSON line with step_ms; the stage line for each
+# workload gives both and their ratio (adjoint / PyTorch; target <= 1.0 for
+# the transformer).
+bench_one() {
+  local w=$1 t=$SECONDS ours theirs ours_ms theirs_ms
+  ours=$(timeout "$(limit 45)" "$root/bin/adjoint" bench "$w" --device cuda --steps 10 --warmup 3 2>"$work/bench-$w.err" | tail -n 1)
+  if [ -n "$ours" ]; then
+    result bench "adjoint_$w" ok $((SECONDS - t)) "$ours"
+  else
+    result bench "adjoint_$w" failed $((SECONDS - t)) "$(tail -n 5 "$work/bench-$w.err")"
+  fi
+  t=$SECONDS
+  theirs=$(cd "$root/bench" && timeout "$(limit 45)" python3 torch_bench.py "$w" --device cuda --steps 10 --warmup 3 2>"$work/torch-$w.err" | tail -n 1)
+  if [ -n "$theirs" ]; then
+    result bench "pytorch_$w" ok $((SECONDS - t)) "$theirs"
+  else
+    result bench "pytorch_$w" failed $((SECONDS - t)) "$(tail -n 5 "$work/torch-$w.err")"
+  fi
+  ours_ms=$(printf '%s' "$ours" | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_ms"])' 2>/dev/null)
+  theirs_ms=$(printf '%s' "$theirs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_ms"])' 2>/dev/null)
+  if [ -n "$ours_ms" ] && [ -n "$theirs_ms" ]; then
+    printf '{"stage":"bench","name":"ratio_%s","adjoint_step_ms":%s,"pytorch_step_ms":%s,"ratio":%s}\n' \
+      "$w" "$ours_ms" "$theirs_ms" "$(python3 -c "print(round($ours_ms / $theirs_ms, 3))")"
+  fi
+}
+for w in mlp transformer moe; do
+  bench_one "$w"
+done
 
 summary

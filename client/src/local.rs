@@ -39,6 +39,27 @@ pub struct LocalCluster {
     /// Environment variables every process of the cluster gets on top of
     /// this one's.
     env: Vec<(String, String)>,
+    /// Each worker's `--device` (`None`: the worker's default, `auto`).
+    device: Option<LocalDevice>,
+}
+
+/// What `--device` the workers of a [`LocalCluster`] get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDevice {
+    /// This value for every worker (`cpu`, `auto`, `cuda:N`).
+    Same(String),
+    /// Worker `i` gets `cuda:{i % gpus}`: the GPUs shared out in turn.
+    Cuda { gpus: usize },
+}
+
+impl LocalDevice {
+    /// `--device` of worker `index`.
+    fn of(&self, index: usize) -> String {
+        match self {
+            LocalDevice::Same(d) => d.clone(),
+            LocalDevice::Cuda { gpus } => format!("cuda:{}", index % gpus.max(&1)),
+        }
+    }
 }
 
 /// A command running `adjoint-<role>` (`server` or `worker`): `adjoint
@@ -145,6 +166,16 @@ impl LocalCluster {
         workers: usize,
         env: &[(&str, &str)],
     ) -> Result<LocalCluster> {
+        LocalCluster::start_on(dir, workers, env, None)
+    }
+
+    /// [`LocalCluster::start_with_env`] with the workers' `--device`.
+    pub fn start_on(
+        dir: &Path,
+        workers: usize,
+        env: &[(&str, &str)],
+        device: Option<LocalDevice>,
+    ) -> Result<LocalCluster> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let env: Vec<(String, String)> = env
             .iter()
@@ -160,19 +191,51 @@ impl LocalCluster {
             planned_workers: workers,
             restarts: 0,
             env,
+            device,
         };
         for i in 0..workers {
             cluster.add_worker(&format!("worker-{i}"))?;
         }
-        cluster.wait_for_workers(workers, Duration::from_secs(60))?;
-        Ok(cluster)
+        // In short waits, so that a worker that exits at start fails this
+        // at once, with its reason.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match cluster.wait_for_workers(workers, Duration::from_millis(500)) {
+                Ok(()) => return Ok(cluster),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => {}
+            }
+            if let Some(why) = cluster.exited_worker() {
+                bail!("{why}");
+            }
+        }
+    }
+
+    /// The first worker process that has exited, with its log's last
+    /// lines (a worker that could not start: `--device cuda:0` without a
+    /// GPU, say).
+    fn exited_worker(&mut self) -> Option<String> {
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if let Ok(Some(status)) = w.try_wait() {
+                let log = self.dir.join("logs").join(format!("worker-{i}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Some(format!("worker-{i} exited ({status}): {}", tail.join("\n")));
+            }
+        }
+        None
     }
 
     /// Starts one more worker process.
     pub fn add_worker(&mut self, name: &str) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = (cores / self.planned_workers.max(1)).max(1);
-        let child = role_command("worker")
+        let mut command = role_command("worker");
+        if let Some(d) = &self.device {
+            command.args(["--device", &d.of(self.workers.len())]);
+        }
+        let child = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--threads",

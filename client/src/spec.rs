@@ -72,7 +72,8 @@ pub struct SpecFields {
     /// Worker processes (data-parallel ranks).
     #[arg(long)]
     pub workers: Option<u32>,
-    /// `cpu` or `gpu`.
+    /// `cpu` or `gpu` (also `cuda`): a GPU job runs only on workers that
+    /// registered a GPU (`adjoint-worker --device cuda:N`).
     #[arg(long)]
     pub device: Option<String>,
     /// Samples per worker per micro-step.

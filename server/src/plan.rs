@@ -26,8 +26,37 @@ use safetensors::tensor::Metadata;
 
 use crate::{Error, Result, names};
 
-/// The device kinds a job may ask for.
+/// The device kinds a job may ask for ("cuda" is read as "gpu").
 pub const DEVICES: [&str; 2] = ["cpu", "gpu"];
+
+/// What a GPU worker holds besides the job's plan, counted in its
+/// estimate ([`device_bytes`]).
+pub mod gpu_overhead {
+    /// The CUDA context with its loaded modules (the NVRTC kernels) and
+    /// the allocator's reserve: a few hundred MiB on an H100.
+    pub const CUDA_CONTEXT: u64 = 512 << 20;
+    /// cuBLAS's workspace on Hopper (32 MiB per handle; one handle).
+    pub const CUBLAS_WORKSPACE: u64 = 32 << 20;
+    /// NCCL's buffers with more than one rank: 2 peers (ring) × 32
+    /// channels × 4 MiB (NCCL_BUFFSIZE), send and receive.
+    pub const NCCL_BUFFERS: u64 = 2 * 2 * 32 * (4 << 20);
+}
+
+/// Bytes a worker of a job on `device` with `workers` ranks needs besides
+/// the plan: nothing on the CPU; the CUDA context, cuBLAS workspace and,
+/// with more than one rank, NCCL's buffers plus a staging copy of the
+/// largest bucket (`bucket_bytes`) on a GPU.
+pub fn device_bytes(device: &str, workers: u32, bucket_bytes: u64) -> u64 {
+    if device != "gpu" {
+        return 0;
+    }
+    let nccl = if workers > 1 {
+        gpu_overhead::NCCL_BUFFERS + bucket_bytes
+    } else {
+        0
+    };
+    gpu_overhead::CUDA_CONTEXT + gpu_overhead::CUBLAS_WORKSPACE + nccl
+}
 
 /// What one job may ask for; past these, submit fails naming the field or
 /// the value (the gRPC message limit, 64 MiB, bounds the spec itself).
@@ -120,11 +149,18 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
             ),
         ));
     }
+    spec.device = spec.device.trim().to_ascii_lowercase();
     if spec.device.is_empty() {
         spec.device = "cpu".into();
     }
+    if spec.device == "cuda" {
+        spec.device = "gpu".into();
+    }
     if !DEVICES.contains(&spec.device.as_str()) {
-        return Err(bad("device", &format!("'{}': use cpu or gpu", spec.device)));
+        return Err(bad(
+            "device",
+            &format!("'{}': use cpu or gpu (cuda)", spec.device),
+        ));
     }
     if !spec.clip_grad_norm.is_finite() || spec.clip_grad_norm < 0.0 {
         return Err(bad("clip_grad_norm", "must be finite and not negative"));
@@ -448,10 +484,21 @@ fn optimizer_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
     t.plan.param_bytes as u64 * optimizer_state_per_element(&optimizer)
 }
 
-/// Per-worker bytes of a planned job: its plan's buffers and the optimizer
-/// state.
+/// Per-worker bytes of a planned job: its plan's buffers, the optimizer
+/// state and, on a GPU, the device's own ([`device_bytes`]).
 fn total_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
-    t.plan.total_bytes() as u64 + optimizer_bytes(t, spec)
+    t.plan.total_bytes() as u64 + optimizer_bytes(t, spec) + spec_device_bytes(spec)
+}
+
+/// [`device_bytes`] of a normalized spec (the bucket as the worker sizes
+/// it: `bucket_mb`, else the executor's default of 25 MiB).
+fn spec_device_bytes(spec: &JobSpec) -> u64 {
+    let bucket = if spec.bucket_mb > 0.0 {
+        (spec.bucket_mb * f64::from(1u32 << 20)) as u64
+    } else {
+        25 << 20
+    };
+    device_bytes(&spec.device, spec.workers, bucket)
 }
 
 fn policy_row(policy: &Policy, t: &TrainingGraph, spec: &JobSpec) -> PolicyEstimate {
@@ -550,6 +597,7 @@ pub fn estimate(graph: &Graph, spec: &mut JobSpec, worker_memory: Option<u64>) -
         grad_bytes: plan.grad_bytes as u64,
         optimizer_bytes,
         input_bytes: plan.input_bytes as u64,
+        device_bytes: spec_device_bytes(spec),
         total_bytes: total_bytes(&chosen, spec),
         flops_per_step: chosen.joint.graph.flops(),
         plan_hash: chosen.plan_hash(),
@@ -565,10 +613,16 @@ pub fn samples_per_step(spec: &JobSpec) -> u64 {
     u64::from(spec.workers) * u64::from(spec.grad_accum) * spec.batch_size
 }
 
-/// "arena A + params P + grads G + optimizer O + inputs I" (bytes).
+/// "arena A + params P + grads G + optimizer O + inputs I" (bytes), with
+/// " + device D" on a GPU.
 pub fn breakdown(e: &Estimate) -> String {
+    let device = if e.device_bytes > 0 {
+        format!(" + device {}", e.device_bytes)
+    } else {
+        String::new()
+    };
     format!(
-        "arena {} + params {} + grads {} + optimizer {} + inputs {}",
+        "arena {} + params {} + grads {} + optimizer {} + inputs {}{device}",
         e.arena_bytes, e.param_bytes, e.grad_bytes, e.optimizer_bytes, e.input_bytes
     )
 }
@@ -640,6 +694,30 @@ mod tests {
         };
         let err = check_graph(&g, &s).unwrap_err().to_string();
         assert!(err.contains("'x'") && err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn cuda_is_gpu_and_gpu_estimates_count_the_device() {
+        let mut s = normalize(JobSpec {
+            device: "CUDA".into(),
+            ..spec()
+        })
+        .unwrap();
+        assert_eq!(s.device, "gpu");
+        let cpu = estimate(&small(), &mut normalize(spec()).unwrap(), None).unwrap();
+        let gpu = estimate(&small(), &mut s, None).unwrap();
+        assert_eq!(cpu.device_bytes, 0);
+        assert_eq!(
+            gpu.device_bytes,
+            gpu_overhead::CUDA_CONTEXT + gpu_overhead::CUBLAS_WORKSPACE
+        );
+        assert_eq!(gpu.total_bytes, cpu.total_bytes + gpu.device_bytes);
+        assert!(breakdown(&gpu).ends_with(&format!(" + device {}", gpu.device_bytes)));
+        // Two ranks add NCCL's buffers and a staging bucket.
+        assert_eq!(
+            device_bytes("gpu", 2, 1 << 20),
+            gpu.device_bytes + gpu_overhead::NCCL_BUFFERS + (1 << 20)
+        );
     }
 
     #[test]

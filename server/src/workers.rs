@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use adjoint_proto::v1::coordinator_message::Kind as ToWorker;
 use adjoint_proto::v1::worker_message::Kind as FromWorker;
 use adjoint_proto::v1::{
-    Abort, CoordinatorMessage, JobFinished, JobState, Register, Registered, StepMetrics,
+    Abort, CoordinatorMessage, JobFinished, JobState, NcclId, Register, Registered, StepMetrics,
     WorkerInfo, WorkerMessage,
 };
 use tokio::sync::{MutexGuard, mpsc};
@@ -109,6 +109,14 @@ impl Worker {
             metrics_address: self.register.metrics_address.clone(),
         }
     }
+}
+
+/// Ranks of running job `job` past rank 0.
+fn running_ranks(state: &State, job: &str) -> usize {
+    state
+        .running
+        .get(job)
+        .map_or(0, |r| r.ranks.len().saturating_sub(1))
 }
 
 fn abort(job_id: &str, reason: &str) -> CoordinatorMessage {
@@ -213,6 +221,10 @@ impl Coordinator {
                 self.publish(&job, event);
                 Ok(())
             }
+            Some(FromWorker::NcclId(id)) => {
+                self.nccl_id(&mut state, worker_id, busy, id);
+                Ok(())
+            }
             Some(FromWorker::Finished(finished)) => {
                 let drained = matches!(
                     &worker.status,
@@ -225,6 +237,37 @@ impl Coordinator {
                 self.finished(&mut state, worker_id, busy, finished).await
             }
         }
+    }
+
+    /// Rank 0 of a GPU job reports its NCCL unique id: forwarded to the
+    /// job's other ranks, which wait for it before they create their
+    /// communicator. Ids from other ranks, of a job the worker does not
+    /// run, or not 128 bytes are ignored (the ranks then time out and the
+    /// job fails naming rank 0).
+    fn nccl_id(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        worker_id: &str,
+        busy: Option<(String, u32)>,
+        id: NcclId,
+    ) {
+        let from_rank0 = busy.is_some_and(|(job, rank)| job == id.job_id && rank == 0);
+        if !from_rank0 || id.id.len() != 128 {
+            tracing::warn!(worker = %worker_id, job = %id.job_id, bytes = id.id.len(), "NCCL id ignored");
+            return;
+        }
+        let Some(running) = state.running.get(&id.job_id) else {
+            return;
+        };
+        let others: Vec<String> = running.ranks.iter().skip(1).cloned().collect();
+        for other in others {
+            if let Some(w) = state.worker_mut(&other) {
+                w.send(CoordinatorMessage {
+                    kind: Some(ToWorker::NcclId(id.clone())),
+                });
+            }
+        }
+        tracing::info!(job = %id.job_id, "NCCL id forwarded to {} rank(s)", running_ranks(state, &id.job_id));
     }
 
     /// Records a metrics event; rank 0's updates the job's step and loss.

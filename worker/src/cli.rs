@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! adjoint-worker --coordinator http://127.0.0.1:50051 --store ./store \
-//!     [--name NAME] [--ring-listen 127.0.0.1:0] [--threads N] [--memory BYTES]
+//!     [--name NAME] [--ring-listen 127.0.0.1:0] [--threads N] [--memory BYTES] \
+//!     [--device auto|cpu|cuda:N]
 //! ```
 //!
 //! Logs go to stderr (`RUST_LOG` filters them; default `info`). Ctrl-C (or
@@ -87,6 +88,12 @@ pub struct WorkerArgs {
     /// URL's host.
     #[arg(long, env = "ADJOINT_TLS_DOMAIN")]
     pub tls_domain: Option<String>,
+    /// The device GPU jobs train on: `auto` (the first GPU, else the CPU),
+    /// `cpu`, or `cuda:N` (fails to start without that GPU). A CUDA worker
+    /// registers its GPU and runs jobs with `device = "gpu"` on it
+    /// [default: auto].
+    #[arg(long, env = "ADJOINT_DEVICE")]
+    pub device: Option<String>,
 }
 
 impl WorkerArgs {
@@ -108,6 +115,7 @@ impl WorkerArgs {
             worker_token_file: self.worker_token_file.clone(),
             ca_file: self.ca_file.clone(),
             tls_domain: self.tls_domain.clone(),
+            device: self.device.clone(),
         };
         let file = match &self.config {
             Some(path) => WorkerFile::read(path)?,
@@ -135,6 +143,10 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     if let Some(n) = s.threads {
         CpuBackend::set_threads(n);
     }
+    let device = crate::agent::Device::resolve(s.device_choice(), &mut |line| {
+        tracing::info!("{line}");
+    })?;
+    tracing::info!("device: {device}");
     let credentials = s.credentials()?;
     let mut cfg = AgentConfig::new(s.coordinator, s.store);
     cfg.credentials = credentials;
@@ -143,6 +155,7 @@ pub fn run(args: WorkerArgs) -> Result<(), String> {
     cfg.ring_advertise = s.ring_advertise;
     cfg.metrics_listen = s.metrics_listen;
     cfg.trace_steps_every = s.trace_steps_every;
+    cfg.device = device;
     if let Some(n) = s.threads {
         cfg.cores = n as u32;
     }

@@ -14,6 +14,7 @@
 //! trace_steps_every = 100
 //! worker_token_file = "/etc/adjoint/worker-token"   # or ADJOINT_WORKER_TOKEN
 //! ca_file = "/etc/adjoint/tls/ca.crt"              # with an https:// coordinator
+//! device = "auto"                                  # auto, cpu or cuda:N
 //! ```
 
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub struct WorkerFile {
     pub worker_token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub tls_domain: Option<String>,
+    pub device: Option<String>,
 }
 
 impl WorkerFile {
@@ -70,6 +72,7 @@ impl WorkerFile {
             worker_token_file: self.worker_token_file.or(under.worker_token_file),
             ca_file: self.ca_file.or(under.ca_file),
             tls_domain: self.tls_domain.or(under.tls_domain),
+            device: self.device.or(under.device),
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct WorkerSettings {
     pub ca_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_domain: Option<String>,
+    /// `auto`, `cpu` or `cuda:N` ([`crate::agent::DeviceChoice`]).
+    pub device: String,
 }
 
 impl WorkerSettings {
@@ -117,6 +122,7 @@ impl WorkerSettings {
         if s.threads == Some(0) {
             return Err("threads must be at least 1".into());
         }
+        let device: crate::agent::DeviceChoice = s.device.as_deref().unwrap_or("auto").parse()?;
         Ok(WorkerSettings {
             coordinator: s.coordinator.unwrap_or_else(|| DEFAULT_COORDINATOR.into()),
             store,
@@ -132,6 +138,7 @@ impl WorkerSettings {
             worker_token_file: s.worker_token_file,
             ca_file: s.ca_file,
             tls_domain: s.tls_domain,
+            device: device.to_string(),
         })
     }
 
@@ -144,6 +151,11 @@ impl WorkerSettings {
             self.ca_file.as_deref(),
             self.tls_domain.clone(),
         )
+    }
+
+    /// The device asked for (checked by [`WorkerSettings::resolve`]).
+    pub fn device_choice(&self) -> crate::agent::DeviceChoice {
+        self.device.parse().unwrap_or_default()
     }
 
     pub fn log_format(&self) -> LogFormat {
@@ -176,6 +188,7 @@ mod tests {
         assert_eq!(s.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
         assert_eq!(s.coordinator, DEFAULT_COORDINATOR);
         assert_eq!(s.collective_timeout, 60);
+        assert_eq!(s.device, "auto");
         let again: WorkerFile = toml::from_str(&s.to_toml()).unwrap();
         assert_eq!(WorkerSettings::resolve(again).unwrap(), s);
     }
@@ -196,5 +209,18 @@ mod tests {
                 .unwrap_err()
                 .contains("collective_timeout")
         );
+        let tpu = WorkerFile {
+            store: Some("/s".into()),
+            device: Some("tpu".into()),
+            ..WorkerFile::default()
+        };
+        let err = WorkerSettings::resolve(tpu).unwrap_err();
+        assert!(err.contains("use auto, cpu or cuda:N"), "{err}");
+        let gpu = WorkerFile {
+            store: Some("/s".into()),
+            device: Some("CUDA:1".into()),
+            ..WorkerFile::default()
+        };
+        assert_eq!(WorkerSettings::resolve(gpu).unwrap().device, "cuda:1");
     }
 }

@@ -80,6 +80,7 @@ async fn setup() -> Setup {
         exec: ExecOptions::default(),
         metrics: adjoint_worker::agent::metrics::registry(),
         trace_steps_every: 0,
+        device: Default::default(),
     };
     Setup {
         _dir: dir,

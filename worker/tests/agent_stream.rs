@@ -169,6 +169,7 @@ async fn registers_heartbeats_runs_a_job_and_reconnects() {
             }
             Kind::Metrics(m) => metrics.push(m.step),
             Kind::Log(_) => {}
+            Kind::NcclId(_) => panic!("a CPU job sent an NCCL id"),
             Kind::Finished(f) => break f,
             Kind::Register(_) => panic!("registered twice on one stream"),
         }

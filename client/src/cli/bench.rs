@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// the time goes (per instruction kind, slowest instructions) to stderr.
     #[arg(long)]
     profile: bool,
+    /// Where the step runs: cpu, or cuda / cuda:N (the CUDA backend; each
+    /// timed step ends with a device synchronize; TF32 off).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
@@ -111,11 +115,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(t) = args.threads {
         CpuBackend::set_threads(t);
     }
-    CpuBackend::in_context(|| measure(&args))
+    match args.device.parse::<adjoint_worker::agent::DeviceChoice>() {
+        Ok(adjoint_worker::agent::DeviceChoice::Cpu) => {
+            CpuBackend::in_context(|| measure(&args, &|| Ok(CpuBackend::new()), "cpu"))
+        }
+        Ok(adjoint_worker::agent::DeviceChoice::Cuda(n)) => cuda(&args, n),
+        _ => bail!("--device '{}': use cpu or cuda:N", args.device),
+    }
 }
 
-/// Builds the workload and times it, on a thread of the kernels' pool.
-fn measure(args: &BenchArgs) -> Result<()> {
+/// The workload on GPU `ordinal`.
+#[cfg(feature = "cuda")]
+fn cuda(args: &BenchArgs, ordinal: usize) -> Result<()> {
+    use adjoint_kernels::cuda::CudaBackend;
+    let open =
+        || CudaBackend::new(ordinal).map_err(|e| anyhow::anyhow!("--device cuda:{ordinal}: {e}"));
+    open()?;
+    measure(args, &open, &format!("cuda:{ordinal}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: &BenchArgs, _: usize) -> Result<()> {
+    bail!("this adjoint was built without the cuda feature")
+}
+
+/// Builds the workload and times it on backends from `new` (on a thread
+/// of the kernels' pool for the CPU).
+fn measure<B: Backend>(args: &BenchArgs, new: &dyn Fn() -> Result<B>, device: &str) -> Result<()> {
     let Some(batch) = zoo::workload_batch(&args.workload) else {
         bail!(
             "unknown workload '{}': choose one of {}",
@@ -147,18 +173,16 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let feed: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let key = StepKey::default();
 
-    let mut fwd = Executor::new(
-        CpuBackend::new(),
-        graph.clone(),
-        &[],
-        ExecOptions::default(),
-    )?;
+    let mut fwd = Executor::new(new()?, graph.clone(), &[], ExecOptions::default())?;
     fwd.init_params(0)?;
     for (input, bytes) in graph.inputs.iter().zip(&feed) {
         fwd.write_bytes(input.value, bytes)?;
     }
     let fwd_ms = median_ms(
-        || Ok(fwd.run(key, &mut |_, _| {})?),
+        || {
+            fwd.run(key, &mut |_, _| {})?;
+            Ok(fwd.backend.synchronize()?)
+        },
         args.warmup,
         args.steps,
     )?;
@@ -169,25 +193,26 @@ fn measure(args: &BenchArgs) -> Result<()> {
     // stays live from the setup plus any kernel scratch).
     let baseline = alloc_count::reset_peak();
     let policy: Policy = args.checkpoint.parse()?;
-    let mut trainer = Trainer::with_checkpoint(
-        CpuBackend::new(),
-        &graph,
-        opt,
-        ExecOptions::default(),
-        0,
-        &policy,
-    )?;
+    let mut trainer =
+        Trainer::with_checkpoint(new()?, &graph, opt, ExecOptions::default(), 0, &policy)?;
     trainer.step(&feed)?;
     let setup_peak = alloc_count::peak_bytes() - baseline;
     alloc_count::reset_peak();
     let fwdbwd_ms = median_ms(
-        || Ok(trainer.executor_mut().run(key, &mut |_, _| {})?),
+        || {
+            let exec = trainer.executor_mut();
+            exec.run(key, &mut |_, _| {})?;
+            Ok(exec.backend.synchronize()?)
+        },
         args.warmup,
         args.steps,
     )?;
     let step_ms = match optimizer {
         Some(_) => median_ms(
-            || trainer.step(&feed).map(|_| ()).map_err(Into::into),
+            || {
+                trainer.step(&feed)?;
+                Ok(trainer.executor_mut().backend.synchronize()?)
+            },
             args.warmup,
             args.steps,
         )?,
@@ -202,7 +227,7 @@ fn measure(args: &BenchArgs) -> Result<()> {
         let secs = exec.take_profile();
         super::bench_profile::print(exec, &secs, args.steps);
     }
-    let gemm_peak = gemm_peak_gflops(args.warmup, args.steps)?;
+    let gemm_peak = gemm_peak_gflops(new()?, args.warmup, args.steps)?;
     let measured =
         alloc_count::installed().then(|| (alloc_count::peak_bytes() - baseline, setup_peak));
     let exec = trainer.executor();
@@ -210,8 +235,8 @@ fn measure(args: &BenchArgs) -> Result<()> {
     let line = serde_json::json!({
         "workload": args.workload,
         "impl": "adjoint",
-        "device": "cpu",
-        "threads": CpuBackend::threads(),
+        "device": device,
+        "threads": (device == "cpu").then(CpuBackend::threads),
         "batch": batch,
         "experts": (args.workload == "moe").then(|| args.experts.unwrap_or(16)),
         "fwd_ms": round(fwd_ms),
@@ -245,9 +270,8 @@ fn measure(args: &BenchArgs) -> Result<()> {
 
 /// GFLOP/s of a 1024³ f32 matmul on the backend's threads: the GEMM peak
 /// a step's model FLOP/s is measured against (median of `steps`).
-fn gemm_peak_gflops(warmup: usize, steps: usize) -> Result<f64> {
+fn gemm_peak_gflops<B: Backend>(mut backend: B, warmup: usize, steps: usize) -> Result<f64> {
     const N: usize = 1024;
-    let mut backend = CpuBackend::new();
     let bytes = N * N * 4;
     let view = |buffer| adjoint_kernels::View {
         buffer,
@@ -273,7 +297,14 @@ fn gemm_peak_gflops(warmup: usize, steps: usize) -> Result<f64> {
         b_batch_strides: &[],
         c_batch_strides: &[],
     };
-    let ms = median_ms(|| Ok(backend.matmul(a, b, c, &dims)?), warmup, steps.max(5))?;
+    let ms = median_ms(
+        || {
+            backend.matmul(a, b, c, &dims)?;
+            Ok(backend.synchronize()?)
+        },
+        warmup,
+        steps.max(5),
+    )?;
     Ok(2.0 * (N * N * N) as f64 / ms / 1e6)
 }
 

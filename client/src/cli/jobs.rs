@@ -221,16 +221,28 @@ fn pull_onnx(args: &PullArgs) -> Result<()> {
 pub fn workers(args: WorkersArgs) -> Result<()> {
     let workers = with_client(&args.addr, async |c| c.workers().await)?;
     println!(
-        "{:<12} {:<16} {:>5} {:>10}  {:<6} {:<14} {:<21}",
-        "id", "name", "cores", "memory", "status", "job", "metrics"
+        "{:<12} {:<16} {:>5} {:>10}  {:<28} {:<6} {:<14} {:<21}",
+        "id", "name", "cores", "memory", "device", "status", "job", "metrics"
     );
     for w in workers {
+        // The GPUs a worker trains on ("NVIDIA H100 80GB HBM3 (79.1 GiB)"),
+        // else "cpu".
+        let device = if w.devices.is_empty() {
+            "cpu".to_owned()
+        } else {
+            w.devices
+                .iter()
+                .map(|d| format!("{} ({})", d.name, human_bytes(d.memory_bytes)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "{:<12} {:<16} {:>5} {:>10}  {:<6} {:<14} {:<21}",
+            "{:<12} {:<16} {:>5} {:>10}  {:<28} {:<6} {:<14} {:<21}",
             w.id,
             w.name,
             w.cores,
             human_bytes(w.memory_bytes),
+            device,
             w.status,
             if w.job_id.is_empty() { "-" } else { &w.job_id },
             if w.metrics_address.is_empty() {

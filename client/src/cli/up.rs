@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use adjoint_client::local::LocalCluster;
-use anyhow::Result;
+use adjoint_client::local::{LocalCluster, LocalDevice};
+use anyhow::{Result, bail};
 use clap::Args;
 
 /// Start a coordinator and N local workers; stop them with Ctrl-C.
@@ -16,10 +16,35 @@ pub struct UpArgs {
     /// Folder for the job database and the store.
     #[arg(long, default_value = ".adjoint")]
     dir: PathBuf,
+    /// The workers' device: `auto` (each worker's default: the first GPU,
+    /// else the CPU), `cpu`, `cuda` (the GPUs shared out in turn: worker
+    /// i on cuda:i mod GPUs) or `cuda:N` (every worker on GPU N). Jobs
+    /// with `device = "gpu"` run on the GPU workers, with NCCL.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// The workers' `--device` for `adjoint up --device D`; `cuda` without a
+/// GPU fails here, with the probe's reason.
+pub fn local_device(device: &str) -> Result<Option<LocalDevice>> {
+    match device.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => Ok(None),
+        "cuda" | "gpu" => match adjoint_worker::agent::device::gpus() {
+            Ok(gpus) => Ok(Some(LocalDevice::Cuda { gpus: gpus.len() })),
+            Err(why) => bail!("--device cuda: {why}"),
+        },
+        other => {
+            other
+                .parse::<adjoint_worker::agent::DeviceChoice>()
+                .map_err(anyhow::Error::msg)?;
+            Ok(Some(LocalDevice::Same(other.to_owned())))
+        }
+    }
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
-    let cluster = LocalCluster::start(&args.dir, args.workers)?;
+    let device = local_device(&args.device)?;
+    let cluster = LocalCluster::start_on(&args.dir, args.workers, &[], device)?;
     println!(
         "coordinator on {} with {} workers (data in {}, logs in {}); export ADJOINT_ADDR={} ; Ctrl-C stops them",
         cluster.addr,

@@ -30,6 +30,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
 use tokio::sync::mpsc::{self, UnboundedSender};
 use tracing::Instrument;
 
+use super::device::Device;
 use super::spec;
 use crate::ExecOptions;
 use crate::collective::{Collective, LocalGroup, RingCollective, RingOptions};
@@ -55,16 +56,46 @@ pub struct JobContext {
     pub metrics: adjoint_telemetry::metrics::Registry,
     /// Every how many steps a step gets spans ([`super::trace::sampled`]).
     pub trace_steps_every: u64,
+    /// The worker's device: GPU jobs (`device = "gpu"`) run on it when it
+    /// is CUDA, with NCCL collectives; everything else runs on the CPU.
+    pub device: Device,
 }
 
-/// Asks a running job to stop between steps.
+/// Asks a running job to stop between steps; also carries what the
+/// coordinator sends a running job besides (rank 0's NCCL id).
 #[derive(Debug, Default)]
 pub struct AbortSignal {
     flag: Arc<AtomicBool>,
     reason: Mutex<String>,
+    nccl_id: Mutex<Option<Vec<u8>>>,
 }
 
 impl AbortSignal {
+    /// Rank 0's NCCL id, forwarded by the coordinator (ranks 1..).
+    pub fn set_nccl_id(&self, id: Vec<u8>) {
+        *self.nccl_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    }
+
+    /// Waits up to `timeout` for [`AbortSignal::set_nccl_id`]; `None` on
+    /// timeout or abort.
+    pub fn wait_nccl_id(&self, timeout: std::time::Duration) -> Option<Vec<u8>> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(id) = self
+                .nccl_id
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return Some(id);
+            }
+            if self.is_set() || start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn abort(&self, reason: &str) {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_owned();
         self.flag.store(true, Ordering::SeqCst);
@@ -100,6 +131,8 @@ enum Event {
     /// rows routed to each expert.
     Metrics(StepMetrics, Option<f32>, Vec<u64>),
     Log(String),
+    /// Rank 0's NCCL id, for the coordinator to forward.
+    NcclId(Vec<u8>),
     Put {
         key: String,
         bytes: Vec<u8>,
@@ -125,6 +158,8 @@ struct Prepared {
     peers: Vec<SocketAddr>,
     listener: Option<TcpListener>,
     ring: RingOptions,
+    /// Where the job runs: the worker's GPU for a GPU job, else the CPU.
+    device: Device,
     metrics: adjoint_telemetry::metrics::Registry,
     /// The job's span (entered by the training thread) and the step
     /// sampling.
@@ -179,8 +214,12 @@ async fn run_job_traced(
     let (rank, job) = (prepared.rank, prepared.job_id.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
     let signal = abort.clone();
-    let handle = tokio::task::spawn_blocking(move || {
-        CpuBackend::in_context(move || train(prepared, &tx, &signal))
+    let handle = tokio::task::spawn_blocking(move || match &prepared.device {
+        Device::Cpu => CpuBackend::in_context(move || train::<CpuBackend>(prepared, &tx, &signal)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => train::<adjoint_kernels::cuda::CudaBackend>(prepared, &tx, &signal),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(Failure::from("this worker was built without CUDA")),
     });
     // Artifacts written on the way (the event log), by name under the job.
     let mut written = Vec::new();
@@ -196,6 +235,14 @@ async fn run_job_traced(
                 });
             }
             Event::Log(line) => log(line),
+            Event::NcclId(id) => {
+                let _ = out.send(v1::WorkerMessage {
+                    kind: Some(Kind::NcclId(v1::NcclId {
+                        job_id: job.clone(),
+                        id,
+                    })),
+                });
+            }
             Event::Put { key, bytes } => match put(ctx, &key, bytes).await {
                 Ok(()) => {
                     log(format!("wrote {key}"));
@@ -339,9 +386,14 @@ async fn prepare(
     if spec.batch_size == 0 {
         return Err("the job spec has no batch_size".into());
     }
-    if spec.device == "gpu" {
-        log("this worker has no GPU backend; training on the CPU".into());
-    }
+    let device = match (&ctx.device, spec.device.as_str()) {
+        (Device::Cuda(_), "gpu" | "cuda") => ctx.device.clone(),
+        (Device::Cpu, "gpu" | "cuda") => {
+            log("this worker has no GPU; training on the CPU".into());
+            Device::Cpu
+        }
+        _ => Device::Cpu,
+    };
     let graph = match &spec.model {
         Some(Model::Graph(g)) => serialize::from_proto(g).map_err(|e| format!("graph: {e}"))?,
         Some(Model::GraphBlob(key)) => decode_graph(&get(ctx, key).await?)?,
@@ -423,7 +475,7 @@ async fn prepare(
     let steps = spec::total_steps(spec, steps_per_epoch);
     cfg.schedule = spec::schedule(spec.schedule.as_ref(), steps)?;
 
-    let (peers, listener) = if world > 1 {
+    let (peers, listener) = if world > 1 && !device.is_cuda() {
         let peers = a
             .peers
             .iter()
@@ -470,6 +522,7 @@ async fn prepare(
             token: a.job_id.clone(),
             ..ctx.ring.clone()
         },
+        device,
         metrics: ctx.metrics.clone(),
         span: tracing::Span::none(),
         trace_steps_every: ctx.trace_steps_every,
@@ -514,7 +567,7 @@ impl Failure {
 /// others. Whatever happens, the steps' events go to the store as
 /// `jobs/<job>/events/rank-<r>.jsonl`, one JSON object per step
 /// ([`crate::dist::EventLog::to_json`]).
-fn train(
+fn train<B: JobBackend>(
     p: Prepared,
     tx: &UnboundedSender<Event>,
     abort: &AbortSignal,
@@ -524,7 +577,7 @@ fn train(
     let metrics = p.metrics.clone();
     let span = p.span.clone();
     let _job = span.enter();
-    let result = train_steps(p, tx, abort, &mut events);
+    let result = train_steps::<B>(p, tx, abort, &mut events);
     super::metrics::ended(&metrics);
     if !events.is_empty() {
         let _ = tx.send(Event::Put { key, bytes: events });
@@ -532,7 +585,7 @@ fn train(
     result
 }
 
-fn train_steps(
+fn train_steps<B: JobBackend>(
     p: Prepared,
     tx: &UnboundedSender<Event>,
     abort: &AbortSignal,
@@ -542,8 +595,8 @@ fn train_steps(
     let log = |line: String| {
         let _ = tx.send(Event::Log(line));
     };
-    let mut t =
-        DistTrainer::new(CpuBackend::new(), &p.graph, p.data, p.cfg).map_err(|e| e.to_string())?;
+    let backend = B::open(&p.device)?;
+    let mut t = DistTrainer::new(backend, &p.graph, p.data, p.cfg).map_err(|e| e.to_string())?;
     let ours = plan_hash(t.executor().graph(), t.executor().plan());
     if p.plan_hash.is_empty() {
         log(format!(
@@ -575,31 +628,38 @@ fn train_steps(
         t.restore(ckpt).map_err(|e| format!("resume: {e}"))?;
         log(format!("resumed at step {}", ckpt.meta.step));
     }
-    let mut coll: Box<dyn Collective> = match p.listener {
-        Some(listener) => Box::new(
-            RingCollective::connect(
-                p.rank,
-                p.world,
-                listener,
-                &p.peers,
-                RingOptions {
-                    // An Abort (a peer rejected or lost) ends the wait.
-                    cancel: Some(abort.flag()),
-                    ..p.ring
-                },
-            )
-            .map_err(|e| Failure {
-                message: format!("ring: {e}"),
-                retryable: true,
-            })?,
-        ),
-        // A group of one: every all-reduce is the identity.
-        None => Box::new(LocalGroup::new(1).pop().ok_or("no local collective")?),
+    let nccl = t
+        .executor()
+        .backend
+        .collective((p.rank, p.world), &p.ring, tx, abort, &log)?;
+    let mut coll: Box<dyn Collective> = match (nccl, p.listener) {
+        (Some(c), _) => c,
+        (None, listener) => match listener {
+            Some(listener) => Box::new(
+                RingCollective::connect(
+                    p.rank,
+                    p.world,
+                    listener,
+                    &p.peers,
+                    RingOptions {
+                        // An Abort (a peer rejected or lost) ends the wait.
+                        cancel: Some(abort.flag()),
+                        ..p.ring
+                    },
+                )
+                .map_err(|e| Failure {
+                    message: format!("ring: {e}"),
+                    retryable: true,
+                })?,
+            ),
+            // A group of one: every all-reduce is the identity.
+            None => Box::new(LocalGroup::new(1).pop().ok_or("no local collective")?),
+        },
     };
     let mut eval = match p.eval {
         Some((split, every)) => {
             let e = Evaluator::sharded(
-                CpuBackend::new(),
+                t.executor().backend.another(&p.device)?,
                 &p.graph,
                 split,
                 p.cfg.batch,
@@ -670,4 +730,109 @@ fn train_steps(
     };
     let weights = weights_file(&params).map_err(|e| e.to_string())?;
     Ok(Some(weights))
+}
+
+/// A backend a job can train on: how it opens, makes an evaluation twin,
+/// and which collective it brings (NCCL on CUDA; the CPU uses the ring).
+trait JobBackend: Backend + Sized + 'static {
+    fn open(device: &Device) -> Result<Self, Failure>;
+
+    /// A second backend on the same device (for the eval split).
+    fn another(&self, device: &Device) -> Result<Self, Failure> {
+        Self::open(device)
+    }
+
+    /// The collective this backend's jobs use, or `None` for the default
+    /// (the TCP ring, or a group of one).
+    fn collective(
+        &self,
+        rank_world: (usize, usize),
+        ring: &RingOptions,
+        tx: &UnboundedSender<Event>,
+        abort: &AbortSignal,
+        log: &dyn Fn(String),
+    ) -> Result<Option<Box<dyn Collective>>, Failure>;
+}
+
+impl JobBackend for CpuBackend {
+    fn open(_: &Device) -> Result<Self, Failure> {
+        Ok(CpuBackend::new())
+    }
+
+    fn collective(
+        &self,
+        _: (usize, usize),
+        _: &RingOptions,
+        _: &UnboundedSender<Event>,
+        _: &AbortSignal,
+        _: &dyn Fn(String),
+    ) -> Result<Option<Box<dyn Collective>>, Failure> {
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl JobBackend for adjoint_kernels::cuda::CudaBackend {
+    fn open(device: &Device) -> Result<Self, Failure> {
+        let Device::Cuda(gpu) = device else {
+            return Err("the CUDA backend needs a CUDA device".into());
+        };
+        adjoint_kernels::cuda::CudaBackend::new(gpu.ordinal)
+            .map_err(|e| Failure::from(format!("cuda:{}: {e}", gpu.ordinal)))
+    }
+
+    /// NCCL on the backend's communication stream: rank 0 makes the id and
+    /// sends it up; the other ranks wait for the coordinator to forward it.
+    /// A job of one rank without NCCL falls back to a group of one.
+    fn collective(
+        &self,
+        (rank, world): (usize, usize),
+        ring: &RingOptions,
+        tx: &UnboundedSender<Event>,
+        abort: &AbortSignal,
+        log: &dyn Fn(String),
+    ) -> Result<Option<Box<dyn Collective>>, Failure> {
+        use crate::collective::{NcclCollective, NcclId, NcclOptions};
+        if world == 1 && !adjoint_kernels::cuda::nccl_available() {
+            log("NCCL cannot be loaded (libnccl.so); one rank needs no collective".into());
+            return Ok(None);
+        }
+        let timeout = ring.connect_timeout;
+        let id = if rank == 0 {
+            let id = NcclId::new().map_err(|e| format!("nccl: {e}"))?;
+            if world > 1 {
+                let _ = tx.send(Event::NcclId(id.bytes().to_vec()));
+            }
+            id
+        } else {
+            let bytes = abort.wait_nccl_id(timeout).ok_or_else(|| Failure {
+                message: format!(
+                    "nccl: rank 0's NCCL id did not come within {timeout:?} (rank 0 lost or without NCCL)"
+                ),
+                retryable: true,
+            })?;
+            NcclId::from_bytes(&bytes).map_err(|e| format!("nccl: {e}"))?
+        };
+        let coll = NcclCollective::new(
+            self.comm_stream().clone(),
+            rank,
+            world,
+            id,
+            NcclOptions {
+                timeout: ring.timeout.max(timeout),
+                cancel: Some(abort.flag()),
+            },
+        )
+        .map_err(|e| Failure {
+            message: format!("nccl: {e}"),
+            retryable: true,
+        })?;
+        log(format!(
+            "NCCL communicator: rank {} of {} on {}",
+            rank,
+            world,
+            self.name()
+        ));
+        Ok(Some(Box::new(coll)))
+    }
 }

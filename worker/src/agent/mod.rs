@@ -7,18 +7,22 @@
 //!
 //! 1. connect to the coordinator, retrying with exponential backoff
 //!    (100 ms doubling to 5 s) until it answers;
-//! 2. open the stream and send `Register` (name, cores, memory, ring
-//!    address, version, and the job still running, if any);
+//! 2. open the stream and send `Register` (name, cores, memory, its GPU
+//!    if `--device` picked one, ring address, version, and the job still
+//!    running, if any);
 //! 3. from `Registered` on, send a `Heartbeat` every `heartbeat_ms`;
 //! 4. on `Assignment`, run the job ([`job::run_job`]) on its own task, one
 //!    job at a time (a second assignment while busy is refused with
 //!    `JobFinished { ok: false }`; the same assignment again is ignored);
 //!    its metrics, logs and final `JobFinished` go out on the stream;
-//! 5. on `Abort` for the running job, stop it between steps;
+//! 5. on `Abort` for the running job, stop it between steps (or, on a
+//!    GPU, abort its NCCL communicator); on `NcclId`, hand rank 0's NCCL
+//!    id to the running job;
 //! 6. if the stream ends or fails, go back to 1: a running job keeps
 //!    running and what it reports meanwhile is queued until the next
 //!    stream.
 
+pub mod device;
 pub mod job;
 pub mod metrics;
 pub mod simulated;
@@ -46,6 +50,7 @@ use tonic::transport::Channel;
 
 use crate::ExecOptions;
 use crate::collective::RingOptions;
+pub use device::{Device, DeviceChoice};
 pub use job::{AbortSignal, JobContext, WEIGHTS, run_job};
 
 /// How the agent runs (the `adjoint-worker` flags).
@@ -77,6 +82,9 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// The worker token and the CA of the coordinator's certificate.
     pub credentials: Credentials,
+    /// The device it trains GPU jobs on (settled by [`Device::resolve`]);
+    /// a CUDA device is registered, so GPU jobs come here.
+    pub device: Device,
 }
 
 impl AgentConfig {
@@ -99,6 +107,7 @@ impl AgentConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             credentials: Credentials::none(),
+            device: Device::Cpu,
         }
     }
 }
@@ -209,6 +218,7 @@ impl Agent {
             exec: cfg.exec,
             metrics: metrics::registry(),
             trace_steps_every: cfg.trace_steps_every,
+            device: cfg.device.clone(),
         };
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -259,7 +269,7 @@ impl Agent {
                 name: self.cfg.name.clone(),
                 cores: self.cfg.cores,
                 memory_bytes: self.cfg.memory_bytes,
-                devices: Vec::new(),
+                devices: self.cfg.device.registered(),
                 ring_address: self
                     .cfg
                     .ring_advertise
@@ -437,6 +447,13 @@ impl Agent {
             }
             coordinator_message::Kind::Assignment(a) => {
                 self.assign(a);
+                None
+            }
+            coordinator_message::Kind::NcclId(id) => {
+                match &self.running {
+                    Some(r) if r.job_id == id.job_id => r.abort.set_nccl_id(id.id),
+                    _ => tracing::debug!(job = %id.job_id, "NCCL id for a job not running here"),
+                }
                 None
             }
             coordinator_message::Kind::Abort(a) => {

@@ -14,6 +14,8 @@
 //!   next one straight from the caller's buffer).
 //! - [`LocalCollective`] (`local`): `n` ranks as threads of one process over
 //!   channels, for unit tests of code that uses collectives.
+//! - `NcclCollective` (`nccl`, feature `cuda`): NCCL between GPU workers,
+//!   on the CUDA backend's communication stream; see its module docs.
 //!
 //! Invariants every implementation keeps:
 //!
@@ -36,6 +38,8 @@
 mod bench;
 mod link;
 mod local;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 mod rendezvous;
 mod ring;
 mod shared;
@@ -47,6 +51,8 @@ use std::time::Duration;
 
 pub use bench::{BenchResult, bench_all_reduce};
 pub use local::{LocalCollective, LocalGroup};
+#[cfg(feature = "cuda")]
+pub use nccl::{NcclCollective, NcclId, NcclOptions};
 pub use ring::{RingCollective, RingOptions};
 
 /// The collective operations of one group of ranks.
