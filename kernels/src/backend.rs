@@ -255,6 +255,124 @@ pub enum Error {
     Invalid(String),
 }
 
+/// An operand of a [`FusedStep`]: one of the chain's inputs (read through
+/// its strides) or the result of an earlier step (contiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedArg {
+    Input(usize),
+    Step(usize),
+}
+
+/// What a [`FusedStep`] computes, with the meaning of the backend call of
+/// the same name: `Unary` and `GeluGrad` (`x`, then `dy`) read contiguous
+/// operands; `Binary`, `Compare` (f32 operands, a u8 result) and `Select`
+/// (`cond`, `a`, `b`) broadcast theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FusedOp {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CompareOp),
+    Select,
+    GeluGrad { tanh: bool },
+}
+
+/// An input of a fused chain: a view and its element strides per axis of
+/// the chain's shape (0 where it broadcasts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedInput {
+    pub view: View,
+    pub strides: Vec<usize>,
+}
+
+/// One step of a fused chain. `out` is where the unfused call would write
+/// its result; a fused kernel writes it only when `store` is set (the
+/// last step's result is always stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedStep {
+    pub op: FusedOp,
+    pub args: Vec<FusedArg>,
+    pub out: View,
+    pub store: bool,
+}
+
+/// A chain of elementwise calls over one contiguous output shape, run as
+/// one pass ([`Backend::fused_elementwise`]). Every stored output is
+/// disjoint from every input and from the other stored outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedElementwise {
+    pub shape: Vec<usize>,
+    pub inputs: Vec<FusedInput>,
+    pub steps: Vec<FusedStep>,
+}
+
+impl FusedElementwise {
+    /// The strided view of an operand: an input's own strides, or a step's
+    /// output read contiguously.
+    pub fn operand(&self, arg: FusedArg) -> (View, std::borrow::Cow<'_, [usize]>) {
+        match arg {
+            FusedArg::Input(i) => {
+                let inp = &self.inputs[i];
+                (inp.view, std::borrow::Cow::Borrowed(&inp.strides[..]))
+            }
+            FusedArg::Step(j) => (
+                self.steps[j].out,
+                std::borrow::Cow::Owned(contiguous_strides(&self.shape)),
+            ),
+        }
+    }
+
+    /// Runs the chain one call per step, every step's result written to
+    /// its `out`: what a backend without a fused kernel does, and the
+    /// reference the fused kernels are tested against.
+    pub fn run_unfused<B: Backend + ?Sized>(&self, backend: &mut B) -> Result<()> {
+        let arg = |s: &FusedStep, i: usize| -> Result<FusedArg> {
+            s.args
+                .get(i)
+                .copied()
+                .ok_or_else(|| Error::Invalid(format!("fused {:?}: operand {i} missing", s.op)))
+        };
+        for s in &self.steps {
+            match s.op {
+                FusedOp::Unary(op) => {
+                    let (x, _) = self.operand(arg(s, 0)?);
+                    backend.unary(op, x, s.out)?;
+                }
+                FusedOp::GeluGrad { tanh } => {
+                    let (x, _) = self.operand(arg(s, 0)?);
+                    let (dy, _) = self.operand(arg(s, 1)?);
+                    backend.gelu_grad(tanh, x, dy, s.out)?;
+                }
+                FusedOp::Binary(op) => {
+                    let (a, sa) = self.operand(arg(s, 0)?);
+                    let (b, sb) = self.operand(arg(s, 1)?);
+                    backend.binary(op, a, &sa, b, &sb, s.out, &self.shape)?;
+                }
+                FusedOp::Compare(op) => {
+                    let (a, sa) = self.operand(arg(s, 0)?);
+                    let (b, sb) = self.operand(arg(s, 1)?);
+                    backend.compare(op, a, &sa, b, &sb, s.out, &self.shape)?;
+                }
+                FusedOp::Select => {
+                    let (c, sc) = self.operand(arg(s, 0)?);
+                    let (a, sa) = self.operand(arg(s, 1)?);
+                    let (b, sb) = self.operand(arg(s, 2)?);
+                    backend.select(c, &sc, a, &sa, b, &sb, s.out, &self.shape)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Row-major element strides of `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A compute device. Kernels read input views and write output views that
@@ -546,4 +664,31 @@ pub trait Backend {
         dw: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()>;
+
+    // ----- fused (rewrites of the lowered program) -----
+
+    /// Every step of `f` in one pass over its shape: the results equal
+    /// [`FusedElementwise::run_unfused`]'s, but only the stored steps'
+    /// outputs are written. The default runs the steps one call each.
+    fn fused_elementwise(&mut self, f: &FusedElementwise) -> Result<()> {
+        f.run_unfused(self)
+    }
+
+    /// [`Backend::grouped_matmul`] into `y`, then `act_out = act(y)`
+    /// ([`Backend::unary`]); a backend may apply `act` to each group's rows
+    /// while they are in cache. The default makes the two calls.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_act(
+        &mut self,
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: &GroupedMatMulDims,
+        act: UnaryOp,
+        act_out: View,
+    ) -> Result<()> {
+        self.grouped_matmul(x, w, offsets, y, dims)?;
+        self.unary(act, y, act_out)
+    }
 }

@@ -24,7 +24,9 @@ use adjoint_kernels::{Backend, ElemType, View};
 
 use crate::collective::Collective;
 use crate::data::HostTensor;
-use crate::program::{Buffers, ExchangeScratch, HostLayout, Instr, Program, StepKey, ValueViews};
+use crate::program::{
+    Buffers, ExchangeScratch, FuseReport, HostLayout, Instr, Program, StepKey, ValueViews,
+};
 use crate::{Error, Result};
 
 /// How an executor is built.
@@ -35,6 +37,10 @@ pub struct ExecOptions {
     /// Debug mode: after each node, fill the arena values that die there with
     /// NaN, so a read of a freed buffer shows in the results.
     pub poison_freed: bool,
+    /// Apply the fusion rewrites to the compiled program
+    /// (`program::fuse`; `ADJOINT_FUSE=0` in the environment turns them
+    /// off whatever this says).
+    pub fuse: bool,
 }
 
 impl Default for ExecOptions {
@@ -42,6 +48,7 @@ impl Default for ExecOptions {
         ExecOptions {
             bucket_bytes: 25 << 20,
             poison_freed: false,
+            fuse: true,
         }
     }
 }
@@ -102,6 +109,8 @@ pub struct Executor<B: Backend> {
     /// Armed by [`Executor::time_nodes_next_run`]: when each node's
     /// instructions began and ended in that run.
     node_times: Option<Vec<(std::time::Instant, std::time::Instant)>>,
+    /// What the fusion rewrites did.
+    fusion: FuseReport,
 }
 
 impl<B: Backend> Executor<B> {
@@ -130,7 +139,14 @@ impl<B: Backend> Executor<B> {
             state: backend.alloc(layout.state_bytes)?,
         };
         let views = ValueViews::build(&graph, &plan, &layout, &buffers)?;
-        let program = Program::compile(&graph, &views)?;
+        let mut program = Program::compile(&graph, &views)?;
+        let fusion = if opts.fuse && !crate::program::fusion_disabled_by_env() {
+            let mut kept: Vec<ValueId> = plan.grad_layout.iter().map(|s| s.value).collect();
+            kept.extend(grads.iter().map(|g| g.1));
+            crate::program::fuse(&graph, &mut program, &kept)
+        } else {
+            FuseReport::default()
+        };
         let grad_copies = grad_copy_instrs(&graph, &plan, &views, &buffers)?;
         let state_copies = state_copy_instrs(&graph, &views)?;
         let backward_start = graph
@@ -166,7 +182,13 @@ impl<B: Backend> Executor<B> {
             backward_start,
             backward_started: None,
             node_times: None,
+            fusion,
         })
+    }
+
+    /// What the fusion rewrites did to the program (all zero when off).
+    pub fn fusion(&self) -> FuseReport {
+        self.fusion
     }
 
     /// Re-forms the gradient buckets so that each parameter of `alone`

@@ -171,26 +171,26 @@ fn normal_cdf_pdf(x: f32) -> (f32, f32) {
 }
 
 #[inline(always)]
-fn gelu_erf(x: f32) -> f32 {
+pub(crate) fn gelu_erf(x: f32) -> f32 {
     x * normal_cdf_pdf(x).0
 }
 
 /// `x sigmoid(2u) = 0.5 x (1 + tanh u)`, no cancellation for negative `u`.
 #[inline(always)]
-fn gelu_tanh(x: f32) -> f32 {
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
     let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
     x / (1.0 + exp_f32(-2.0 * u))
 }
 
 #[inline(always)]
-fn gelu_erf_prime(x: f32) -> f32 {
+pub(crate) fn gelu_erf_prime(x: f32) -> f32 {
     let (cdf, pdf) = normal_cdf_pdf(x);
     cdf + x * pdf
 }
 
 /// With `s = sigmoid(2u)`: `0.5 (1 + t) = s` and `1 - t^2 = 4 s (1 - s)`.
 #[inline(always)]
-fn gelu_tanh_prime(x: f32) -> f32 {
+pub(crate) fn gelu_tanh_prime(x: f32) -> f32 {
     let x2 = x * x;
     let u = SQRT_2_OVER_PI * (x + GELU_CUBIC * x2 * x);
     let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_CUBIC * x2);
@@ -212,7 +212,7 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_f32(-x))
 }
 
@@ -225,7 +225,7 @@ fn task_len(n: usize) -> usize {
 
 /// `y[i] = f(x[i])`: the loop every flat map runs.
 #[inline(always)]
-fn map_loop<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
+pub(crate) fn map_loop<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = f(v);
     }
@@ -289,21 +289,68 @@ fn map1<T: Copy + Sync, U: Send>(x: &[T], y: &mut [U], f: impl Fn(T) -> U + Sync
     }
 }
 
+/// Runs `$body` with `$f` bound to the scalar function of `$op`: the one
+/// [`unary`] maps, and the fused kernels too (the same bits either way).
+macro_rules! with_unary {
+    ($op:expr, $f:ident => $body:expr) => {
+        match $op {
+            $crate::backend::UnaryOp::Neg => {
+                let $f = |v: f32| -v;
+                $body
+            }
+            $crate::backend::UnaryOp::Exp => {
+                let $f = $crate::cpu::elementwise::exp_f32;
+                $body
+            }
+            $crate::backend::UnaryOp::Log => {
+                let $f = f32::ln;
+                $body
+            }
+            $crate::backend::UnaryOp::Sqrt => {
+                let $f = f32::sqrt;
+                $body
+            }
+            $crate::backend::UnaryOp::Rsqrt => {
+                let $f = |v: f32| 1.0 / v.sqrt();
+                $body
+            }
+            $crate::backend::UnaryOp::Tanh => {
+                let $f = $crate::cpu::elementwise::tanh_f32;
+                $body
+            }
+            $crate::backend::UnaryOp::Sigmoid => {
+                let $f = $crate::cpu::elementwise::sigmoid;
+                $body
+            }
+            // NaN passes through (`!(v <= 0)`), as in PyTorch.
+            $crate::backend::UnaryOp::Relu => {
+                let $f = |v: f32| if v <= 0.0 { 0.0 } else { v };
+                $body
+            }
+            $crate::backend::UnaryOp::GeluTanh => {
+                let $f = $crate::cpu::elementwise::gelu_tanh;
+                $body
+            }
+            $crate::backend::UnaryOp::GeluErf => {
+                let $f = $crate::cpu::elementwise::gelu_erf;
+                $body
+            }
+            $crate::backend::UnaryOp::Erf => {
+                let $f = $crate::cpu::elementwise::erf_f32;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_unary;
+
 pub fn unary(op: UnaryOp, x: &[f32], y: &mut [f32]) {
-    match op {
-        UnaryOp::Neg => map1(x, y, |v| -v),
-        UnaryOp::Exp => map1(x, y, exp_f32),
-        UnaryOp::Log => map1(x, y, f32::ln),
-        UnaryOp::Sqrt => map1(x, y, f32::sqrt),
-        UnaryOp::Rsqrt => map1(x, y, |v| 1.0 / v.sqrt()),
-        UnaryOp::Tanh => map1(x, y, tanh_f32),
-        UnaryOp::Sigmoid => map1(x, y, sigmoid),
-        // NaN passes through (`!(v <= 0)`), as in PyTorch.
-        UnaryOp::Relu => map1(x, y, |v| if v <= 0.0 { 0.0 } else { v }),
-        UnaryOp::GeluTanh => map1(x, y, gelu_tanh),
-        UnaryOp::GeluErf => map1(x, y, gelu_erf),
-        UnaryOp::Erf => map1(x, y, erf_f32),
-    }
+    with_unary!(op, f => map1(x, y, f))
+}
+
+/// `y[i] = op(x[i])` on one thread, in the widest build the CPU runs.
+pub(crate) fn unary_serial(op: UnaryOp, x: &[f32], y: &mut [f32]) {
+    with_unary!(op, f => map_leaf(x, y, &f))
 }
 
 // ----- strided layouts -----

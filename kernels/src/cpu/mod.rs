@@ -8,6 +8,7 @@
 
 mod conv;
 mod elementwise;
+mod fused;
 mod index;
 mod layout;
 mod loss;
@@ -740,6 +741,71 @@ impl Backend for CpuBackend {
         let ys = self.w("grouped_matmul y", y)?;
         with_index!(self, "grouped_matmul offsets", offsets, o => {
             moe::grouped_matmul(xs, ws, o, ys, dims)
+        })
+    }
+
+    fn fused_elementwise(&mut self, f: &FusedElementwise) -> Result<()> {
+        const WHAT: &str = "fused_elementwise";
+        // Every stored output disjoint from every input and from the
+        // other stored outputs (checked without allocating: this runs
+        // inside steps).
+        let last = f.steps.len().saturating_sub(1);
+        let stored = || {
+            f.steps
+                .iter()
+                .enumerate()
+                .filter(move |(k, s)| s.store || *k == last)
+                .map(|(k, s)| (k, s.out))
+        };
+        for (k, o) in stored() {
+            let clash = f.inputs.iter().any(|i| i.view.overlaps(&o))
+                || stored().any(|(j, p)| j > k && p.overlaps(&o));
+            if clash {
+                return Err(Error::Overlap { what: WHAT });
+            }
+        }
+        let mut ins = [fused::In::None; fused::MAX_INPUTS];
+        for (slot, inp) in ins.iter_mut().zip(&f.inputs) {
+            *slot = match inp.view.elem {
+                ElemType::U8 => fused::In::U8(self.r("fused_elementwise input", inp.view)?),
+                _ => fused::In::F32(self.r("fused_elementwise input", inp.view)?),
+            };
+        }
+        let mut outs: [fused::Out<'_>; fused::MAX_STEPS] = Default::default();
+        for (k, (slot, s)) in outs.iter_mut().zip(&f.steps).enumerate() {
+            if s.store || k + 1 == f.steps.len() {
+                *slot = match s.out.elem {
+                    ElemType::U8 => fused::Out::U8(self.w("fused_elementwise output", s.out)?),
+                    _ => fused::Out::F32(self.w("fused_elementwise output", s.out)?),
+                };
+            }
+        }
+        let ins = &ins[..f.inputs.len().min(fused::MAX_INPUTS)];
+        fused::check(f, ins, &outs[..f.steps.len().min(fused::MAX_STEPS)])?;
+        fused::fused_elementwise(f, ins, outs);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_act(
+        &mut self,
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: &GroupedMatMulDims,
+        act: UnaryOp,
+        act_out: View,
+    ) -> Result<()> {
+        disjoint("grouped_matmul_act", &[y, act_out], &[x, w, offsets])?;
+        let (xs, ws) = (
+            self.r("grouped_matmul x", x)?,
+            self.r("grouped_matmul w", w)?,
+        );
+        let ys = self.w("grouped_matmul y", y)?;
+        let outs = self.w("grouped_matmul act_out", act_out)?;
+        with_index!(self, "grouped_matmul offsets", offsets, o => {
+            moe::grouped_matmul_act(xs, ws, o, ys, dims, Some((act, outs)))
         })
     }
 

@@ -18,9 +18,10 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_THRESHOLD;
+use super::elementwise;
 use super::index::IndexElem;
 use super::matmul::{BATCH_PARALLEL_WORK, Strides, gemm_checked, parallelism};
-use crate::backend::{Error, GroupedMatMulDims, Result};
+use crate::backend::{Error, GroupedMatMulDims, Result, UnaryOp};
 
 /// Multiply-adds of the largest group below which groups run one per
 /// rayon task (each GEMM single-threaded) rather than one after another
@@ -259,6 +260,20 @@ pub fn grouped_matmul<I: IndexElem>(
     y: &mut [f32],
     dims: &GroupedMatMulDims,
 ) -> Result<()> {
+    grouped_matmul_act(x, w, offsets, y, dims, None)
+}
+
+/// [`grouped_matmul`], then `act_out = act(y)` when `act` is given, applied
+/// to each group's rows right after its GEMM, while they are in cache (the
+/// same bits as a separate [`super::elementwise::unary`] over `y`).
+pub fn grouped_matmul_act<I: IndexElem>(
+    x: &[f32],
+    w: &[f32],
+    offsets: &[I],
+    y: &mut [f32],
+    dims: &GroupedMatMulDims,
+    act: Option<(UnaryOp, &mut [f32])>,
+) -> Result<()> {
     let GroupedMatMulDims {
         experts,
         rows,
@@ -275,14 +290,25 @@ pub fn grouped_matmul<I: IndexElem>(
     )?;
     expect_len("grouped_matmul y", mul(WHAT, rows, h)?, y.len())?;
     check_offsets("grouped_matmul offsets", offsets, experts, rows)?;
+    if let Some((_, out)) = &act {
+        expect_len("grouped_matmul act_out", y.len(), out.len())?;
+    }
     let kept = offsets[experts].get() as usize;
     let (grouped, tail) = y.split_at_mut(kept * h);
     tail.fill(0.0);
-    if d == 0 {
-        grouped.fill(0.0); // empty sums
-        return Ok(());
+    let (op, act_out) = match act {
+        Some((op, out)) => (Some(op), out),
+        None => (None, &mut [][..]),
+    };
+    let (act_grouped, act_tail) = act_out.split_at_mut(if op.is_some() { kept * h } else { 0 });
+    if let Some(op) = op {
+        elementwise::unary(op, tail, act_tail);
     }
-    if kept == 0 || h == 0 {
+    if d == 0 || kept == 0 || h == 0 {
+        grouped.fill(0.0); // empty sums
+        if let Some(op) = op {
+            elementwise::unary(op, grouped, act_grouped);
+        }
         return Ok(());
     }
     // x_e is row-major [m_e, d]; w_e row-major [d, h], or [h, d] read as
@@ -304,12 +330,16 @@ pub fn grouped_matmul<I: IndexElem>(
         },
     };
     if groups_in_parallel(offsets, d * h) {
-        g.split(0, experts, grouped);
+        g.split(0, experts, grouped, op.map(|op| (op, act_grouped)));
     } else {
         for e in 0..experts {
             let (a, b) = group(offsets, e);
             let par = parallelism((b - a) * d * h);
-            g.gemm(e, &mut grouped[a * h..b * h], par);
+            let y_e = &mut grouped[a * h..b * h];
+            g.gemm(e, y_e, par);
+            if let Some(op) = op {
+                elementwise::unary(op, y_e, &mut act_grouped[a * h..b * h]);
+            }
         }
     }
     Ok(())
@@ -346,7 +376,7 @@ impl<I: IndexElem> Grouped<'_, I> {
 
     /// Groups `e0..e1` into `y` (their rows, `offsets[e0]..offsets[e1]`),
     /// split in two halves of about equal rows under `rayon::join`.
-    fn split(&self, e0: usize, e1: usize, y: &mut [f32]) {
+    fn split(&self, e0: usize, e1: usize, y: &mut [f32], act: Option<(UnaryOp, &mut [f32])>) {
         let (start, end) = (
             self.offsets[e0].get() as usize,
             self.offsets[e1].get() as usize,
@@ -356,13 +386,27 @@ impl<I: IndexElem> Grouped<'_, I> {
         }
         if e1 - e0 == 1 {
             self.gemm(e0, y, gemm::Parallelism::None);
+            if let Some((op, out)) = act {
+                elementwise::unary_serial(op, y, out);
+            }
             return;
         }
         let target = (start + end) as i64 / 2;
         let inner = &self.offsets[e0 + 1..e1];
         let mid = (e0 + 1 + inner.partition_point(|o| o.get() < target)).min(e1 - 1);
-        let (lo, hi) = y.split_at_mut((self.offsets[mid].get() as usize - start) * self.h);
-        rayon::join(|| self.split(e0, mid, lo), || self.split(mid, e1, hi));
+        let at = (self.offsets[mid].get() as usize - start) * self.h;
+        let (lo, hi) = y.split_at_mut(at);
+        let (act_lo, act_hi) = match act {
+            Some((op, out)) => {
+                let (a, b) = out.split_at_mut(at);
+                (Some((op, a)), Some((op, b)))
+            }
+            None => (None, None),
+        };
+        rayon::join(
+            || self.split(e0, mid, lo, act_lo),
+            || self.split(mid, e1, hi, act_hi),
+        );
     }
 }
 

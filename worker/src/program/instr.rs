@@ -1,6 +1,6 @@
 //! One backend call with its arguments resolved.
 
-use adjoint_kernels::backend::{Conv2dDims, GroupedMatMulDims, Pool2dDims};
+use adjoint_kernels::backend::{Conv2dDims, FusedElementwise, GroupedMatMulDims, Pool2dDims};
 use adjoint_kernels::{Backend, BinaryOp, CompareOp, MatMulDims, ReduceOp, RngKey, UnaryOp, View};
 
 use super::exchange::Exchange;
@@ -236,6 +236,20 @@ pub enum Instr {
         dims: Pool2dDims,
         count_include_pad: bool,
     },
+    /// A chain of elementwise instructions run as one pass (the fusion
+    /// rewrite, `fuse.rs`).
+    Fused(Box<FusedElementwise>),
+    /// A grouped matmul and the activation of its result, applied group by
+    /// group (the fusion rewrite).
+    GroupedMatMulAct {
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: GroupedMatMulDims,
+        act: UnaryOp,
+        act_out: View,
+    },
     /// Data that crosses ranks: run by the executor with the job's
     /// collective, never by [`Instr::run`].
     Exchange(Box<Exchange>),
@@ -449,6 +463,16 @@ impl Instr {
                 dw,
                 dims,
             } => backend.grouped_matmul_grad_w(*x, *dy, *offsets, *dw, dims),
+            Instr::Fused(f) => backend.fused_elementwise(f),
+            Instr::GroupedMatMulAct {
+                x,
+                w,
+                offsets,
+                y,
+                dims,
+                act,
+                act_out,
+            } => backend.grouped_matmul_act(*x, *w, *offsets, *y, dims, *act, *act_out),
             Instr::Conv2d { x, w, y, dims } => backend.conv2d(*x, *w, *y, dims),
             Instr::Conv2dGradInput { w, dy, dx, dims } => {
                 backend.conv2d_grad_input(*w, *dy, *dx, dims)
@@ -506,6 +530,8 @@ impl Instr {
             Instr::MoeRoute { .. } => "MoeRoute",
             Instr::GroupedMatMul { .. } => "GroupedMatMul",
             Instr::GroupedMatMulGradW { .. } => "GroupedMatMulGradW",
+            Instr::Fused(_) => "Fused",
+            Instr::GroupedMatMulAct { .. } => "GroupedMatMulAct",
             Instr::Conv2d { .. } => "Conv2d",
             Instr::Conv2dGradInput { .. } => "Conv2dGradInput",
             Instr::Conv2dGradWeight { .. } => "Conv2dGradWeight",
@@ -552,6 +578,8 @@ impl Instr {
             } => vec![*row_token, *slot_row, *slot_keep, *offsets],
             Instr::GroupedMatMul { y, .. } => vec![*y],
             Instr::GroupedMatMulGradW { dw, .. } => vec![*dw],
+            Instr::Fused(f) => f.steps.iter().map(|s| s.out).collect(),
+            Instr::GroupedMatMulAct { y, act_out, .. } => vec![*y, *act_out],
             Instr::Conv2d { y, .. }
             | Instr::MaxPool2d { y, .. }
             | Instr::MaxPool2dSelect { y, .. }

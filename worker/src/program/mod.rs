@@ -7,11 +7,13 @@
 //! computed once, here, so running a step allocates nothing.
 
 mod exchange;
+mod fuse;
 mod instr;
 mod lower;
 mod views;
 
 pub use exchange::{Exchange, ExchangeDims, ExchangeScratch, group_all_reduce};
+pub use fuse::{FuseReport, disabled_by_env as fusion_disabled_by_env, fuse};
 pub use instr::Instr;
 pub use instr::StepKey;
 pub use lower::lower_node;
