@@ -13,7 +13,7 @@
 //! # }
 //! ```
 
-use adjoint_proto::dial::{Authorize, Credentials};
+use adjoint_proto::dial::{Authorize, Credentials, error_chain};
 use adjoint_proto::v1::coordinator_client::CoordinatorClient;
 use adjoint_proto::v1::{
     BlobChunk, CancelJobRequest, DownloadArtifactRequest, Estimate, EstimateJobRequest,
@@ -81,7 +81,7 @@ impl Client {
             .connect()
             .await
             .map_err(|e| {
-                let why = chain(&e);
+                let why = error_chain(&e);
                 let hint = if why.contains("certificate") {
                     "; is --ca-file (ADJOINT_CA_FILE) the CA that signed the coordinator's \
                      certificate, and does that certificate name this host (--tls-domain)?"
@@ -212,21 +212,4 @@ impl Client {
         }
         Ok(out)
     }
-}
-
-/// An error and its sources, `: `-separated (a TLS failure is a source of
-/// a transport error).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // rustls's errors repeat their source's text.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

@@ -692,3 +692,32 @@ pub trait Backend {
         self.unary(act, y, act_out)
     }
 }
+
+// Argument checks every backend makes before it launches a kernel.
+
+/// Every output disjoint from every input and from the other outputs.
+pub(crate) fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
+    for (i, o) in outputs.iter().enumerate() {
+        if inputs
+            .iter()
+            .chain(&outputs[i + 1..])
+            .any(|v| v.overlaps(o))
+        {
+            return Err(Error::Overlap { what });
+        }
+    }
+    Ok(())
+}
+
+/// `found` elements where `expected` were due, named by `what`.
+pub(crate) fn same_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            found,
+        })
+    }
+}

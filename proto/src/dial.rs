@@ -146,6 +146,24 @@ impl Credentials {
     }
 }
 
+/// An error and its sources, `: `-separated, for messages about a failed
+/// connection (a TLS failure is a source of a transport error). A source
+/// whose text the message already ends with (rustls repeats its source's)
+/// is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// An interceptor that runs `inner`, then sets the bearer token.
 #[derive(Debug, Clone)]
 pub struct Authorize<I> {

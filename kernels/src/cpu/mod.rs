@@ -127,31 +127,7 @@ macro_rules! with_index {
     };
 }
 
-/// Every output disjoint from every input and from the other outputs.
-fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
-    for (i, o) in outputs.iter().enumerate() {
-        if inputs
-            .iter()
-            .chain(&outputs[i + 1..])
-            .any(|v| v.overlaps(o))
-        {
-            return Err(Error::Overlap { what });
-        }
-    }
-    Ok(())
-}
-
-fn same_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(Error::Length {
-            what,
-            expected,
-            found,
-        })
-    }
-}
+use crate::backend::{disjoint, same_len};
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {

@@ -12,8 +12,8 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::result as drv;
 
 use super::device::{CudaBackend, cuda_err};
-use super::elementwise::{disjoint, same_len};
 use crate::backend::{ElemType, Error, GroupedMatMulDims, MatMulDims, Result, View};
+use crate::backend::{disjoint, same_len};
 
 /// Most batch axes a matmul may have (as the CPU's).
 const MAX_RANK: usize = 8;

@@ -6,33 +6,8 @@ use super::device::{BLOCK, CudaBackend, args, cuda_err};
 use super::kernels::Kernel;
 use super::layout::Strided;
 use crate::backend::{BinaryOp, CompareOp, ElemType, Error, Result, RngKey, UnaryOp, View};
+use crate::backend::{disjoint, same_len};
 use cudarc::driver::result as drv;
-
-/// Every output disjoint from every input and from the other outputs.
-pub(super) fn disjoint(what: &'static str, outputs: &[View], inputs: &[View]) -> Result<()> {
-    for (i, o) in outputs.iter().enumerate() {
-        if inputs
-            .iter()
-            .chain(&outputs[i + 1..])
-            .any(|v| v.overlaps(o))
-        {
-            return Err(Error::Overlap { what });
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn same_len(what: &'static str, expected: usize, found: usize) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(Error::Length {
-            what,
-            expected,
-            found,
-        })
-    }
-}
 
 /// A view's bytes as a u8 view.
 pub(super) fn as_bytes(v: View) -> View {

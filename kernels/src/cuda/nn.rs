@@ -3,10 +3,10 @@
 //! `reduce.cu`, `nn.cu`, `loss.cu`, `index.cu`, `optim.cu` and `moe.cu`.
 
 use super::device::{BLOCK, CudaBackend, args};
-use super::elementwise::{disjoint, same_len};
 use super::kernels::Kernel;
 use super::layout::{ReduceLayout, check_shape};
 use crate::backend::{AdamWParams, ElemType, Error, ReduceOp, Result, SgdParams, View};
+use crate::backend::{disjoint, same_len};
 
 /// Most blocks a block-per-row kernel is launched with (it strides over
 /// the rest).

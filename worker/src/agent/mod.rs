@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use adjoint_proto::dial::{Authorize, Credentials};
+use adjoint_proto::dial::{Authorize, Credentials, error_chain};
 use adjoint_proto::v1::{
     self, coordinator_message, worker_control_client::WorkerControlClient, worker_message::Kind,
 };
@@ -151,18 +151,6 @@ pub(crate) async fn connect(url: &str, credentials: &Credentials) -> Result<Cont
         .map_err(|e| error_chain(&e))?;
     let interceptor = credentials.interceptor(TraceInterceptor)?;
     Ok(WorkerControlClient::with_interceptor(channel, interceptor))
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The job this worker runs now.
