@@ -161,6 +161,7 @@ fn reference(
         seed,
         step: 0,
         rank: 0,
+        exact_float_casts: false,
     };
     let env = interp::run(g, &feeds, &cx).unwrap();
     let loss_value = env[joint.loss.index()].as_ref().unwrap().data[0];

@@ -129,12 +129,16 @@ pub fn broadcast_map(
 }
 
 /// Where random ops draw from: the counter-based RNG is keyed on
-/// (seed, step, rank, node key, element).
+/// (seed, step, rank, node key, element). `exact_float_casts` makes casts
+/// between float types exact (no rounding), so a mixed-precision graph
+/// computes the function of its f32 original: how the precision rewrite's
+/// casts and their VJPs are checked against it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EvalCx {
     pub seed: u64,
     pub step: u64,
     pub rank: u32,
+    pub exact_float_casts: bool,
 }
 
 /// Runs a bound graph. `feeds` gives inputs by value; parameters and state

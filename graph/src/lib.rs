@@ -18,6 +18,7 @@
 //!   graph, with policies from `none` to `budget:BYTES`.
 //! - [`expert_parallel`]: shards the experts of an MoE graph over ranks,
 //!   with the all-to-all exchanges that route rows to their owners.
+//! - [`precision`]: mixed precision (bf16, fp16) as a cast-inserting rewrite.
 //! - [`training`]: the graph a training step runs (bound, differentiated,
 //!   checkpointed, planned), derived the same way by coordinator and workers.
 //! - [`zoo`]: the reference workload models.
@@ -44,6 +45,7 @@ pub mod ir;
 pub mod onnx;
 pub mod ops;
 pub mod plan;
+pub mod precision;
 pub mod rng;
 pub mod serialize;
 pub mod shape;

@@ -36,6 +36,30 @@ typedef unsigned long long u64;
 // The same over blocks: `b` runs over this block's share of `0..n`.
 #define BLOCK_STRIDE(b, n) for (u64 b = blockIdx.x; b < (u64)(n); b += gridDim.x)
 
+typedef unsigned short u16;
+
+// ----- half storage types: bits in a u16, arithmetic in f32 -----
+
+// bf16 is the top half of an f32.
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+// Round to nearest even; NaN stays a (quiet) NaN.
+__device__ __forceinline__ u16 f32_to_bf16(float v) {
+    u32 u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float v;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
+    return v;
+}
+__device__ __forceinline__ u16 f32_to_f16(float v) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
 __device__ __forceinline__ float neg_inf_f32() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float nan_f32() { return __int_as_float(0x7fc00000); }
 __device__ __forceinline__ bool is_nan_f32(float v) { return v != v; }

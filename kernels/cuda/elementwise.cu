@@ -146,12 +146,31 @@ CAST_FROM(i32, i32)
 CAST_FROM(i64, i64)
 CAST_FROM(u8, u8)
 
+// Half types to and from f32 (the only casts the precision rewrite emits;
+// the host goes through f32 for the others).
+extern "C" __global__ void cast_f32_bf16(const float* x, u16* y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = f32_to_bf16(x[i]); }
+}
+extern "C" __global__ void cast_bf16_f32(const u16* x, float* y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = bf16_to_f32(x[i]); }
+}
+extern "C" __global__ void cast_f32_f16(const float* x, u16* y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = f32_to_f16(x[i]); }
+}
+extern "C" __global__ void cast_f16_f32(const u16* x, float* y, u64 n) {
+    GRID_STRIDE(i, n) { y[i] = f16_to_f32(x[i]); }
+}
+
 // ----- fill: every element set to one bit pattern -----
 // (The host converts the value to the element type; i32 uses fill_f32's
 // 32-bit pattern.)
 
 extern "C" __global__ void fill_u8(u8* y, u64 n, u32 bits) {
     GRID_STRIDE(i, n) { y[i] = (u8)bits; }
+}
+
+extern "C" __global__ void fill_u16(u16* y, u64 n, u32 bits) {
+    GRID_STRIDE(i, n) { y[i] = (u16)bits; }
 }
 
 extern "C" __global__ void fill_f32(u32* y, u64 n, u32 bits) {

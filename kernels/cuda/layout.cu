@@ -20,5 +20,6 @@
     }
 
 COPY_STRIDED(copy_strided_u8, u8)
+COPY_STRIDED(copy_strided_u16, u16)
 COPY_STRIDED(copy_strided_f32, u32)
 COPY_STRIDED(copy_strided_i64, u64)

@@ -4,11 +4,14 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BufferId(pub u32);
 
-/// Element types kernels read and write: floats compute in f32, indices are
-/// i64 or i32, booleans are bytes (0 or 1).
+/// Element types kernels read and write: floats compute in f32 (bf16 and
+/// f16 are storage types, widened to f32 for arithmetic), indices are i64
+/// or i32, booleans are bytes (0 or 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ElemType {
     F32,
+    BF16,
+    F16,
     I32,
     I64,
     U8,
@@ -18,9 +21,20 @@ impl ElemType {
     pub fn size(self) -> usize {
         match self {
             ElemType::F32 | ElemType::I32 => 4,
+            ElemType::BF16 | ElemType::F16 => 2,
             ElemType::I64 => 8,
             ElemType::U8 => 1,
         }
+    }
+
+    /// bf16 or f16.
+    pub fn is_half(self) -> bool {
+        matches!(self, ElemType::BF16 | ElemType::F16)
+    }
+
+    /// A float type (f32 or a half type).
+    pub fn is_float(self) -> bool {
+        self == ElemType::F32 || self.is_half()
     }
 }
 

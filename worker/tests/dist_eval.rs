@@ -108,6 +108,7 @@ fn reference_loss(
         seed: 0,
         step: 0,
         rank: 0,
+        exact_float_casts: false,
     };
     let env = run(&bound, &feeds, &cx).unwrap();
     env[bound.loss.unwrap().index()].as_ref().unwrap().data[0]

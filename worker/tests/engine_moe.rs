@@ -81,6 +81,7 @@ fn forward(graph: &Graph, feeds: &[(&str, Vec<f64>)]) -> Result<Outputs, String>
         seed: KEY.seed,
         step: KEY.step,
         rank: KEY.rank,
+        exact_float_casts: false,
     };
     let env = run(graph, &by_id, &cx).unwrap();
     let want = graph

@@ -363,8 +363,11 @@ impl OpRules for Unary {
         Recompute::Cheap
     }
 
-    fn eval(&self, inputs: &[&Tensor], _cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
+    fn eval(&self, inputs: &[&Tensor], cx: &EvalCx) -> std::result::Result<Vec<Tensor>, String> {
         match inputs {
+            [x] if cx.exact_float_casts && matches!(self, Unary::Cast(to) if to.is_float()) => {
+                Ok(vec![(*x).clone()])
+            }
             [x] => Ok(vec![x.map(|v| self.apply(v))]),
             _ => Err(format!("expects 1 input(s), found {}", inputs.len())),
         }

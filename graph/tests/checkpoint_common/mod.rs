@@ -158,6 +158,7 @@ pub fn run_all(g: &Graph, feeds: &BTreeMap<ValueId, Tensor>) -> Vec<Option<Tenso
         seed: 5,
         step: 2,
         rank: 0,
+        exact_float_casts: false,
     };
     run(g, feeds, &cx).unwrap()
 }

@@ -739,6 +739,22 @@ scalar!(
     |v| v.into()
 );
 scalar!(i64, |s| D::from_i64(s), |v| v as i64, |v| v, |v| v.into());
+// Half types round once to nearest even from f32; from an i64 they round
+// through f32 (exact for |v| < 2^24, where every half value lies).
+scalar!(
+    half::bf16,
+    |s| D::from_f32(s.to_f32()),
+    |v| half::bf16::from_f32(v),
+    |v| half::bf16::from_f32(v as f32),
+    |v| half::bf16::from_f32(f32::from(u8::from(v)))
+);
+scalar!(
+    half::f16,
+    |s| D::from_f32(s.to_f32()),
+    |v| half::f16::from_f32(v),
+    |v| half::f16::from_f32(v as f32),
+    |v| half::f16::from_f32(f32::from(u8::from(v)))
+);
 // Booleans: any non-zero value is true.
 scalar!(
     u8,

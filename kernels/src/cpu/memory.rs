@@ -66,6 +66,12 @@ pub trait Elem: Copy + 'static {
 impl Elem for f32 {
     const TYPE: crate::ElemType = crate::ElemType::F32;
 }
+impl Elem for half::bf16 {
+    const TYPE: crate::ElemType = crate::ElemType::BF16;
+}
+impl Elem for half::f16 {
+    const TYPE: crate::ElemType = crate::ElemType::F16;
+}
 impl Elem for i32 {
     const TYPE: crate::ElemType = crate::ElemType::I32;
 }

@@ -9,6 +9,7 @@
 mod conv;
 mod elementwise;
 mod fused;
+mod half;
 mod index;
 mod layout;
 mod loss;
@@ -34,6 +35,8 @@ pub struct CpuBackend {
     /// im2col's column matrices, grown to the largest convolution run so
     /// far (see `conv.rs`), so steps after the first allocate nothing.
     scratch: Vec<f32>,
+    /// f32 copies of half operands (see `half.rs`).
+    half: half::HalfScratch,
 }
 
 impl CpuBackend {
@@ -92,6 +95,14 @@ macro_rules! with_elem {
         match $elem {
             ElemType::F32 => {
                 type $t = f32;
+                $body
+            }
+            ElemType::BF16 => {
+                type $t = ::half::bf16;
+                $body
+            }
+            ElemType::F16 => {
+                type $t = ::half::f16;
                 $body
             }
             ElemType::I32 => {
@@ -197,6 +208,12 @@ impl Backend for CpuBackend {
     fn fill(&mut self, dst: View, value: f64) -> Result<()> {
         match dst.elem {
             ElemType::F32 => self.w::<f32>("fill", dst)?.fill(value as f32),
+            ElemType::BF16 => self
+                .w::<::half::bf16>("fill", dst)?
+                .fill(::half::bf16::from_f64(value)),
+            ElemType::F16 => self
+                .w::<::half::f16>("fill", dst)?
+                .fill(::half::f16::from_f64(value)),
             ElemType::I32 => self.w::<i32>("fill", dst)?.fill(value as i32),
             ElemType::I64 => self.w::<i64>("fill", dst)?.fill(value as i64),
             ElemType::U8 => self.w::<u8>("fill", dst)?.fill(u8::from(value != 0.0)),
@@ -216,6 +233,11 @@ impl Backend for CpuBackend {
     }
 
     fn unary(&mut self, op: UnaryOp, x: View, y: View) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("unary", [x, y], [false, true], |b, [x, y]| {
+                b.unary(op, x, y)
+            });
+        }
         same_len("unary", x.len, y.len)?;
         disjoint("unary", &[y], &[x])?;
         elementwise::unary(op, self.r("unary x", x)?, self.w("unary y", y)?);
@@ -232,6 +254,14 @@ impl Backend for CpuBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
+        if half::any_half(&[a, b, out]) {
+            return self.widened(
+                "binary",
+                [a, b, out],
+                [false, false, true],
+                |b_, [a, b, out]| b_.binary(op, a, a_strides, b, b_strides, out, shape),
+            );
+        }
         disjoint("binary", &[out], &[a, b])?;
         let (a, b, out) = (
             self.r("binary a", a)?,
@@ -269,6 +299,16 @@ impl Backend for CpuBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
+        if half::any_half(&[cond, a, b, out]) {
+            return self.widened(
+                "select",
+                [cond, a, b, out],
+                [false, false, false, true],
+                |b_, [cond, a, b, out]| {
+                    b_.select(cond, cond_strides, a, a_strides, b, b_strides, out, shape)
+                },
+            );
+        }
         disjoint("select", &[out], &[cond, a, b])?;
         let cond = self.r::<u8>("select cond", cond)?;
         let (a, b, out) = (
@@ -290,6 +330,14 @@ impl Backend for CpuBackend {
     }
 
     fn gelu_grad(&mut self, tanh: bool, x: View, dy: View, dx: View) -> Result<()> {
+        if half::any_half(&[x, dy, dx]) {
+            return self.widened(
+                "gelu_grad",
+                [x, dy, dx],
+                [false, false, true],
+                |b, [x, dy, dx]| b.gelu_grad(tanh, x, dy, dx),
+            );
+        }
         same_len("gelu_grad", x.len, dx.len)?;
         same_len("gelu_grad", dy.len, dx.len)?;
         disjoint("gelu_grad", &[dx], &[x, dy])?;
@@ -303,6 +351,11 @@ impl Backend for CpuBackend {
     }
 
     fn dropout(&mut self, x: View, y: View, p: f32, key: RngKey) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("dropout", [x, y], [false, true], |b, [x, y]| {
+                b.dropout(x, y, p, key)
+            });
+        }
         same_len("dropout", x.len, y.len)?;
         disjoint("dropout", &[y], &[x])?;
         elementwise::dropout(self.r("dropout x", x)?, self.w("dropout y", y)?, p, key);
@@ -310,6 +363,11 @@ impl Backend for CpuBackend {
     }
 
     fn causal_mask(&mut self, x: View, y: View, batch: usize, t: usize, fill: f32) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("causal_mask", [x, y], [false, true], |b, [x, y]| {
+                b.causal_mask(x, y, batch, t, fill)
+            });
+        }
         same_len("causal_mask", batch * t * t, x.len)?;
         same_len("causal_mask", x.len, y.len)?;
         disjoint("causal_mask", &[y], &[x])?;
@@ -352,6 +410,11 @@ impl Backend for CpuBackend {
         axes: &[bool],
         y: View,
     ) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("reduce", [x, y], [false, true], |b, [x, y]| {
+                b.reduce(op, x, shape, axes, y)
+            });
+        }
         disjoint("reduce", &[y], &[x])?;
         reduce::reduce(
             op,
@@ -363,6 +426,14 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
+        if half::any_half(&[a, b, c]) {
+            return self.widened(
+                "matmul",
+                [a, b, c],
+                [false, false, true],
+                |b_, [a, b, c]| b_.matmul(a, b, c, dims),
+            );
+        }
         disjoint("matmul", &[c], &[a, b])?;
         matmul::matmul(
             self.r("matmul a", a)?,
@@ -381,6 +452,14 @@ impl Backend for CpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
+        if half::any_half(&[data, indices, out]) {
+            return self.widened(
+                "gather",
+                [data, indices, out],
+                [false, false, true],
+                |b, [data, indices, out]| b.gather(data, indices, out, outer, axis, inner),
+            );
+        }
         disjoint("gather", &[out], &[data, indices])?;
         let (data, out) = (
             self.r::<f32>("gather data", data)?,
@@ -400,6 +479,16 @@ impl Backend for CpuBackend {
         size: usize,
         inner: usize,
     ) -> Result<()> {
+        if half::any_half(&[updates, indices, out]) {
+            return self.widened(
+                "scatter_add",
+                [updates, indices, out],
+                [false, false, true],
+                |b, [updates, indices, out]| {
+                    b.scatter_add(updates, indices, out, outer, size, inner)
+                },
+            );
+        }
         disjoint("scatter_add", &[out], &[updates, indices])?;
         let (updates, out) = (
             self.r::<f32>("scatter_add updates", updates)?,
@@ -411,6 +500,14 @@ impl Backend for CpuBackend {
     }
 
     fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()> {
+        if half::any_half(&[indices, out]) {
+            return self.widened(
+                "one_hot",
+                [indices, out],
+                [false, true],
+                |b, [indices, out]| b.one_hot(indices, out, depth),
+            );
+        }
         disjoint("one_hot", &[out], &[indices])?;
         let out = self.w::<f32>("one_hot out", out)?;
         with_index!(self, "one_hot indices", indices, idx => index::one_hot(idx, out, depth))
@@ -425,6 +522,11 @@ impl Backend for CpuBackend {
         inner: usize,
         log: bool,
     ) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("softmax", [x, y], [false, true], |b, [x, y]| {
+                b.softmax(x, y, outer, n, inner, log)
+            });
+        }
         same_len("softmax", outer * n * inner, x.len)?;
         same_len("softmax", x.len, y.len)?;
         disjoint("softmax", &[y], &[x])?;
@@ -449,6 +551,14 @@ impl Backend for CpuBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        if half::any_half(&[x, gamma, beta, y]) {
+            return self.widened(
+                "layer_norm",
+                [x, gamma, beta, y],
+                [false, false, false, true],
+                |b, [x, gamma, beta, y]| b.layer_norm(x, gamma, beta, y, rows, d, eps),
+            );
+        }
         same_len("layer_norm x", rows * d, x.len)?;
         same_len("layer_norm y", rows * d, y.len)?;
         same_len("layer_norm gamma", d, gamma.len)?;
@@ -475,6 +585,16 @@ impl Backend for CpuBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        if half::any_half(&[x, gamma, dy, dx, dgamma, dbeta]) {
+            return self.widened(
+                "layer_norm_grad",
+                [x, gamma, dy, dx, dgamma, dbeta],
+                [false, false, false, true, true, true],
+                |b, [x, gamma, dy, dx, dgamma, dbeta]| {
+                    b.layer_norm_grad(x, gamma, dy, dx, dgamma, dbeta, rows, d, eps)
+                },
+            );
+        }
         same_len("layer_norm_grad x", rows * d, x.len)?;
         same_len("layer_norm_grad dy", rows * d, dy.len)?;
         same_len("layer_norm_grad dx", rows * d, dx.len)?;
@@ -504,6 +624,16 @@ impl Backend for CpuBackend {
         rows: usize,
         classes: usize,
     ) -> Result<()> {
+        if half::any_half(&[logits, labels, loss]) {
+            return self.widened(
+                "softmax_cross_entropy",
+                [logits, labels, loss],
+                [false, false, true],
+                |b, [logits, labels, loss]| {
+                    b.softmax_cross_entropy(logits, labels, loss, rows, classes)
+                },
+            );
+        }
         same_len("softmax_cross_entropy logits", rows * classes, logits.len)?;
         same_len("softmax_cross_entropy labels", rows, labels.len)?;
         same_len("softmax_cross_entropy loss", 1, loss.len)?;
@@ -526,6 +656,16 @@ impl Backend for CpuBackend {
         rows: usize,
         classes: usize,
     ) -> Result<()> {
+        if half::any_half(&[logits, labels, dloss, dlogits]) {
+            return self.widened(
+                "softmax_cross_entropy_grad",
+                [logits, labels, dloss, dlogits],
+                [false, false, false, true],
+                |b, [logits, labels, dloss, dlogits]| {
+                    b.softmax_cross_entropy_grad(logits, labels, dloss, dlogits, rows, classes)
+                },
+            );
+        }
         same_len(
             "softmax_cross_entropy_grad logits",
             rows * classes,
@@ -552,6 +692,14 @@ impl Backend for CpuBackend {
     }
 
     fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()> {
+        if half::any_half(&[pred, target, loss]) {
+            return self.widened(
+                "mse",
+                [pred, target, loss],
+                [false, false, true],
+                |b, [pred, target, loss]| b.mse(pred, target, loss),
+            );
+        }
         same_len("mse", pred.len, target.len)?;
         same_len("mse loss", 1, loss.len)?;
         disjoint("mse", &[loss], &[pred, target])?;
@@ -561,6 +709,14 @@ impl Backend for CpuBackend {
     }
 
     fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()> {
+        if half::any_half(&[param, grad, momentum]) {
+            return self.widened(
+                "sgd",
+                [param, grad, momentum],
+                [true, false, true],
+                |b, [param, grad, momentum]| b.sgd(param, grad, momentum, p),
+            );
+        }
         same_len("sgd grad", param.len, grad.len)?;
         if p.momentum != 0.0 {
             same_len("sgd momentum", param.len, momentum.len)?;
@@ -577,6 +733,14 @@ impl Backend for CpuBackend {
     }
 
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()> {
+        if half::any_half(&[param, grad, m, v]) {
+            return self.widened(
+                "adamw",
+                [param, grad, m, v],
+                [true, false, true, true],
+                |b, [param, grad, m, v]| b.adamw(param, grad, m, v, p),
+            );
+        }
         same_len("adamw grad", param.len, grad.len)?;
         same_len("adamw m", param.len, m.len)?;
         same_len("adamw v", param.len, v.len)?;
@@ -587,6 +751,11 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d(&mut self, x: View, w: View, y: View, dims: &Conv2dDims) -> Result<()> {
+        if half::any_half(&[x, w, y]) {
+            return self.widened("conv2d", [x, w, y], [false, false, true], |b, [x, w, y]| {
+                b.conv2d(x, w, y, dims)
+            });
+        }
         disjoint("conv2d", &[y], &[x, w])?;
         let mut scratch = std::mem::take(&mut self.scratch);
         let (xs, ws) = (self.r("conv2d x", x)?, self.r("conv2d w", w)?);
@@ -596,6 +765,14 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_grad_input(&mut self, w: View, dy: View, dx: View, dims: &Conv2dDims) -> Result<()> {
+        if half::any_half(&[w, dy, dx]) {
+            return self.widened(
+                "conv2d_grad_input",
+                [w, dy, dx],
+                [false, false, true],
+                |b, [w, dy, dx]| b.conv2d_grad_input(w, dy, dx, dims),
+            );
+        }
         disjoint("conv2d_grad_input", &[dx], &[w, dy])?;
         let mut scratch = std::mem::take(&mut self.scratch);
         let ws = self.r("conv2d_grad_input w", w)?;
@@ -607,6 +784,14 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_grad_weight(&mut self, x: View, dy: View, dw: View, dims: &Conv2dDims) -> Result<()> {
+        if half::any_half(&[x, dy, dw]) {
+            return self.widened(
+                "conv2d_grad_weight",
+                [x, dy, dw],
+                [false, false, true],
+                |b, [x, dy, dw]| b.conv2d_grad_weight(x, dy, dw, dims),
+            );
+        }
         disjoint("conv2d_grad_weight", &[dw], &[x, dy])?;
         let mut scratch = std::mem::take(&mut self.scratch);
         let xs = self.r("conv2d_grad_weight x", x)?;
@@ -618,11 +803,24 @@ impl Backend for CpuBackend {
     }
 
     fn max_pool2d(&mut self, x: View, y: View, dims: &Pool2dDims) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("max_pool2d", [x, y], [false, true], |b, [x, y]| {
+                b.max_pool2d(x, y, dims)
+            });
+        }
         disjoint("max_pool2d", &[y], &[x])?;
         conv::max_pool2d(self.r("max_pool2d x", x)?, self.w("max_pool2d y", y)?, dims)
     }
 
     fn max_pool2d_grad(&mut self, x: View, dy: View, dx: View, dims: &Pool2dDims) -> Result<()> {
+        if half::any_half(&[x, dy, dx]) {
+            return self.widened(
+                "max_pool2d_grad",
+                [x, dy, dx],
+                [false, false, true],
+                |b, [x, dy, dx]| b.max_pool2d_grad(x, dy, dx, dims),
+            );
+        }
         disjoint("max_pool2d_grad", &[dx], &[x, dy])?;
         let (xs, dys) = (
             self.r("max_pool2d_grad x", x)?,
@@ -632,6 +830,14 @@ impl Backend for CpuBackend {
     }
 
     fn max_pool2d_select(&mut self, x: View, v: View, y: View, dims: &Pool2dDims) -> Result<()> {
+        if half::any_half(&[x, v, y]) {
+            return self.widened(
+                "max_pool2d_select",
+                [x, v, y],
+                [false, false, true],
+                |b, [x, v, y]| b.max_pool2d_select(x, v, y, dims),
+            );
+        }
         disjoint("max_pool2d_select", &[y], &[x, v])?;
         let (xs, vs) = (
             self.r("max_pool2d_select x", x)?,
@@ -647,6 +853,11 @@ impl Backend for CpuBackend {
         dims: &Pool2dDims,
         count_include_pad: bool,
     ) -> Result<()> {
+        if half::any_half(&[x, y]) {
+            return self.widened("avg_pool2d", [x, y], [false, true], |b, [x, y]| {
+                b.avg_pool2d(x, y, dims, count_include_pad)
+            });
+        }
         disjoint("avg_pool2d", &[y], &[x])?;
         let xs = self.r("avg_pool2d x", x)?;
         conv::avg_pool2d(xs, self.w("avg_pool2d y", y)?, dims, count_include_pad)
@@ -659,6 +870,11 @@ impl Backend for CpuBackend {
         dims: &Pool2dDims,
         count_include_pad: bool,
     ) -> Result<()> {
+        if half::any_half(&[dy, dx]) {
+            return self.widened("avg_pool2d_grad", [dy, dx], [false, true], |b, [dy, dx]| {
+                b.avg_pool2d_grad(dy, dx, dims, count_include_pad)
+            });
+        }
         disjoint("avg_pool2d_grad", &[dx], &[dy])?;
         let dys = self.r("avg_pool2d_grad dy", dy)?;
         conv::avg_pool2d_grad(
@@ -670,6 +886,11 @@ impl Backend for CpuBackend {
     }
 
     fn top_k(&mut self, x: View, ids: View, rows: usize, n: usize, k: usize) -> Result<()> {
+        if half::any_half(&[x, ids]) {
+            return self.widened("top_k", [x, ids], [false, true], |b, [x, ids]| {
+                b.top_k(x, ids, rows, n, k)
+            });
+        }
         disjoint("top_k", &[ids], &[x])?;
         moe::top_k(self.r("top_k x", x)?, self.w("top_k ids", ids)?, rows, n, k)
     }
@@ -709,6 +930,14 @@ impl Backend for CpuBackend {
         y: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()> {
+        if half::any_half(&[x, w, offsets, y]) {
+            return self.widened(
+                "grouped_matmul",
+                [x, w, offsets, y],
+                [false, false, false, true],
+                |b, [x, w, offsets, y]| b.grouped_matmul(x, w, offsets, y, dims),
+            );
+        }
         disjoint("grouped_matmul", &[y], &[x, w, offsets])?;
         let (xs, ws) = (
             self.r("grouped_matmul x", x)?,
@@ -773,6 +1002,16 @@ impl Backend for CpuBackend {
         act: UnaryOp,
         act_out: View,
     ) -> Result<()> {
+        if half::any_half(&[x, w, offsets, y, act_out]) {
+            return self.widened(
+                "grouped_matmul_act",
+                [x, w, offsets, y, act_out],
+                [false, false, false, true, true],
+                |b, [x, w, offsets, y, act_out]| {
+                    b.grouped_matmul_act(x, w, offsets, y, dims, act, act_out)
+                },
+            );
+        }
         disjoint("grouped_matmul_act", &[y, act_out], &[x, w, offsets])?;
         let (xs, ws) = (
             self.r("grouped_matmul x", x)?,
@@ -793,6 +1032,14 @@ impl Backend for CpuBackend {
         dw: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()> {
+        if half::any_half(&[x, dy, offsets, dw]) {
+            return self.widened(
+                "grouped_matmul_grad_w",
+                [x, dy, offsets, dw],
+                [false, false, false, true],
+                |b, [x, dy, offsets, dw]| b.grouped_matmul_grad_w(x, dy, offsets, dw, dims),
+            );
+        }
         disjoint("grouped_matmul_grad_w", &[dw], &[x, dy, offsets])?;
         let xs = self.r("grouped_matmul_grad_w x", x)?;
         let dys = self.r("grouped_matmul_grad_w dy", dy)?;

@@ -75,6 +75,8 @@ impl CudaBackend {
             ElemType::I32 => (Kernel::FillF32, value as i32 as u32, 0),
             ElemType::I64 => (Kernel::FillI64, 0, value as i64 as u64),
             ElemType::U8 => (Kernel::FillU8, u32::from(value != 0.0), 0),
+            ElemType::BF16 => (Kernel::FillU16, bf16_bits(value), 0),
+            ElemType::F16 => (Kernel::FillU16, f16_bits(value), 0),
         };
         if k == Kernel::FillI64 {
             let mut p = args!(y, n, bits64);
@@ -83,7 +85,7 @@ impl CudaBackend {
         } else {
             let mut p = args!(y, n, bits32);
             // SAFETY: `y` is a checked view of n elements of the kernel's
-            // width (u8 for fill_u8, 4 bytes for fill_f32).
+            // width (u8 for fill_u8, u16 for fill_u16, 4 bytes for fill_f32).
             unsafe { self.launch(k, grid, BLOCK, &mut p) }
         }
     }
@@ -167,7 +169,9 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
-        let k = Kernel::compare(op == CompareOp::Greater, a.elem);
+        let k = Kernel::compare(op == CompareOp::Greater, a.elem).ok_or_else(|| {
+            Error::Invalid(format!("compare of {:?} on CUDA: widen first", a.elem))
+        })?;
         let n = n as u64;
         let mut p = args!(ap, bp, op_, n, s);
         // SAFETY: as for `binary`: offsets proved inside a and b (both of
@@ -218,10 +222,16 @@ impl CudaBackend {
         if n == 0 {
             return Ok(());
         }
+        let k = Kernel::cast(x.elem, y.elem).ok_or_else(|| {
+            Error::Invalid(format!(
+                "cast from {:?} to {:?} is not on CUDA yet (half types cast to and from f32)",
+                x.elem, y.elem
+            ))
+        })?;
         let mut p = args!(xp, yp, n);
         // SAFETY: x and y are checked disjoint views of n elements of the
         // kernel's source and destination types.
-        unsafe { self.launch(Kernel::cast(x.elem, y.elem), self.grid(n), BLOCK, &mut p) }
+        unsafe { self.launch(k, self.grid(n), BLOCK, &mut p) }
     }
 
     pub(super) fn run_gelu_grad(&mut self, tanh: bool, x: View, dy: View, dx: View) -> Result<()> {
@@ -324,4 +334,14 @@ impl CudaBackend {
         // kernel's element width.
         unsafe { self.launch(Kernel::copy_strided(src.elem), self.grid(n), BLOCK, &mut p) }
     }
+}
+
+/// The bf16 bit pattern of `value` (rounded to nearest even), for `fill_u16`.
+fn bf16_bits(value: f64) -> u32 {
+    u32::from(half::bf16::from_f64(value).to_bits())
+}
+
+/// The f16 bit pattern of `value`, for `fill_u16`.
+fn f16_bits(value: f64) -> u32 {
+    u32::from(half::f16::from_f64(value).to_bits())
 }

@@ -81,12 +81,18 @@ kernels! {
     CastU8I32 = "cast_u8_i32" in "elementwise",
     CastU8I64 = "cast_u8_i64" in "elementwise",
     CastU8U8 = "cast_u8_u8" in "elementwise",
+    CastF32Bf16 = "cast_f32_bf16" in "elementwise",
+    CastBf16F32 = "cast_bf16_f32" in "elementwise",
+    CastF32F16 = "cast_f32_f16" in "elementwise",
+    CastF16F32 = "cast_f16_f32" in "elementwise",
+    FillU16 = "fill_u16" in "elementwise",
     FillU8 = "fill_u8" in "elementwise",
     FillF32 = "fill_f32" in "elementwise",
     FillI64 = "fill_i64" in "elementwise",
     DropoutF32 = "dropout_f32" in "elementwise",
     CausalMaskF32 = "causal_mask_f32" in "elementwise",
     CopyStridedU8 = "copy_strided_u8" in "layout",
+    CopyStridedU16 = "copy_strided_u16" in "layout",
     CopyStridedF32 = "copy_strided_f32" in "layout",
     CopyStridedI64 = "copy_strided_i64" in "layout",
     ReduceRowsF32 = "reduce_rows_f32" in "reduce",
@@ -127,10 +133,11 @@ impl Kernel {
         }
     }
 
-    /// The cast kernel from `src` to `dst` elements.
-    pub fn cast(src: ElemType, dst: ElemType) -> Kernel {
+    /// The cast kernel from `src` to `dst` elements (`None`: a half type
+    /// to or from anything but f32).
+    pub fn cast(src: ElemType, dst: ElemType) -> Option<Kernel> {
         use ElemType::*;
-        match (src, dst) {
+        Some(match (src, dst) {
             (F32, F32) => Kernel::CastF32F32,
             (F32, I32) => Kernel::CastF32I32,
             (F32, I64) => Kernel::CastF32I64,
@@ -147,12 +154,18 @@ impl Kernel {
             (U8, I32) => Kernel::CastU8I32,
             (U8, I64) => Kernel::CastU8I64,
             (U8, U8) => Kernel::CastU8U8,
-        }
+            (F32, BF16) => Kernel::CastF32Bf16,
+            (BF16, F32) => Kernel::CastBf16F32,
+            (F32, F16) => Kernel::CastF32F16,
+            (F16, F32) => Kernel::CastF16F32,
+            (BF16, _) | (F16, _) | (_, BF16) | (_, F16) => return None,
+        })
     }
 
-    /// The `equal` (or `greater`) kernel for elements of `elem`.
-    pub fn compare(greater: bool, elem: ElemType) -> Kernel {
-        match (greater, elem) {
+    /// The `equal` (or `greater`) kernel for elements of `elem` (`None`
+    /// for the half types, which compare widened).
+    pub fn compare(greater: bool, elem: ElemType) -> Option<Kernel> {
+        Some(match (greater, elem) {
             (false, ElemType::F32) => Kernel::EqualF32,
             (false, ElemType::I32) => Kernel::EqualI32,
             (false, ElemType::I64) => Kernel::EqualI64,
@@ -161,7 +174,8 @@ impl Kernel {
             (true, ElemType::I32) => Kernel::GreaterI32,
             (true, ElemType::I64) => Kernel::GreaterI64,
             (true, ElemType::U8) => Kernel::GreaterU8,
-        }
+            (_, ElemType::BF16 | ElemType::F16) => return None,
+        })
     }
 
     /// The strided copy for elements of `elem` (copies move bits, so one
@@ -169,6 +183,7 @@ impl Kernel {
     pub fn copy_strided(elem: ElemType) -> Kernel {
         match elem {
             ElemType::U8 => Kernel::CopyStridedU8,
+            ElemType::BF16 | ElemType::F16 => Kernel::CopyStridedU16,
             ElemType::F32 | ElemType::I32 => Kernel::CopyStridedF32,
             ElemType::I64 => Kernel::CopyStridedI64,
         }

@@ -63,6 +63,7 @@ pub fn run_reference(joint: &GradGraph, feeds: &BTreeMap<ValueId, Tensor>) -> Ve
             seed: 3,
             step: 1,
             rank: 0,
+            exact_float_casts: false,
         },
     )
     .unwrap();

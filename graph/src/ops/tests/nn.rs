@@ -12,6 +12,7 @@ const CX: EvalCx = EvalCx {
     seed: 1,
     step: 2,
     rank: 0,
+    exact_float_casts: false,
 };
 
 fn ev(op: Nn, inputs: &[&Tensor]) -> Vec<Tensor> {
