@@ -3,13 +3,21 @@
 //! `bench` and `plan`): bind the batch, differentiate the loss with respect
 //! to the trainable parameters, apply the checkpoint policy, plan memory.
 //! The coordinator hashes the result and every worker must reproduce the
-//! hash, so any drift between them shows before a step runs.
+//! hash, so any drift between them shows before a step runs. A precision
+//! other than f32 rewrites the bound forward graph first ([`precision`]);
+//! under fp16 the backward is seeded with a `loss_scale` input.
+//!
+//! [`precision`]: crate::precision
 
 use crate::autodiff::{self, GradGraph};
 use crate::checkpoint::{self, Checkpointed, Policy};
 use crate::ops::Moe;
 use crate::plan::{MemoryPlan, PlanOptions, plan_hash};
+use crate::precision::{self, Precision};
 use crate::{Error, Graph, Op, Result, ValueId};
+
+/// The name of the fp16 loss-scale input of a joint graph.
+pub const LOSS_SCALE_INPUT: &str = "loss_scale";
 
 /// The joint graph of one training step and its memory plan.
 #[derive(Debug, Clone)]
@@ -27,6 +35,9 @@ pub struct TrainingGraph {
     /// `GroupedMatMulGradW`, one slice per expert: their all-reduce can
     /// skip the experts no token chose.
     pub expert_grads: Vec<ExpertGrad>,
+    /// Under fp16: the f32 scalar input backward is seeded with (the
+    /// gradients come out multiplied by it; the loss does not).
+    pub loss_scale: Option<ValueId>,
 }
 
 /// A per-expert gradient and the routing offsets that say which experts
@@ -52,6 +63,17 @@ impl TrainingGraph {
 /// `batch` as every input's leading dimension), differentiated and
 /// checkpointed with `policy`.
 pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<TrainingGraph> {
+    training_graph_with(graph, batch, policy, Precision::F32)
+}
+
+/// As [`training_graph`], with the forward graph rewritten for `precision`
+/// once bound.
+pub fn training_graph_with(
+    graph: &Graph,
+    batch: usize,
+    policy: &Policy,
+    precision: Precision,
+) -> Result<TrainingGraph> {
     let bound;
     let graph = if graph.is_static() {
         for input in &graph.inputs {
@@ -70,10 +92,22 @@ pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<Tr
         bound = graph.bind_batch(batch);
         &bound
     };
+    let rewritten;
+    let graph = if precision == Precision::F32 {
+        graph
+    } else {
+        rewritten = precision::apply(graph, precision)?;
+        &rewritten
+    };
     let loss = graph.loss.ok_or_else(|| {
         Error::Unsupported(format!("graph '{}' has no loss to train", graph.name))
     })?;
-    let mut joint = autodiff::grad(graph, loss, &graph.trainable_params())?;
+    let wrt = graph.trainable_params();
+    let mut joint = if precision.needs_loss_scale() {
+        autodiff::grad_seeded(graph, loss, &wrt, LOSS_SCALE_INPUT)?
+    } else {
+        autodiff::grad(graph, loss, &wrt)?
+    };
     let expert_grads = expert_grads(&joint);
     for e in &expert_grads {
         if !joint.graph.outputs.contains(&e.offsets) {
@@ -96,12 +130,17 @@ pub fn training_graph(graph: &Graph, batch: usize, policy: &Policy) -> Result<Tr
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let loss_scale = precision
+        .needs_loss_scale()
+        .then(|| joint.graph.find(LOSS_SCALE_INPUT))
+        .flatten();
     Ok(TrainingGraph {
         joint,
         inputs,
         plan,
         checkpoint,
         expert_grads,
+        loss_scale,
     })
 }
 

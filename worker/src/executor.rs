@@ -637,6 +637,8 @@ pub fn encode(elem: ElemType, data: &[f64]) -> Vec<u8> {
     for &x in data {
         match elem {
             ElemType::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
+            ElemType::BF16 => out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
+            ElemType::F16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
             ElemType::I32 => out.extend_from_slice(&(x as i32).to_le_bytes()),
             ElemType::I64 => out.extend_from_slice(&(x as i64).to_le_bytes()),
             ElemType::U8 => out.push(u8::from(x != 0.0)),
@@ -651,6 +653,14 @@ pub fn decode(elem: ElemType, bytes: &[u8]) -> Vec<f32> {
         ElemType::F32 => bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        ElemType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        ElemType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         ElemType::I32 => bytes
             .chunks_exact(4)

@@ -301,6 +301,7 @@ fn keep_nothing(g: &Graph, batch: usize) -> TrainingGraph {
         plan: c.plan.clone(),
         checkpoint: c,
         expert_grads: none.expert_grads,
+        loss_scale: None,
     }
 }
 

@@ -20,7 +20,7 @@ mod reverse;
 
 pub use forward::{JvpGraph, jvp, jvp_by_decomposition};
 pub use prune::prune;
-pub use reverse::{GradGraph, grad, vjp_by_decomposition};
+pub use reverse::{GradGraph, grad, grad_seeded, vjp_by_decomposition};
 
 use crate::{Graph, Result, ValueId};
 

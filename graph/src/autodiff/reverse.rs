@@ -19,6 +19,22 @@ pub struct GradGraph {
 /// Differentiates `loss` with respect to `wrt` (parameters, inputs or any
 /// float value of `graph`).
 pub fn grad(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<GradGraph> {
+    grad_with_seed(graph, loss, wrt, None)
+}
+
+/// As [`grad`], with backward seeded by a new f32 scalar graph input named
+/// `seed` instead of 1: the gradients come out multiplied by it, the loss
+/// does not (fp16 loss scaling).
+pub fn grad_seeded(graph: &Graph, loss: ValueId, wrt: &[ValueId], seed: &str) -> Result<GradGraph> {
+    grad_with_seed(graph, loss, wrt, Some(seed))
+}
+
+fn grad_with_seed(
+    graph: &Graph,
+    loss: ValueId,
+    wrt: &[ValueId],
+    seed: Option<&str>,
+) -> Result<GradGraph> {
     require_static(graph, "grad")?;
     let loss_ty = graph.ty(loss);
     if loss_ty.shape.rank() != 0 || !loss_ty.dtype.is_float() {
@@ -47,7 +63,22 @@ pub fn grad(graph: &Graph, loss: ValueId, wrt: &[ValueId]) -> Result<GradGraph> 
     let original_values = graph.values.len();
     let mut b = Builder::from_graph(graph.clone());
     let mut cot = BTreeMap::new();
-    let one = b.scalar_like(1.0, loss)?;
+    let one = match seed {
+        None => b.scalar_like(1.0, loss)?,
+        Some(name) => {
+            let s = b.input(
+                name,
+                crate::DType::F32,
+                crate::Shape::scalar(),
+                crate::InputRole::Data,
+            )?;
+            if loss_ty.dtype == crate::DType::F32 {
+                s
+            } else {
+                b.cast(s, loss_ty.dtype)?
+            }
+        }
+    };
     cot.insert(loss, one);
     backprop(&mut b, &active, &mut cot, &|v: ValueId| {
         v.index() < needs.len() && needs[v.index()]

@@ -31,6 +31,7 @@
 pub mod checkpoint;
 mod eval;
 mod experts;
+mod loss_scale;
 mod sampler;
 mod schedule;
 mod sparse;
@@ -39,7 +40,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use adjoint_graph::checkpoint::Policy;
-use adjoint_graph::training::training_graph;
+use adjoint_graph::precision::Precision;
+use adjoint_graph::training::{training_graph, training_graph_with};
 use adjoint_graph::{Graph, ValueId};
 use adjoint_kernels::{Backend, ElemType, View};
 
@@ -51,6 +53,7 @@ use crate::{
 
 pub use eval::{EvalResult, Evaluator};
 pub use experts::ExpertShards;
+pub use loss_scale::{LossScaleConfig, LossScaler, Verdict};
 pub use sampler::{BatchBuffers, DataPosition, Sampler, shuffle};
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use sparse::SparseExperts;
@@ -94,6 +97,11 @@ pub struct DistConfig {
     pub node_times_every: u64,
     /// What a step whose loss or gradient is NaN or infinite does.
     pub nan_policy: NanPolicy,
+    /// Training precision: `f32`, or matmuls in bf16/f16 with f32 master
+    /// weights ([`adjoint_graph::precision`]).
+    pub precision: Precision,
+    /// The dynamic loss scale under fp16.
+    pub loss_scale: LossScaleConfig,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -141,6 +149,8 @@ impl DistConfig {
             expert_parallel: 1,
             node_times_every: 0,
             nan_policy: NanPolicy::Fail,
+            precision: Precision::F32,
+            loss_scale: LossScaleConfig::default(),
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -180,8 +190,10 @@ pub struct StepMetrics {
     /// Where the step's samples came from.
     pub position: DataPosition,
     /// The loss or gradient was not finite and the update was skipped
-    /// ([`NanPolicy::SkipStep`]).
+    /// ([`NanPolicy::SkipStep`], or an fp16 overflow).
     pub skipped: bool,
+    /// The loss scale this step ran with (1 without fp16 loss scaling).
+    pub loss_scale: f32,
 }
 
 /// One bucket's all-reduce on the last micro-step.
@@ -337,6 +349,8 @@ pub struct DistTrainer<B: Backend> {
     /// (empty with one rank), and its host mirror.
     state_sync: Vec<View>,
     state_host: Vec<f32>,
+    /// Under fp16: the loss-scale input and its scaler.
+    scaler: Option<(ValueId, LossScaler)>,
 }
 
 impl<B: Backend> DistTrainer<B> {
@@ -357,11 +371,13 @@ impl<B: Backend> DistTrainer<B> {
             ));
         }
         let sharded = shard_for(graph, &cfg)?;
-        let t = training_graph(
+        let t = training_graph_with(
             sharded.as_ref().map_or(graph, |s| &s.graph),
             cfg.batch,
             &cfg.checkpoint,
+            cfg.precision,
         )?;
+        let scaler = t.loss_scale.map(|v| (v, LossScaler::new(cfg.loss_scale)));
         let mut logs = Vec::new();
         if cfg.checkpoint != Policy::None {
             logs.push(t.checkpoint.summary());
@@ -455,6 +471,7 @@ impl<B: Backend> DistTrainer<B> {
             shards,
             state_sync,
             state_host,
+            scaler,
         })
     }
 
@@ -670,6 +687,7 @@ impl<B: Backend> DistTrainer<B> {
             logs,
             state_sync,
             state_host,
+            scaler,
             ..
         } = self;
         let step = *steps;
@@ -686,7 +704,9 @@ impl<B: Backend> DistTrainer<B> {
         let window = sampler.window(step);
         let grads = exec.grads_view();
         let last_instr = exec.program().instrs.len().saturating_sub(1);
-        let scale = 1.0 / (cfg.world * cfg.grad_accum) as f32;
+        let loss_scale = scaler.as_ref().map_or(1.0, |(_, s)| s.scale());
+        // Averages over ranks and micro-steps and undoes the loss scale.
+        let scale = 1.0 / ((cfg.world * cfg.grad_accum) as f32 * loss_scale);
         let mut totals = Totals::default();
         let mut loss_sum = 0f64;
         sparse.begin_step();
@@ -695,6 +715,9 @@ impl<B: Backend> DistTrainer<B> {
             batch_bufs.gather(data, &window[start..start + cfg.batch])?;
             for (i, &v) in inputs.iter().enumerate() {
                 exec.write_bytes(v, batch_bufs.input(i))?;
+            }
+            if let Some((v, _)) = scaler {
+                exec.write_bytes(*v, &loss_scale.to_le_bytes())?;
             }
             let phase = match m {
                 _ if m + 1 == cfg.grad_accum => Phase::Last,
@@ -802,7 +825,16 @@ impl<B: Backend> DistTrainer<B> {
 
         let grad_norm = (totals.sumsq + shard_sumsq).sqrt() as f32;
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
-        if skipped {
+        let verdict = match scaler {
+            Some((_, s)) => s.update(!skipped),
+            None => Verdict::NotFinite,
+        };
+        if let Verdict::Overflow { next } = verdict {
+            logs.push(format!(
+                "step {}: gradient overflow at loss scale {loss_scale}; the update is skipped and the scale is now {next}",
+                step + 1
+            ));
+        } else if skipped {
             let what = if loss.is_finite() {
                 format!("the gradient norm is {grad_norm} (a NaN or infinite gradient)")
             } else {
@@ -858,6 +890,7 @@ impl<B: Backend> DistTrainer<B> {
             alltoall_ms: totals.alltoall_secs * 1e3,
             position,
             skipped,
+            loss_scale,
         })
     }
 }
@@ -961,6 +994,16 @@ impl BucketHook<'_> {
 /// spec.
 pub fn plan_hash(graph: &Graph, batch: usize, policy: &Policy) -> Result<String> {
     Ok(training_graph(graph, batch, policy)?.plan_hash())
+}
+
+/// [`plan_hash`] under `precision`.
+pub fn plan_hash_with(
+    graph: &Graph,
+    batch: usize,
+    policy: &Policy,
+    precision: Precision,
+) -> Result<String> {
+    Ok(training_graph_with(graph, batch, policy, precision)?.plan_hash())
 }
 
 /// The forward graph with its experts sharded, under expert parallelism.

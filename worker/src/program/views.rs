@@ -37,11 +37,13 @@ pub struct HostLayout {
 pub fn elem_type(dtype: DType) -> Result<ElemType> {
     match dtype {
         DType::F32 => Ok(ElemType::F32),
+        DType::BF16 => Ok(ElemType::BF16),
+        DType::F16 => Ok(ElemType::F16),
         DType::I64 => Ok(ElemType::I64),
         DType::I32 => Ok(ElemType::I32),
         DType::Bool => Ok(ElemType::U8),
         other => Err(Error::Plan(format!(
-            "dtype {other} is not supported by the CPU engine yet (f32, i64, i32 and bool are)"
+            "dtype {other} is not supported by the engine yet (f32, bf16, f16, i64, i32 and bool are)"
         ))),
     }
 }
