@@ -24,6 +24,8 @@
 //! lazy_experts = false           # MoE: untouched experts skip the update
 //! expert_parallel = 2            # MoE: each worker holds E/2 experts
 //! nan_policy = "fail"            # or "skip_step": a NaN/Inf step is skipped
+//! precision = "bf16"             # or "f32" (default), "fp16" (loss-scaled)
+//! loss_scale = 65536             # fp16: the first loss scale
 //! max_restarts = 3               # after lost workers, from the newest checkpoint
 //! ```
 //!
@@ -134,6 +136,13 @@ pub struct SpecFields {
     /// or `skip_step`.
     #[arg(long)]
     pub nan_policy: Option<String>,
+    /// Training precision: `f32` (default), `bf16` (matmuls in bfloat16,
+    /// f32 master weights) or `fp16` (IEEE half with a dynamic loss scale).
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// fp16: the first loss scale (default 65536).
+    #[arg(long)]
+    pub loss_scale: Option<f64>,
     /// Restarts after a lost worker or peer, each from the newest
     /// checkpoint, before the job fails (default 3).
     #[arg(long)]
@@ -211,6 +220,8 @@ impl SpecFields {
             lazy_experts,
             expert_parallel,
             nan_policy,
+            precision,
+            loss_scale,
             max_restarts,
             loss,
             loss_output,
@@ -277,6 +288,8 @@ impl SpecFields {
             lazy_experts: self.lazy_experts.unwrap_or(false),
             expert_parallel: self.expert_parallel.unwrap_or(1),
             nan_policy: self.nan_policy.clone().unwrap_or_default(),
+            precision: self.precision.clone().unwrap_or_default(),
+            loss_scale: self.loss_scale.unwrap_or(0.0),
             max_restarts: self.max_restarts,
             ..JobSpec::default()
         };

@@ -18,7 +18,8 @@
 use std::collections::BTreeMap;
 
 use adjoint_graph::checkpoint::{Policy, parse_bytes};
-use adjoint_graph::training::{TrainingGraph, training_graph};
+use adjoint_graph::precision::Precision;
+use adjoint_graph::training::{TrainingGraph, training_graph_with};
 use adjoint_graph::{DType, Dim, Graph, serialize};
 use adjoint_proto::v1::{Estimate, JobSpec, OptimizerSpec, PolicyEstimate, job_spec};
 use safetensors::Dtype;
@@ -138,6 +139,19 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
         return Err(bad(
             "nan_policy",
             &format!("'{}': use fail or skip_step", spec.nan_policy),
+        ));
+    }
+    spec.precision = match Precision::parse(spec.precision.trim().to_ascii_lowercase().as_str()) {
+        Ok(p) => p.name().to_owned(),
+        Err(e) => return Err(bad("precision", &e)),
+    };
+    if spec.loss_scale != 0.0 && !(spec.loss_scale.is_finite() && spec.loss_scale >= 1.0) {
+        return Err(bad(
+            "loss_scale",
+            &format!(
+                "{} is not a loss scale (a number ≥ 1; 0 for the default 65536)",
+                spec.loss_scale
+            ),
         ));
     }
     if !spec.workers.is_multiple_of(spec.expert_parallel) {
@@ -475,7 +489,13 @@ fn memory_budget(spec: &JobSpec) -> Result<Option<u64>> {
 
 /// Plans `graph` for the job under checkpoint `policy`.
 pub fn plan_job(graph: &Graph, spec: &JobSpec, policy: &Policy) -> Result<TrainingGraph> {
-    Ok(training_graph(graph, spec.batch_size as usize, policy)?)
+    let precision = Precision::parse(&spec.precision).unwrap_or_default();
+    Ok(training_graph_with(
+        graph,
+        spec.batch_size as usize,
+        policy,
+        precision,
+    )?)
 }
 
 /// Optimizer state bytes of a planned job.
@@ -718,6 +738,57 @@ mod tests {
             device_bytes("gpu", 2, 1 << 20),
             gpu.device_bytes + gpu_overhead::NCCL_BUFFERS + (1 << 20)
         );
+    }
+
+    #[test]
+    fn precision_is_named_checked_and_halves_activation_memory() {
+        assert_eq!(normalize(spec()).unwrap().precision, "f32");
+        let mut bf16 = normalize(JobSpec {
+            precision: " BF16 ".into(),
+            ..spec()
+        })
+        .unwrap();
+        assert_eq!(bf16.precision, "bf16");
+        let err = normalize(JobSpec {
+            precision: "int8".into(),
+            ..spec()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("precision") && err.contains("int8"), "{err}");
+        let err = normalize(JobSpec {
+            precision: "fp16".into(),
+            loss_scale: 0.5,
+            ..spec()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("loss_scale") && err.contains("0.5"), "{err}");
+        // At a large batch activations dominate the arena and bf16 halves
+        // them (bf16 copies of the weights and their gradients add a
+        // little); f32 master weights and optimizer state do not shrink.
+        let g = adjoint_graph::zoo::mlp(&adjoint_graph::zoo::MlpConfig {
+            input: 64,
+            hidden: vec![256, 256],
+            classes: 10,
+            batch: None,
+        })
+        .unwrap();
+        let mut f32_spec = JobSpec {
+            batch_size: 4096,
+            ..normalize(spec()).unwrap()
+        };
+        bf16.batch_size = 4096;
+        let full = estimate(&g, &mut f32_spec, None).unwrap();
+        let half = estimate(&g, &mut bf16, None).unwrap();
+        assert_eq!(half.param_bytes, full.param_bytes);
+        assert!(
+            half.arena_bytes < full.arena_bytes * 6 / 10,
+            "{} vs {}",
+            half.arena_bytes,
+            full.arena_bytes
+        );
+        assert_ne!(half.plan_hash, full.plan_hash);
     }
 
     #[test]

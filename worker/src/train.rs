@@ -3,7 +3,8 @@
 //! updates (running statistics) its run computed.
 
 use adjoint_graph::checkpoint::Policy;
-use adjoint_graph::training::training_graph;
+use adjoint_graph::precision::Precision;
+use adjoint_graph::training::training_graph_with;
 use adjoint_graph::{Graph, ValueId};
 use adjoint_kernels::Backend;
 
@@ -56,6 +57,33 @@ impl<B: Backend> Trainer<B> {
         seed: u64,
         policy: &Policy,
     ) -> Result<Self> {
+        Self::with_precision(
+            backend,
+            graph,
+            optimizer,
+            opts,
+            seed,
+            policy,
+            Precision::F32,
+        )
+    }
+
+    /// [`Trainer::with_checkpoint`] in `precision` (`f32` or `bf16`: fp16
+    /// needs the loss scaling of [`crate::dist::DistTrainer`]).
+    pub fn with_precision(
+        backend: B,
+        graph: &Graph,
+        optimizer: OptimizerConfig,
+        opts: ExecOptions,
+        seed: u64,
+        policy: &Policy,
+        precision: Precision,
+    ) -> Result<Self> {
+        if precision.needs_loss_scale() {
+            return Err(Error::Data(format!(
+                "precision {precision} needs a dynamic loss scale: train it as a job"
+            )));
+        }
         if !graph.is_static() {
             return Err(Error::Data(format!(
                 "graph '{}' has a symbolic batch; bind it first",
@@ -67,7 +95,7 @@ impl<B: Backend> Trainer<B> {
             .first()
             .and_then(|i| graph.static_shape(i.value).first().copied())
             .unwrap_or(1);
-        let t = training_graph(graph, batch, policy)?;
+        let t = training_graph_with(graph, batch, policy, precision)?;
         let recompute_flops = t.checkpoint.recompute_flops;
         let (joint, inputs) = (t.joint, t.inputs);
         let mut exec = Executor::new(backend, joint.graph, &joint.grads, opts)?;

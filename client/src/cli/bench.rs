@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use adjoint_graph::checkpoint::Policy;
+use adjoint_graph::precision::Precision;
 use adjoint_graph::rng::Stream;
 use adjoint_graph::{Graph, zoo};
 use adjoint_kernels::{Backend, CpuBackend, alloc_count};
@@ -57,6 +58,11 @@ pub struct BenchArgs {
     /// timed step ends with a device synchronize; TF32 off).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Precision of the step: f32, or bf16 (matmuls in bfloat16, f32
+    /// master weights; on the CPU bf16 is stored, not computed, so it is
+    /// slower there).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 fn median_ms(mut f: impl FnMut() -> Result<()>, warmup: usize, steps: usize) -> Result<f64> {
@@ -173,7 +179,9 @@ fn measure<B: Backend>(args: &BenchArgs, new: &dyn Fn() -> Result<B>, device: &s
     let feed: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
     let key = StepKey::default();
 
-    let mut fwd = Executor::new(new()?, graph.clone(), &[], ExecOptions::default())?;
+    let precision = Precision::parse(&args.precision).map_err(anyhow::Error::msg)?;
+    let fwd_graph = adjoint_graph::precision::apply(&graph, precision)?;
+    let mut fwd = Executor::new(new()?, fwd_graph, &[], ExecOptions::default())?;
     fwd.init_params(0)?;
     for (input, bytes) in graph.inputs.iter().zip(&feed) {
         fwd.write_bytes(input.value, bytes)?;
@@ -193,8 +201,15 @@ fn measure<B: Backend>(args: &BenchArgs, new: &dyn Fn() -> Result<B>, device: &s
     // stays live from the setup plus any kernel scratch).
     let baseline = alloc_count::reset_peak();
     let policy: Policy = args.checkpoint.parse()?;
-    let mut trainer =
-        Trainer::with_checkpoint(new()?, &graph, opt, ExecOptions::default(), 0, &policy)?;
+    let mut trainer = Trainer::with_precision(
+        new()?,
+        &graph,
+        opt,
+        ExecOptions::default(),
+        0,
+        &policy,
+        precision,
+    )?;
     trainer.step(&feed)?;
     let setup_peak = alloc_count::peak_bytes() - baseline;
     alloc_count::reset_peak();
@@ -243,6 +258,7 @@ fn measure<B: Backend>(args: &BenchArgs, new: &dyn Fn() -> Result<B>, device: &s
         "fwdbwd_ms": round(fwdbwd_ms),
         "step_ms": round(step_ms),
         "checkpoint": policy.to_string(),
+        "precision": precision.name(),
         "recompute_gflop": round(trainer.recompute_flops() as f64 / 1e9),
         "peak_bytes": exec.plan().arena_bytes,
         // Counted heap bytes at the peak of the timed steps (the arena,

@@ -452,6 +452,10 @@ async fn prepare(
     cfg.lazy_experts = spec.lazy_experts;
     cfg.expert_parallel = spec.expert_parallel.max(1) as usize;
     cfg.nan_policy = spec.nan_policy.parse()?;
+    cfg.precision = adjoint_graph::precision::Precision::parse(&spec.precision)?;
+    if spec.loss_scale > 0.0 {
+        cfg.loss_scale.init = spec.loss_scale as f32;
+    }
     // The timeline's per-op spans follow the trace's step sampling.
     cfg.node_times_every = ctx.trace_steps_every;
     cfg.seed = spec.seed;
