@@ -85,14 +85,19 @@ pub fn watch_job(addr: &Addr, id: &str) -> Result<Watched> {
                             m.alltoall_ms
                         ),
                     };
-                    if m.skipped {
+                    if m.skipped && m.loss_scale == 0.0 {
                         bar.println(format!(
                             "step {}: loss or gradient not finite; update skipped",
                             m.step
                         ));
                     }
+                    // fp16: the overflow itself arrives as a log line.
+                    let scale = match m.loss_scale {
+                        s if s > 0.0 => format!("  loss scale {s}"),
+                        _ => String::new(),
+                    };
                     bar.set_message(format!(
-                        "loss {:.4}{eval}  {:.0} samples/s{experts}{alltoall}",
+                        "loss {:.4}{eval}  {:.0} samples/s{experts}{alltoall}{scale}",
                         m.loss, m.samples_per_sec
                     ));
                 }

@@ -297,6 +297,7 @@ pub fn metrics(m: &StepMetrics, rank: usize) -> v1::StepMetrics {
         alltoall_bytes: m.alltoall_bytes,
         alltoall_ms: m.alltoall_ms,
         skipped: m.skipped,
+        loss_scale: f64::from(m.loss_scale),
     }
 }
 

@@ -192,7 +192,7 @@ pub struct StepMetrics {
     /// The loss or gradient was not finite and the update was skipped
     /// ([`NanPolicy::SkipStep`], or an fp16 overflow).
     pub skipped: bool,
-    /// The loss scale this step ran with (1 without fp16 loss scaling).
+    /// The loss scale this step ran with (0 without fp16 loss scaling).
     pub loss_scale: f32,
 }
 
@@ -890,7 +890,7 @@ impl<B: Backend> DistTrainer<B> {
             alltoall_ms: totals.alltoall_secs * 1e3,
             position,
             skipped,
-            loss_scale,
+            loss_scale: if scaler.is_some() { loss_scale } else { 0.0 },
         })
     }
 }
