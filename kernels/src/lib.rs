@@ -10,6 +10,8 @@
 //!
 //! - [`cpu`]: f32 kernels (i64/i32 indices, u8 booleans), GEMM through the
 //!   `gemm` crate, rayon threads where they pay.
+//! - [`widen`]: bf16/f16 operands for kernels without a half form, widened
+//!   to f32 scratch and rounded back once.
 //! - `cuda` (feature `cuda`, on by default): the CUDA backend through
 //!   cudarc, loaded at run time; without CUDA it says "no CUDA device
 //!   found" and the CPU is used.
@@ -29,6 +31,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod rng;
+pub mod widen;
 
 pub use backend::{
     AdamWParams, Backend, BinaryOp, BufferId, CompareOp, ElemType, Error, Event, MatMulDims,

@@ -688,3 +688,55 @@ fn streams_events_and_unimplemented_ops() {
     // Contiguous shape strides helper sanity (used by other suites).
     assert_eq!(strides(&[2, 3, 4]), [12, 4, 1]);
 }
+
+#[test]
+fn half_casts_matmuls_and_widened_kernels() {
+    let Some(mut t) = both("half_casts_matmuls_and_widened_kernels") else {
+        return;
+    };
+    let mut rng = Lcg(21);
+    let (m, n, k, batch) = (19usize, 23usize, 41usize, 3usize);
+    for (elem, rtol) in [(ElemType::BF16, 8e-3), (ElemType::F16, 1e-3)] {
+        // Casts round the same on both (nearest even), bit for bit.
+        let mut vals = rng.f32s(batch * m * k, -2.0, 2.0);
+        vals.extend([f32::INFINITY, f32::NEG_INFINITY, 1e-9, 1.0 + 1.0 / 256.0]);
+        let x32 = t.f32(&vals);
+        let x = t.out(elem, vals.len());
+        t.run(|b| b.cast(x32, x));
+        t.exact("cast to half", x);
+        let filled = t.out(elem, 7);
+        t.run(|b| b.fill(filled, 0.1));
+        t.exact("fill half", filled);
+        // A batched matmul in the half type (f32 accumulation, one
+        // rounding), against the CPU's widened one.
+        let a = View {
+            len: batch * m * k,
+            ..x
+        };
+        let w32 = t.f32(&rng.f32s(k * n, -1.0, 1.0));
+        let w = t.out(elem, k * n);
+        t.run(|b| b.cast(w32, w));
+        let c = t.out(elem, batch * m * n);
+        let dims = MatMulDims {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            batch: &[batch],
+            a_batch_strides: &[m * k],
+            b_batch_strides: &[0],
+            c_batch_strides: &[m * n],
+        };
+        t.run(|b| b.matmul(a, w, c, &dims));
+        let c32 = t.out(ElemType::F32, batch * m * n);
+        t.run(|b| b.cast(c, c32));
+        t.close("half matmul", c32, rtol, 1e-3);
+        // A kernel without a half form runs widened on both.
+        let y = t.out(elem, batch * m * n);
+        t.run(|b| b.softmax(c, y, batch * m, n, 1, false));
+        let y32 = t.out(ElemType::F32, batch * m * n);
+        t.run(|b| b.cast(y, y32));
+        t.close("half softmax", y32, rtol, 1e-4);
+    }
+}

@@ -9,7 +9,6 @@
 mod conv;
 mod elementwise;
 mod fused;
-mod half;
 mod index;
 mod layout;
 mod loss;
@@ -35,8 +34,8 @@ pub struct CpuBackend {
     /// im2col's column matrices, grown to the largest convolution run so
     /// far (see `conv.rs`), so steps after the first allocate nothing.
     scratch: Vec<f32>,
-    /// f32 copies of half operands (see `half.rs`).
-    half: half::HalfScratch,
+    /// f32 copies of half operands (see [`crate::widen`]).
+    half: crate::widen::HalfScratch,
 }
 
 impl CpuBackend {
@@ -67,6 +66,20 @@ impl CpuBackend {
                 len: v.bytes(),
                 buffer_len: 0,
             })
+    }
+
+    /// [`crate::widen::widened`] over this backend's half scratch.
+    fn widened<const N: usize>(
+        &mut self,
+        what: &'static str,
+        views: [View; N],
+        written: [bool; N],
+        f: impl FnOnce(&mut CpuBackend, [View; N]) -> Result<()>,
+    ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.half);
+        let out = crate::widen::widened(self, &mut scratch, what, views, written, f);
+        self.half = scratch;
+        out
     }
 
     /// A checked input slice.
@@ -233,7 +246,7 @@ impl Backend for CpuBackend {
     }
 
     fn unary(&mut self, op: UnaryOp, x: View, y: View) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("unary", [x, y], [false, true], |b, [x, y]| {
                 b.unary(op, x, y)
             });
@@ -254,7 +267,7 @@ impl Backend for CpuBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
-        if half::any_half(&[a, b, out]) {
+        if crate::widen::any_half(&[a, b, out]) {
             return self.widened(
                 "binary",
                 [a, b, out],
@@ -299,7 +312,7 @@ impl Backend for CpuBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
-        if half::any_half(&[cond, a, b, out]) {
+        if crate::widen::any_half(&[cond, a, b, out]) {
             return self.widened(
                 "select",
                 [cond, a, b, out],
@@ -330,7 +343,7 @@ impl Backend for CpuBackend {
     }
 
     fn gelu_grad(&mut self, tanh: bool, x: View, dy: View, dx: View) -> Result<()> {
-        if half::any_half(&[x, dy, dx]) {
+        if crate::widen::any_half(&[x, dy, dx]) {
             return self.widened(
                 "gelu_grad",
                 [x, dy, dx],
@@ -351,7 +364,7 @@ impl Backend for CpuBackend {
     }
 
     fn dropout(&mut self, x: View, y: View, p: f32, key: RngKey) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("dropout", [x, y], [false, true], |b, [x, y]| {
                 b.dropout(x, y, p, key)
             });
@@ -363,7 +376,7 @@ impl Backend for CpuBackend {
     }
 
     fn causal_mask(&mut self, x: View, y: View, batch: usize, t: usize, fill: f32) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("causal_mask", [x, y], [false, true], |b, [x, y]| {
                 b.causal_mask(x, y, batch, t, fill)
             });
@@ -410,7 +423,7 @@ impl Backend for CpuBackend {
         axes: &[bool],
         y: View,
     ) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("reduce", [x, y], [false, true], |b, [x, y]| {
                 b.reduce(op, x, shape, axes, y)
             });
@@ -426,7 +439,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
-        if half::any_half(&[a, b, c]) {
+        if crate::widen::any_half(&[a, b, c]) {
             return self.widened(
                 "matmul",
                 [a, b, c],
@@ -452,7 +465,7 @@ impl Backend for CpuBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
-        if half::any_half(&[data, indices, out]) {
+        if crate::widen::any_half(&[data, indices, out]) {
             return self.widened(
                 "gather",
                 [data, indices, out],
@@ -479,7 +492,7 @@ impl Backend for CpuBackend {
         size: usize,
         inner: usize,
     ) -> Result<()> {
-        if half::any_half(&[updates, indices, out]) {
+        if crate::widen::any_half(&[updates, indices, out]) {
             return self.widened(
                 "scatter_add",
                 [updates, indices, out],
@@ -500,7 +513,7 @@ impl Backend for CpuBackend {
     }
 
     fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()> {
-        if half::any_half(&[indices, out]) {
+        if crate::widen::any_half(&[indices, out]) {
             return self.widened(
                 "one_hot",
                 [indices, out],
@@ -522,7 +535,7 @@ impl Backend for CpuBackend {
         inner: usize,
         log: bool,
     ) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("softmax", [x, y], [false, true], |b, [x, y]| {
                 b.softmax(x, y, outer, n, inner, log)
             });
@@ -551,7 +564,7 @@ impl Backend for CpuBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        if half::any_half(&[x, gamma, beta, y]) {
+        if crate::widen::any_half(&[x, gamma, beta, y]) {
             return self.widened(
                 "layer_norm",
                 [x, gamma, beta, y],
@@ -585,7 +598,7 @@ impl Backend for CpuBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        if half::any_half(&[x, gamma, dy, dx, dgamma, dbeta]) {
+        if crate::widen::any_half(&[x, gamma, dy, dx, dgamma, dbeta]) {
             return self.widened(
                 "layer_norm_grad",
                 [x, gamma, dy, dx, dgamma, dbeta],
@@ -624,7 +637,7 @@ impl Backend for CpuBackend {
         rows: usize,
         classes: usize,
     ) -> Result<()> {
-        if half::any_half(&[logits, labels, loss]) {
+        if crate::widen::any_half(&[logits, labels, loss]) {
             return self.widened(
                 "softmax_cross_entropy",
                 [logits, labels, loss],
@@ -656,7 +669,7 @@ impl Backend for CpuBackend {
         rows: usize,
         classes: usize,
     ) -> Result<()> {
-        if half::any_half(&[logits, labels, dloss, dlogits]) {
+        if crate::widen::any_half(&[logits, labels, dloss, dlogits]) {
             return self.widened(
                 "softmax_cross_entropy_grad",
                 [logits, labels, dloss, dlogits],
@@ -692,7 +705,7 @@ impl Backend for CpuBackend {
     }
 
     fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()> {
-        if half::any_half(&[pred, target, loss]) {
+        if crate::widen::any_half(&[pred, target, loss]) {
             return self.widened(
                 "mse",
                 [pred, target, loss],
@@ -709,7 +722,7 @@ impl Backend for CpuBackend {
     }
 
     fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()> {
-        if half::any_half(&[param, grad, momentum]) {
+        if crate::widen::any_half(&[param, grad, momentum]) {
             return self.widened(
                 "sgd",
                 [param, grad, momentum],
@@ -733,7 +746,7 @@ impl Backend for CpuBackend {
     }
 
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()> {
-        if half::any_half(&[param, grad, m, v]) {
+        if crate::widen::any_half(&[param, grad, m, v]) {
             return self.widened(
                 "adamw",
                 [param, grad, m, v],
@@ -751,7 +764,7 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d(&mut self, x: View, w: View, y: View, dims: &Conv2dDims) -> Result<()> {
-        if half::any_half(&[x, w, y]) {
+        if crate::widen::any_half(&[x, w, y]) {
             return self.widened("conv2d", [x, w, y], [false, false, true], |b, [x, w, y]| {
                 b.conv2d(x, w, y, dims)
             });
@@ -765,7 +778,7 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_grad_input(&mut self, w: View, dy: View, dx: View, dims: &Conv2dDims) -> Result<()> {
-        if half::any_half(&[w, dy, dx]) {
+        if crate::widen::any_half(&[w, dy, dx]) {
             return self.widened(
                 "conv2d_grad_input",
                 [w, dy, dx],
@@ -784,7 +797,7 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_grad_weight(&mut self, x: View, dy: View, dw: View, dims: &Conv2dDims) -> Result<()> {
-        if half::any_half(&[x, dy, dw]) {
+        if crate::widen::any_half(&[x, dy, dw]) {
             return self.widened(
                 "conv2d_grad_weight",
                 [x, dy, dw],
@@ -803,7 +816,7 @@ impl Backend for CpuBackend {
     }
 
     fn max_pool2d(&mut self, x: View, y: View, dims: &Pool2dDims) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("max_pool2d", [x, y], [false, true], |b, [x, y]| {
                 b.max_pool2d(x, y, dims)
             });
@@ -813,7 +826,7 @@ impl Backend for CpuBackend {
     }
 
     fn max_pool2d_grad(&mut self, x: View, dy: View, dx: View, dims: &Pool2dDims) -> Result<()> {
-        if half::any_half(&[x, dy, dx]) {
+        if crate::widen::any_half(&[x, dy, dx]) {
             return self.widened(
                 "max_pool2d_grad",
                 [x, dy, dx],
@@ -830,7 +843,7 @@ impl Backend for CpuBackend {
     }
 
     fn max_pool2d_select(&mut self, x: View, v: View, y: View, dims: &Pool2dDims) -> Result<()> {
-        if half::any_half(&[x, v, y]) {
+        if crate::widen::any_half(&[x, v, y]) {
             return self.widened(
                 "max_pool2d_select",
                 [x, v, y],
@@ -853,7 +866,7 @@ impl Backend for CpuBackend {
         dims: &Pool2dDims,
         count_include_pad: bool,
     ) -> Result<()> {
-        if half::any_half(&[x, y]) {
+        if crate::widen::any_half(&[x, y]) {
             return self.widened("avg_pool2d", [x, y], [false, true], |b, [x, y]| {
                 b.avg_pool2d(x, y, dims, count_include_pad)
             });
@@ -870,7 +883,7 @@ impl Backend for CpuBackend {
         dims: &Pool2dDims,
         count_include_pad: bool,
     ) -> Result<()> {
-        if half::any_half(&[dy, dx]) {
+        if crate::widen::any_half(&[dy, dx]) {
             return self.widened("avg_pool2d_grad", [dy, dx], [false, true], |b, [dy, dx]| {
                 b.avg_pool2d_grad(dy, dx, dims, count_include_pad)
             });
@@ -886,7 +899,7 @@ impl Backend for CpuBackend {
     }
 
     fn top_k(&mut self, x: View, ids: View, rows: usize, n: usize, k: usize) -> Result<()> {
-        if half::any_half(&[x, ids]) {
+        if crate::widen::any_half(&[x, ids]) {
             return self.widened("top_k", [x, ids], [false, true], |b, [x, ids]| {
                 b.top_k(x, ids, rows, n, k)
             });
@@ -930,7 +943,7 @@ impl Backend for CpuBackend {
         y: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()> {
-        if half::any_half(&[x, w, offsets, y]) {
+        if crate::widen::any_half(&[x, w, offsets, y]) {
             return self.widened(
                 "grouped_matmul",
                 [x, w, offsets, y],
@@ -1002,7 +1015,7 @@ impl Backend for CpuBackend {
         act: UnaryOp,
         act_out: View,
     ) -> Result<()> {
-        if half::any_half(&[x, w, offsets, y, act_out]) {
+        if crate::widen::any_half(&[x, w, offsets, y, act_out]) {
             return self.widened(
                 "grouped_matmul_act",
                 [x, w, offsets, y, act_out],
@@ -1032,7 +1045,7 @@ impl Backend for CpuBackend {
         dw: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()> {
-        if half::any_half(&[x, dy, offsets, dw]) {
+        if crate::widen::any_half(&[x, dy, offsets, dw]) {
             return self.widened(
                 "grouped_matmul_grad_w",
                 [x, dy, offsets, dw],

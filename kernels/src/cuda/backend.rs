@@ -1,9 +1,12 @@
 //! `impl Backend for CudaBackend`: each method checks and launches through
 //! the family files (`elementwise.rs`, `nn.rs`, `blas.rs`). Convolution and
-//! pooling are not on CUDA yet and say so.
+//! pooling are not on CUDA yet and say so. bf16/f16 matmuls run on cuBLAS
+//! with f32 accumulation; other kernels given half operands run widened
+//! ([`crate::widen`]).
 
 use super::device::CudaBackend;
 use crate::backend::*;
+use crate::widen;
 
 /// The error of a method the CUDA backend does not have yet.
 fn not_yet(op: &str) -> Error {
@@ -58,6 +61,11 @@ impl Backend for CudaBackend {
     }
 
     fn unary(&mut self, op: UnaryOp, x: View, y: View) -> Result<()> {
+        if widen::any_half(&[x, y]) {
+            return self.widened("unary", [x, y], [false, true], |b, [x, y]| {
+                b.unary(op, x, y)
+            });
+        }
         self.run_unary(op, x, y)
     }
 
@@ -71,6 +79,14 @@ impl Backend for CudaBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
+        if widen::any_half(&[a, b, out]) {
+            return self.widened(
+                "binary",
+                [a, b, out],
+                [false, false, true],
+                |b_, [a, b, out]| b_.binary(op, a, a_strides, b, b_strides, out, shape),
+            );
+        }
         self.run_binary(op, a, a_strides, b, b_strides, out, shape)
     }
 
@@ -84,6 +100,14 @@ impl Backend for CudaBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
+        if widen::any_half(&[a, b, out]) {
+            return self.widened(
+                "compare",
+                [a, b, out],
+                [false, false, true],
+                |b_, [a, b, out]| b_.compare(op, a, a_strides, b, b_strides, out, shape),
+            );
+        }
         self.run_compare(op, a, a_strides, b, b_strides, out, shape)
     }
 
@@ -98,6 +122,16 @@ impl Backend for CudaBackend {
         out: View,
         shape: &[usize],
     ) -> Result<()> {
+        if widen::any_half(&[cond, a, b, out]) {
+            return self.widened(
+                "select",
+                [cond, a, b, out],
+                [false, false, false, true],
+                |b_, [cond, a, b, out]| {
+                    b_.select(cond, cond_strides, a, a_strides, b, b_strides, out, shape)
+                },
+            );
+        }
         self.run_select(cond, cond_strides, a, a_strides, b, b_strides, out, shape)
     }
 
@@ -106,14 +140,32 @@ impl Backend for CudaBackend {
     }
 
     fn gelu_grad(&mut self, tanh: bool, x: View, dy: View, dx: View) -> Result<()> {
+        if widen::any_half(&[x, dy, dx]) {
+            return self.widened(
+                "gelu_grad",
+                [x, dy, dx],
+                [false, false, true],
+                |b, [x, dy, dx]| b.gelu_grad(tanh, x, dy, dx),
+            );
+        }
         self.run_gelu_grad(tanh, x, dy, dx)
     }
 
     fn dropout(&mut self, x: View, y: View, p: f32, key: RngKey) -> Result<()> {
+        if widen::any_half(&[x, y]) {
+            return self.widened("dropout", [x, y], [false, true], |b, [x, y]| {
+                b.dropout(x, y, p, key)
+            });
+        }
         self.run_dropout(x, y, p, key)
     }
 
     fn causal_mask(&mut self, x: View, y: View, batch: usize, t: usize, fill: f32) -> Result<()> {
+        if widen::any_half(&[x, y]) {
+            return self.widened("causal_mask", [x, y], [false, true], |b, [x, y]| {
+                b.causal_mask(x, y, batch, t, fill)
+            });
+        }
         self.run_causal_mask(x, y, batch, t, fill)
     }
 
@@ -136,10 +188,23 @@ impl Backend for CudaBackend {
         axes: &[bool],
         y: View,
     ) -> Result<()> {
+        if widen::any_half(&[x, y]) {
+            return self.widened("reduce", [x, y], [false, true], |b, [x, y]| {
+                b.reduce(op, x, shape, axes, y)
+            });
+        }
         self.run_reduce(op, x, shape, axes, y)
     }
 
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
+        if widen::any_half(&[a, b, c]) && !(a.elem == b.elem && b.elem == c.elem) {
+            return self.widened(
+                "matmul",
+                [a, b, c],
+                [false, false, true],
+                |b_, [a, b, c]| b_.matmul(a, b, c, dims),
+            );
+        }
         self.run_matmul(a, b, c, dims)
     }
 
@@ -152,6 +217,14 @@ impl Backend for CudaBackend {
         axis: usize,
         inner: usize,
     ) -> Result<()> {
+        if widen::any_half(&[data, indices, out]) {
+            return self.widened(
+                "gather",
+                [data, indices, out],
+                [false, false, true],
+                |b, [data, indices, out]| b.gather(data, indices, out, outer, axis, inner),
+            );
+        }
         self.run_gather(data, indices, out, (outer, axis, inner))
     }
 
@@ -164,10 +237,28 @@ impl Backend for CudaBackend {
         size: usize,
         inner: usize,
     ) -> Result<()> {
+        if widen::any_half(&[updates, indices, out]) {
+            return self.widened(
+                "scatter_add",
+                [updates, indices, out],
+                [false, false, true],
+                |b, [updates, indices, out]| {
+                    b.scatter_add(updates, indices, out, outer, size, inner)
+                },
+            );
+        }
         self.run_scatter_add(updates, indices, out, (outer, size, inner))
     }
 
     fn one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()> {
+        if widen::any_half(&[indices, out]) {
+            return self.widened(
+                "one_hot",
+                [indices, out],
+                [false, true],
+                |b, [indices, out]| b.one_hot(indices, out, depth),
+            );
+        }
         self.run_one_hot(indices, out, depth)
     }
 
@@ -180,6 +271,11 @@ impl Backend for CudaBackend {
         inner: usize,
         log: bool,
     ) -> Result<()> {
+        if widen::any_half(&[x, y]) {
+            return self.widened("softmax", [x, y], [false, true], |b, [x, y]| {
+                b.softmax(x, y, outer, n, inner, log)
+            });
+        }
         self.run_softmax(x, y, (outer, n, inner), log)
     }
 
@@ -193,6 +289,14 @@ impl Backend for CudaBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        if widen::any_half(&[x, gamma, beta, y]) {
+            return self.widened(
+                "layer_norm",
+                [x, gamma, beta, y],
+                [false, false, false, true],
+                |b, [x, gamma, beta, y]| b.layer_norm(x, gamma, beta, y, rows, d, eps),
+            );
+        }
         self.run_layer_norm(x, gamma, beta, y, rows, d, eps)
     }
 
@@ -208,6 +312,16 @@ impl Backend for CudaBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
+        if widen::any_half(&[x, gamma, dy, dx, dgamma, dbeta]) {
+            return self.widened(
+                "layer_norm_grad",
+                [x, gamma, dy, dx, dgamma, dbeta],
+                [false, false, false, true, true, true],
+                |b, [x, gamma, dy, dx, dgamma, dbeta]| {
+                    b.layer_norm_grad(x, gamma, dy, dx, dgamma, dbeta, rows, d, eps)
+                },
+            );
+        }
         self.run_layer_norm_grad([x, gamma, dy], [dx, dgamma, dbeta], rows, d, eps)
     }
 
@@ -219,6 +333,16 @@ impl Backend for CudaBackend {
         rows: usize,
         classes: usize,
     ) -> Result<()> {
+        if widen::any_half(&[logits, labels, loss]) {
+            return self.widened(
+                "softmax_cross_entropy",
+                [logits, labels, loss],
+                [false, false, true],
+                |b, [logits, labels, loss]| {
+                    b.softmax_cross_entropy(logits, labels, loss, rows, classes)
+                },
+            );
+        }
         self.run_softmax_cross_entropy(logits, labels, loss, rows, classes)
     }
 
@@ -231,18 +355,52 @@ impl Backend for CudaBackend {
         rows: usize,
         classes: usize,
     ) -> Result<()> {
+        if widen::any_half(&[logits, labels, dloss, dlogits]) {
+            return self.widened(
+                "softmax_cross_entropy_grad",
+                [logits, labels, dloss, dlogits],
+                [false, false, false, true],
+                |b, [logits, labels, dloss, dlogits]| {
+                    b.softmax_cross_entropy_grad(logits, labels, dloss, dlogits, rows, classes)
+                },
+            );
+        }
         self.run_softmax_cross_entropy_grad([logits, labels, dloss], dlogits, rows, classes)
     }
 
     fn mse(&mut self, pred: View, target: View, loss: View) -> Result<()> {
+        if widen::any_half(&[pred, target, loss]) {
+            return self.widened(
+                "mse",
+                [pred, target, loss],
+                [false, false, true],
+                |b, [pred, target, loss]| b.mse(pred, target, loss),
+            );
+        }
         self.run_mse(pred, target, loss)
     }
 
     fn sgd(&mut self, param: View, grad: View, momentum: View, p: &SgdParams) -> Result<()> {
+        if widen::any_half(&[param, grad, momentum]) {
+            return self.widened(
+                "sgd",
+                [param, grad, momentum],
+                [true, false, true],
+                |b, [param, grad, momentum]| b.sgd(param, grad, momentum, p),
+            );
+        }
         self.run_sgd(param, grad, momentum, p)
     }
 
     fn adamw(&mut self, param: View, grad: View, m: View, v: View, p: &AdamWParams) -> Result<()> {
+        if widen::any_half(&[param, grad, m, v]) {
+            return self.widened(
+                "adamw",
+                [param, grad, m, v],
+                [true, false, true, true],
+                |b, [param, grad, m, v]| b.adamw(param, grad, m, v, p),
+            );
+        }
         self.run_adamw([param, grad, m, v], p)
     }
 
@@ -297,6 +455,11 @@ impl Backend for CudaBackend {
     }
 
     fn top_k(&mut self, x: View, ids: View, rows: usize, n: usize, k: usize) -> Result<()> {
+        if widen::any_half(&[x, ids]) {
+            return self.widened("top_k", [x, ids], [false, true], |b, [x, ids]| {
+                b.top_k(x, ids, rows, n, k)
+            });
+        }
         self.run_top_k(x, ids, rows, n, k)
     }
 
@@ -328,6 +491,14 @@ impl Backend for CudaBackend {
         y: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()> {
+        if widen::any_half(&[x, w, offsets, y]) {
+            return self.widened(
+                "grouped_matmul",
+                [x, w, offsets, y],
+                [false, false, false, true],
+                |b, [x, w, offsets, y]| b.grouped_matmul(x, w, offsets, y, dims),
+            );
+        }
         self.run_grouped_matmul([x, w, offsets], y, dims)
     }
 
@@ -339,6 +510,14 @@ impl Backend for CudaBackend {
         dw: View,
         dims: &GroupedMatMulDims,
     ) -> Result<()> {
+        if widen::any_half(&[x, dy, offsets, dw]) {
+            return self.widened(
+                "grouped_matmul_grad_w",
+                [x, dy, offsets, dw],
+                [false, false, false, true],
+                |b, [x, dy, offsets, dw]| b.grouped_matmul_grad_w(x, dy, offsets, dw, dims),
+            );
+        }
         self.run_grouped_matmul_grad_w([x, dy, offsets], dw, dims)
     }
 }

@@ -1,5 +1,6 @@
 //! Matrix products on the CUDA backend through cuBLAS: batched matmul
-//! (strided-batched SGEMM) and the MoE grouped matmuls (one SGEMM per
+//! (strided-batched SGEMM, or for bf16/f16 operands strided-batched
+//! GemmEx computing in f32) and the MoE grouped matmuls (one SGEMM per
 //! non-empty expert group).
 //!
 //! cuBLAS is column-major. A row-major `[r, c]` matrix read column-major
@@ -101,6 +102,63 @@ fn simplify(dims: &MatMulDims<'_>) -> ([(usize, [usize; 3]); MAX_RANK], usize) {
 }
 
 impl CudaBackend {
+    /// As [`CudaBackend::sgemm`] for operands of `elem`: f32 through
+    /// SGEMM, bf16 and f16 through GemmEx with f32 accumulation (one
+    /// rounding of each result).
+    fn gemm(
+        &self,
+        elem: ElemType,
+        g: Gemm,
+        [a, b, c]: [u64; 3],
+        st: BatchStrides,
+        batch: usize,
+    ) -> Result<()> {
+        use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F};
+        let ty = match elem {
+            ElemType::BF16 => CUDA_R_16BF,
+            ElemType::F16 => CUDA_R_16F,
+            _ => return self.sgemm(g, [a, b, c], st, batch),
+        };
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let (m, n, k) = (int("m", g.m)?, int("n", g.n)?, int("k", g.k)?);
+        let lda = if g.trans_b { k } else { n };
+        let ldb = if g.trans_a { m } else { k };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        self.bind()?;
+        // SAFETY: as for `sgemm`, with every operand of `elem` (2-byte
+        // elements, so the checked extents are in those); alpha and beta
+        // are f32 host values, as CUBLAS_COMPUTE_32F requires.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                op(g.trans_b),
+                op(g.trans_a),
+                n,
+                m,
+                k,
+                (&alpha as *const f32).cast(),
+                b as usize as *const std::ffi::c_void,
+                ty,
+                lda,
+                st.b as i64,
+                a as usize as *const std::ffi::c_void,
+                ty,
+                ldb,
+                st.a as i64,
+                (&beta as *const f32).cast(),
+                c as usize as *mut std::ffi::c_void,
+                ty,
+                n,
+                st.c as i64,
+                int("batch", batch)?,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| cuda_err("cublasGemmStridedBatchedEx", e))
+    }
+
     /// `batch` row-major GEMMs, entry `i` of each operand `i·stride`
     /// elements after its base address.
     fn sgemm(&self, g: Gemm, [a, b, c]: [u64; 3], st: BatchStrides, batch: usize) -> Result<()> {
@@ -160,9 +218,16 @@ impl CudaBackend {
         dims: &MatMulDims<'_>,
     ) -> Result<()> {
         disjoint("matmul", &[c], &[a, b])?;
-        let ap = self.ptr("matmul a", a, ElemType::F32)?;
-        let bp = self.ptr("matmul b", b, ElemType::F32)?;
-        let cp = self.ptr("matmul c", c, ElemType::F32)?;
+        // f32, or one half type for all three (mixed operands are widened
+        // before they get here).
+        let elem = if a.elem.is_half() {
+            a.elem
+        } else {
+            ElemType::F32
+        };
+        let ap = self.ptr("matmul a", a, elem)?;
+        let bp = self.ptr("matmul b", b, elem)?;
+        let cp = self.ptr("matmul c", c, elem)?;
         let rank = dims.batch.len();
         if rank > MAX_RANK {
             return Err(Error::Invalid(format!(
@@ -206,8 +271,8 @@ impl CudaBackend {
             k,
         };
         if k == 0 {
-            return self.for_each_entry(&axes[..r], [ap, bp, cp], |_, [_, _, c]| {
-                self.zero(c, c_entry * 4)
+            return self.for_each_entry(elem.size(), &axes[..r], [ap, bp, cp], |_, [_, _, c]| {
+                self.zero(c, c_entry * elem.size())
             });
         }
         let b_broadcasts = axes[..r].iter().all(|&(_, s)| s[1] == 0);
@@ -216,11 +281,11 @@ impl CudaBackend {
             // One [count·m, k]·[k, n] GEMM: the x·W of every linear layer.
             let folded = Gemm { m: count * m, ..g };
             let st = BatchStrides { a: 0, b: 0, c: 0 };
-            return self.sgemm(folded, [ap, bp, cp], st, 1);
+            return self.gemm(elem, folded, [ap, bp, cp], st, 1);
         }
         if r == 0 {
             let st = BatchStrides { a: 0, b: 0, c: 0 };
-            return self.sgemm(g, [ap, bp, cp], st, 1);
+            return self.gemm(elem, g, [ap, bp, cp], st, 1);
         }
         // The innermost batch axis is one strided-batched call; the outer
         // axes loop on the host.
@@ -230,15 +295,17 @@ impl CudaBackend {
             b: s[1] as u64,
             c: s[2] as u64,
         };
-        self.for_each_entry(&axes[..r - 1], [ap, bp, cp], |_, ptrs| {
-            self.sgemm(g, ptrs, st, inner)
+        self.for_each_entry(elem.size(), &axes[..r - 1], [ap, bp, cp], |_, ptrs| {
+            self.gemm(elem, g, ptrs, st, inner)
         })
     }
 
     /// Calls `f(i, [a, b, c])` with the device addresses of every entry of
-    /// the batch `axes` (row-major order), starting from `base`.
+    /// the batch `axes` (row-major order, strides in elements of
+    /// `elem_bytes` bytes), starting from `base`.
     fn for_each_entry(
         &self,
+        elem_bytes: usize,
         axes: &[(usize, [usize; 3])],
         base: [u64; 3],
         mut f: impl FnMut(usize, [u64; 3]) -> Result<()>,
@@ -249,7 +316,7 @@ impl CudaBackend {
             let mut ptrs = base;
             for (d, &(_, s)) in axes.iter().enumerate() {
                 for (p, &s) in ptrs.iter_mut().zip(&s) {
-                    *p += (idx[d] * s * 4) as u64;
+                    *p += (idx[d] * s * elem_bytes) as u64;
                 }
             }
             f(i, ptrs)?;

@@ -57,6 +57,8 @@ pub struct CudaBackend {
     /// by the next `synchronize`.
     pending: Option<Error>,
     sms: u32,
+    /// f32 copies of half operands ([`crate::widen`]).
+    half: crate::widen::HalfScratch,
 }
 
 // The worker moves backends between threads (one training loop each).
@@ -64,6 +66,22 @@ const _: fn() = || {
     fn send<T: Send>() {}
     send::<CudaBackend>();
 };
+
+impl CudaBackend {
+    /// [`crate::widen::widened`] over this backend's half scratch.
+    pub(super) fn widened<const N: usize>(
+        &mut self,
+        what: &'static str,
+        views: [View; N],
+        written: [bool; N],
+        f: impl FnOnce(&mut CudaBackend, [View; N]) -> Result<()>,
+    ) -> Result<()> {
+        let mut scratch = std::mem::take(&mut self.half);
+        let out = crate::widen::widened(self, &mut scratch, what, views, written, f);
+        self.half = scratch;
+        out
+    }
+}
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,6 +155,7 @@ impl CudaBackend {
             events: Vec::new(),
             next_event: 0,
             pending: None,
+            half: crate::widen::HalfScratch::default(),
         };
         backend.set_tf32(false)?;
         backend.err = backend.raw_alloc(24)?;
