@@ -143,6 +143,8 @@ def main():
     ap.add_argument("--moe-layout", default="list", choices=["list", "stacked"],
                     help="moe only: one parameter per expert (list, default) or one [E, d, h] "
                          "parameter (stacked, adjoint's layout)")
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                    help="bf16: forward under torch.autocast(dtype=bfloat16), f32 master weights")
     ap.add_argument("--checkpoint", default="none",
                     help="chain only: none, sqrt or every:K (torch.utils.checkpoint)")
     a = ap.parse_args()
@@ -197,6 +199,13 @@ def main():
 
     rss_before = rss_bytes()
 
+    if a.precision == "bf16":
+        inner_model = run_model
+
+        def run_model(*xs):
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                return inner_model(*xs)
+
     def fwd():
         loss = run_model(*args)
         sync()
@@ -248,6 +257,7 @@ def main():
         "params": sum(p.numel() for p in model.parameters()),
         "loss": loss,
         "checkpoint": a.checkpoint,
+        "precision": a.precision,
         "peak_rss_delta_bytes": peak_rss_delta,
         "step_peak_bytes": step_peak,
     }

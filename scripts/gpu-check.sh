@@ -18,7 +18,9 @@
 #   6. bench        `adjoint bench mlp|transformer|moe --device cuda` and
 #                   PyTorch's bench/torch_bench.py on the same GPU (every
 #                   timed step synchronised, TF32 off on both), then the
-#                   ratio of their step times per workload.
+#                   ratio of their step times per workload; then the
+#                   transformer in bf16 (`--precision bf16` beside PyTorch
+#                   autocast bf16; target ratio <= 1.0).
 #
 # Prints one JSON line per result (per stage, and per test of the test
 # binaries), then one summary line. A test that says "skipped" counts as a
@@ -229,29 +231,32 @@ nccl_job
 # workload gives both and their ratio (adjoint / PyTorch; target <= 1.0 for
 # the transformer).
 bench_one() {
-  local w=$1 t=$SECONDS ours theirs ours_ms theirs_ms
-  ours=$(timeout "$(limit 45)" "$root/bin/adjoint" bench "$w" --device cuda --steps 10 --warmup 3 2>"$work/bench-$w.err" | tail -n 1)
+  local w=$1 p=${2:-f32} t=$SECONDS ours theirs ours_ms theirs_ms
+  local tag=$w
+  [ "$p" = f32 ] || tag=${w}_$p
+  ours=$(timeout "$(limit 45)" "$root/bin/adjoint" bench "$w" --device cuda --precision "$p" --steps 10 --warmup 3 2>"$work/bench-$tag.err" | tail -n 1)
   if [ -n "$ours" ]; then
-    result bench "adjoint_$w" ok $((SECONDS - t)) "$ours"
+    result bench "adjoint_$tag" ok $((SECONDS - t)) "$ours"
   else
-    result bench "adjoint_$w" failed $((SECONDS - t)) "$(tail -n 5 "$work/bench-$w.err")"
+    result bench "adjoint_$tag" failed $((SECONDS - t)) "$(tail -n 5 "$work/bench-$tag.err")"
   fi
   t=$SECONDS
-  theirs=$(cd "$root/bench" && timeout "$(limit 45)" python3 torch_bench.py "$w" --device cuda --steps 10 --warmup 3 2>"$work/torch-$w.err" | tail -n 1)
+  theirs=$(cd "$root/bench" && timeout "$(limit 45)" python3 torch_bench.py "$w" --device cuda --precision "$p" --steps 10 --warmup 3 2>"$work/torch-$tag.err" | tail -n 1)
   if [ -n "$theirs" ]; then
-    result bench "pytorch_$w" ok $((SECONDS - t)) "$theirs"
+    result bench "pytorch_$tag" ok $((SECONDS - t)) "$theirs"
   else
-    result bench "pytorch_$w" failed $((SECONDS - t)) "$(tail -n 5 "$work/torch-$w.err")"
+    result bench "pytorch_$tag" failed $((SECONDS - t)) "$(tail -n 5 "$work/torch-$tag.err")"
   fi
   ours_ms=$(printf '%s' "$ours" | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_ms"])' 2>/dev/null)
   theirs_ms=$(printf '%s' "$theirs" | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_ms"])' 2>/dev/null)
   if [ -n "$ours_ms" ] && [ -n "$theirs_ms" ]; then
     printf '{"stage":"bench","name":"ratio_%s","adjoint_step_ms":%s,"pytorch_step_ms":%s,"ratio":%s}\n' \
-      "$w" "$ours_ms" "$theirs_ms" "$(python3 -c "print(round($ours_ms / $theirs_ms, 3))")"
+      "$tag" "$ours_ms" "$theirs_ms" "$(python3 -c "print(round($ours_ms / $theirs_ms, 3))")"
   fi
 }
 for w in mlp transformer moe; do
   bench_one "$w"
 done
+bench_one transformer bf16
 
 summary
