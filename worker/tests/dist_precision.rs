@@ -191,3 +191,50 @@ fn fp16_survives_an_overflowing_loss_scale() {
     let l = losses(&run);
     assert!(l[STEPS - 1] < 0.6 * l[prefix], "{l:?}");
 }
+
+#[test]
+fn an_fp16_checkpoint_resumes_with_its_loss_scale() {
+    use adjoint_worker::dist::checkpoint::Checkpoint;
+    let g = transformer();
+    let data = dataset(&g, 128);
+    let cfg = DistConfig {
+        optimizer: OptimizerConfig::adamw(3e-3),
+        precision: Precision::Fp16,
+        loss_scale: LossScaleConfig {
+            init: 2f32.powi(24),
+            growth_interval: 4,
+            min: 1.0,
+        },
+        seed: 7,
+        ..DistConfig::new(0, 1, 8)
+    };
+    let mut coll = LocalGroup::new(1).pop().unwrap();
+    let coll = &mut coll as &mut dyn Collective;
+    let new = || DistTrainer::new(CpuBackend::new(), &g, data.clone(), cfg).unwrap();
+    let mut whole = new();
+    let all: Vec<StepMetrics> = (0..16).map(|_| whole.step(coll).unwrap()).collect();
+    assert!(all.iter().any(|m| m.skipped), "some steps overflow");
+
+    let mut first = new();
+    for _ in 0..9 {
+        first.step(coll).unwrap();
+    }
+    let ckpt = Checkpoint::decode(&first.checkpoint().unwrap()).unwrap();
+    let scaler = first.loss_scaler().unwrap();
+    assert_eq!(
+        ckpt.meta.loss_scale,
+        Some((scaler.scale(), scaler.good_steps()))
+    );
+    let mut resumed = new();
+    resumed.restore(&ckpt).unwrap();
+    let rest: Vec<StepMetrics> = (9..16).map(|_| resumed.step(coll).unwrap()).collect();
+    for (i, (a, b)) in all[9..].iter().zip(&rest).enumerate() {
+        assert_eq!(
+            (a.loss.to_bits(), a.loss_scale, a.skipped),
+            (b.loss.to_bits(), b.loss_scale, b.skipped),
+            "step {}",
+            i + 10
+        );
+    }
+    assert_eq!(resumed.params().unwrap(), whole.params().unwrap());
+}

@@ -2,7 +2,7 @@
 //! variable (BatchNorm running statistics; named as in the graph), the
 //! optimizer state per parameter (`optim.<state>.<param>`,
 //! PyTorch's state names) and, as string metadata, the step, seed, data
-//! position and the shape of the run.
+//! position, the shape of the run and, under fp16, the loss scaler's state.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,10 +13,15 @@ use crate::data::{self, HostTensor};
 use crate::{Error, Result};
 
 /// The metadata of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointMeta {
     /// Optimizer steps completed.
     pub step: u64,
+    /// Updates the optimizer applied: `step` less the skipped steps
+    /// (`nan_policy = skip_step`, fp16 overflows). It drives AdamW's bias
+    /// correction and SGD's first-step momentum. Checkpoints without it
+    /// read it as `step`.
+    pub optimizer_steps: u64,
     pub seed: u64,
     /// Where the next step reads.
     pub position: DataPosition,
@@ -25,6 +30,8 @@ pub struct CheckpointMeta {
     pub grad_accum: usize,
     /// `sgd` or `adamw`.
     pub optimizer: String,
+    /// fp16: the loss scale and the good steps since it last changed.
+    pub loss_scale: Option<(f32, u64)>,
 }
 
 impl CheckpointMeta {
@@ -32,6 +39,7 @@ impl CheckpointMeta {
         [
             ("format", "adjoint-checkpoint-v1".to_owned()),
             ("step", self.step.to_string()),
+            ("optimizer_steps", self.optimizer_steps.to_string()),
             ("seed", self.seed.to_string()),
             ("epoch", self.position.epoch.to_string()),
             ("window", self.position.window.to_string()),
@@ -41,6 +49,12 @@ impl CheckpointMeta {
             ("optimizer", self.optimizer.clone()),
         ]
         .into_iter()
+        .chain(self.loss_scale.into_iter().flat_map(|(scale, good)| {
+            [
+                ("loss_scale", scale.to_string()),
+                ("loss_scale_good_steps", good.to_string()),
+            ]
+        }))
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
@@ -57,6 +71,10 @@ impl CheckpointMeta {
         };
         Ok(CheckpointMeta {
             step: num("step")?,
+            optimizer_steps: match map.get("optimizer_steps") {
+                Some(_) => num("optimizer_steps")?,
+                None => num("step")?,
+            },
             seed: num("seed")?,
             position: DataPosition {
                 epoch: num("epoch")?,
@@ -66,6 +84,20 @@ impl CheckpointMeta {
             batch: num("batch")? as usize,
             grad_accum: num("grad_accum")? as usize,
             optimizer: get("optimizer")?.clone(),
+            loss_scale: match map.get("loss_scale") {
+                None => None,
+                Some(s) => Some((
+                    s.parse()
+                        .ok()
+                        .filter(|v: &f32| v.is_finite() && *v > 0.0)
+                        .ok_or_else(|| {
+                            Error::Data(format!(
+                                "checkpoint metadata 'loss_scale' {s:?} is not a scale"
+                            ))
+                        })?,
+                    num("loss_scale_good_steps")?,
+                )),
+            },
         })
     }
 }
@@ -108,6 +140,7 @@ impl<B: Backend> DistTrainer<B> {
         let cfg = self.config();
         CheckpointMeta {
             step: self.steps(),
+            optimizer_steps: self.optimizer().steps(),
             seed: cfg.seed,
             position: self.position(),
             world: cfg.world,
@@ -117,6 +150,7 @@ impl<B: Backend> DistTrainer<B> {
                 crate::OptimizerConfig::Sgd { .. } => "sgd".into(),
                 crate::OptimizerConfig::AdamW { .. } => "adamw".into(),
             },
+            loss_scale: self.loss_scaler().map(|s| (s.scale(), s.good_steps())),
         }
     }
 
@@ -171,6 +205,11 @@ impl<B: Backend> DistTrainer<B> {
         self.load_params(&ckpt.params())?;
         self.load_optimizer_state(&ckpt.tensors)?;
         self.set_steps(ckpt.meta.step);
+        self.set_optimizer_steps(ckpt.meta.optimizer_steps);
+        // A checkpoint of another precision leaves the scaler at its start.
+        if let Some((scale, good)) = ckpt.meta.loss_scale {
+            self.set_loss_scaler(scale, good);
+        }
         Ok(())
     }
 }

@@ -60,6 +60,17 @@ impl LossScaler {
         self.scale
     }
 
+    /// Good steps since the scale last changed.
+    pub fn good_steps(&self) -> u64 {
+        self.good_steps
+    }
+
+    /// Resumes at `scale` after `good_steps` good steps (a checkpoint's).
+    pub fn resume(&mut self, scale: f32, good_steps: u64) {
+        self.scale = scale.max(self.cfg.min);
+        self.good_steps = good_steps;
+    }
+
     /// Updates the scale after a step whose gradients were (not) finite.
     pub fn update(&mut self, finite: bool) -> Verdict {
         if finite {

@@ -479,6 +479,18 @@ impl<B: Backend> DistTrainer<B> {
         &self.cfg
     }
 
+    /// The fp16 loss scaler, if the job has one.
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref().map(|(_, s)| s)
+    }
+
+    /// Resumes the fp16 loss scaler (no-op without one).
+    pub fn set_loss_scaler(&mut self, scale: f32, good_steps: u64) {
+        if let Some((_, s)) = &mut self.scaler {
+            s.resume(scale, good_steps);
+        }
+    }
+
     pub fn executor(&self) -> &Executor<B> {
         &self.exec
     }
@@ -500,6 +512,12 @@ impl<B: Backend> DistTrainer<B> {
     /// window of step `steps` and uses its learning rate.
     pub fn set_steps(&mut self, steps: u64) {
         self.steps = steps;
+        self.optimizer.set_steps(steps);
+    }
+
+    /// Sets the updates the optimizer has applied (resuming; see
+    /// [`checkpoint::CheckpointMeta::optimizer_steps`]).
+    pub fn set_optimizer_steps(&mut self, steps: u64) {
         self.optimizer.set_steps(steps);
     }
 
