@@ -26,6 +26,7 @@
 //! nan_policy = "fail"            # or "skip_step": a NaN/Inf step is skipped
 //! precision = "bf16"             # or "f32" (default), "fp16" (loss-scaled)
 //! loss_scale = 65536             # fp16: the first loss scale
+//! grad_reduce = "bf16"           # gradient all-reduce in bf16 (default f32)
 //! max_restarts = 3               # after lost workers, from the newest checkpoint
 //! ```
 //!
@@ -143,6 +144,10 @@ pub struct SpecFields {
     /// fp16: the first loss scale (default 65536).
     #[arg(long)]
     pub loss_scale: Option<f64>,
+    /// The gradient all-reduce: `f32` (default) or `bf16` (half the
+    /// bytes).
+    #[arg(long)]
+    pub grad_reduce: Option<String>,
     /// Restarts after a lost worker or peer, each from the newest
     /// checkpoint, before the job fails (default 3).
     #[arg(long)]
@@ -222,6 +227,7 @@ impl SpecFields {
             nan_policy,
             precision,
             loss_scale,
+            grad_reduce,
             max_restarts,
             loss,
             loss_output,
@@ -290,6 +296,7 @@ impl SpecFields {
             nan_policy: self.nan_policy.clone().unwrap_or_default(),
             precision: self.precision.clone().unwrap_or_default(),
             loss_scale: self.loss_scale.unwrap_or(0.0),
+            grad_reduce: self.grad_reduce.clone().unwrap_or_default(),
             max_restarts: self.max_restarts,
             ..JobSpec::default()
         };

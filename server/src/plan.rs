@@ -145,6 +145,14 @@ pub fn normalize(mut spec: JobSpec) -> Result<JobSpec> {
         Ok(p) => p.name().to_owned(),
         Err(e) => return Err(bad("precision", &e)),
     };
+    spec.grad_reduce = spec.grad_reduce.trim().to_ascii_lowercase();
+    match spec.grad_reduce.as_str() {
+        "" => spec.grad_reduce = "f32".into(),
+        "f32" | "bf16" => {}
+        other => {
+            return Err(bad("grad_reduce", &format!("'{other}': use f32 or bf16")));
+        }
+    }
     if spec.loss_scale != 0.0 && !(spec.loss_scale.is_finite() && spec.loss_scale >= 1.0) {
         return Err(bad(
             "loss_scale",
@@ -756,6 +764,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("precision") && err.contains("int8"), "{err}");
+        let err = normalize(JobSpec {
+            grad_reduce: "fp8".into(),
+            ..spec()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("grad_reduce") && err.contains("fp8"), "{err}");
+        assert_eq!(normalize(spec()).unwrap().grad_reduce, "f32");
         let err = normalize(JobSpec {
             precision: "fp16".into(),
             loss_scale: 0.5,

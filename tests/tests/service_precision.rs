@@ -1,8 +1,9 @@
 //! Mixed precision through the service, on one cluster of two worker
 //! processes: the same two-worker job in f32, bf16 and fp16 (with a loss
 //! scale far too large) succeeds; bf16 and fp16 track the f32 losses and
-//! end near its weights, which stay f32; fp16 reports its overflows (skipped
-//! steps, the scale halving, a log line each). A precision the service
+//! end near its weights, which stay f32, with the bf16 job's gradients
+//! all-reduced in bf16 over the ring (half the bytes); fp16 reports its
+//! overflows (skipped steps, the scale halving, a log line each). A precision the service
 //! does not know is refused at submit, naming the field.
 
 use std::time::Duration;
@@ -40,6 +41,8 @@ fn bf16_and_fp16_jobs_train_beside_f32() {
     write_example(dir.path(), 512).unwrap();
     let cluster = LocalCluster::start(&dir.path().join("cluster"), 2).unwrap();
     let job = |precision: &str, loss_scale: Option<f64>| SpecFields {
+        // bf16 jobs all-reduce their gradients in bf16 too.
+        grad_reduce: (precision == "bf16").then(|| "bf16".into()),
         graph: Some(dir.path().join("model.json")),
         data: Some(dir.path().join("train.safetensors")),
         workers: Some(2),
@@ -112,6 +115,19 @@ fn bf16_and_fp16_jobs_train_beside_f32() {
                 .metrics
                 .iter()
                 .all(|m| m.loss_scale == 0.0 && !m.skipped)
+        );
+        // The bf16 all-reduce hands the ring half the gradient bytes.
+        let bytes = |w: &Watched| {
+            w.metrics
+                .iter()
+                .find(|m| m.rank == 0)
+                .unwrap()
+                .allreduce_bytes
+        };
+        let (full, half) = (bytes(&f32_run), bytes(&bf16_run));
+        assert!(
+            half < full * 52 / 100 && half > full * 48 / 100,
+            "bf16 all-reduce bytes {half}, f32 {full}"
         );
     });
 }

@@ -457,3 +457,53 @@ fn a_cancelled_rendezvous_stops_waiting_for_a_peer_that_never_comes() {
         assert!(err.to_string().contains("cancelled"), "{err}");
     }
 }
+
+#[test]
+fn bf16_all_reduce_sends_half_the_bytes_and_agrees_on_every_rank() {
+    let (world, len) = (3, 40_000);
+    let data = |rank: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7 + rank * 13) as f32 * 0.01).sin() * 3.0)
+            .collect()
+    };
+    let run = |bf16: bool| {
+        on_ranks(ring(world, 4096), |c| {
+            let mut x = data(c.rank());
+            let before = c.bytes_sent();
+            if bf16 {
+                c.all_reduce_sum_bf16(&mut x).unwrap();
+            } else {
+                c.all_reduce_sum(&mut x).unwrap();
+            }
+            (x, c.bytes_sent() - before)
+        })
+        .1
+    };
+    let (full, half) = (run(false), run(true));
+    let inputs: Vec<Vec<f32>> = (0..world).map(data).collect();
+    let exact: Vec<f64> = (0..len)
+        .map(|i| inputs.iter().map(|x| f64::from(x[i])).sum())
+        .collect();
+    let (sent32, sent16) = (full[0].1, half[0].1);
+    // Payload halves; frame headers are the same count.
+    assert!(
+        (sent16 as f64) < 0.52 * sent32 as f64,
+        "bf16 sent {sent16} bytes, f32 {sent32}"
+    );
+    let first = &half[0].0;
+    for (rank, (x, _)) in half.iter().enumerate() {
+        assert_eq!(x, first, "rank {rank} differs from rank 0");
+    }
+    for (i, (&got, &want)) in first.iter().zip(&exact).enumerate() {
+        assert_eq!(
+            got,
+            half::bf16::from_f32(got).to_f32(),
+            "[{i}] is not a bf16"
+        );
+        // Three roundings of at most half a bf16 ulp (2^-9) each.
+        assert!(
+            (f64::from(got) - want).abs() <= 3.0 * 2f64.powi(-8) * want.abs().max(3.0),
+            "[{i}]: {got} vs {want}"
+        );
+    }
+}

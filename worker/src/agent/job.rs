@@ -454,6 +454,11 @@ async fn prepare(
     cfg.expert_parallel = spec.expert_parallel.max(1) as usize;
     cfg.nan_policy = spec.nan_policy.parse()?;
     cfg.precision = adjoint_graph::precision::Precision::parse(&spec.precision)?;
+    cfg.grad_reduce_bf16 = match spec.grad_reduce.as_str() {
+        "" | "f32" => false,
+        "bf16" => true,
+        other => return Err(format!("grad_reduce '{other}': use f32 or bf16")),
+    };
     if spec.loss_scale > 0.0 {
         cfg.loss_scale.init = spec.loss_scale as f32;
     }

@@ -39,16 +39,18 @@ use super::shared::{
 use super::wire::{self, HEADER, Header};
 use super::{Cause, CauseKind, CollectiveError, Op, Result, block_range};
 
-/// What the engine's data is: `f32` elements or bytes.
+/// What the engine's data is: `f32` elements, bf16 values held in `f32`s
+/// (sent as bf16, sums rounded to bf16), or bytes.
 pub(super) enum Data<'a> {
     F32(&'a mut [f32]),
+    Bf16(&'a mut [f32]),
     U8(&'a mut [u8]),
 }
 
 impl Data<'_> {
     fn len(&self) -> usize {
         match self {
-            Data::F32(d) => d.len(),
+            Data::F32(d) | Data::Bf16(d) => d.len(),
             Data::U8(d) => d.len(),
         }
     }
@@ -56,6 +58,7 @@ impl Data<'_> {
     fn elem(&self) -> usize {
         match self {
             Data::F32(_) => 4,
+            Data::Bf16(_) => 2,
             Data::U8(_) => 1,
         }
     }
@@ -65,6 +68,11 @@ impl Data<'_> {
     fn bytes<'s>(&'s self, r: Range<usize>, scratch: &'s mut Vec<u8>) -> &'s [u8] {
         match self {
             Data::F32(d) => f32_bytes(&d[r], scratch),
+            Data::Bf16(d) => {
+                scratch.resize(r.len() * 2, 0);
+                wire::put_bf16(scratch, &d[r]);
+                scratch
+            }
             Data::U8(d) => &d[r],
         }
     }
@@ -72,6 +80,7 @@ impl Data<'_> {
     fn store(&mut self, r: Range<usize>, src: &[u8]) {
         match self {
             Data::F32(d) => wire::get_f32(&mut d[r], src),
+            Data::Bf16(d) => wire::get_bf16(&mut d[r], src),
             Data::U8(d) => d[r].copy_from_slice(src),
         }
     }
@@ -79,6 +88,7 @@ impl Data<'_> {
     fn add(&mut self, r: Range<usize>, src: &[u8]) {
         match self {
             Data::F32(d) => wire::add_f32(&mut d[r], src),
+            Data::Bf16(d) => wire::add_bf16(&mut d[r], src),
             Data::U8(_) => unreachable!("byte buffers are never reduced"),
         }
     }

@@ -73,6 +73,18 @@ pub trait Collective: Send {
     /// Sums `data` elementwise across ranks, in place.
     fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<()>;
 
+    /// As [`Collective::all_reduce_sum`] in bf16: every value is rounded to
+    /// bf16, and so is every partial sum, as NCCL's bf16 sums are; the
+    /// result is a bf16 value on every rank. The ring sends bf16 (half the
+    /// bytes); this default, for collectives without a bf16 wire, rounds
+    /// before and after an f32 sum.
+    fn all_reduce_sum_bf16(&mut self, data: &mut [f32]) -> Result<()> {
+        wire::round_bf16(data);
+        self.all_reduce_sum(data)?;
+        wire::round_bf16(data);
+        Ok(())
+    }
+
     /// Sums `data` across ranks, leaving only this rank's chunk
     /// ([`chunk_range`]`(data.len(), world, rank)`) fully reduced; returns
     /// that range. The rest of `data` holds unspecified partial sums.
@@ -115,6 +127,7 @@ pub fn chunk_range(len: usize, world: usize, index: usize) -> Range<usize> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     AllReduceSum,
+    AllReduceSumBf16,
     ReduceScatterSum,
     AllGather,
     Broadcast,
@@ -126,6 +139,7 @@ impl Op {
     pub fn name(self) -> &'static str {
         match self {
             Op::AllReduceSum => "all_reduce_sum",
+            Op::AllReduceSumBf16 => "all_reduce_sum_bf16",
             Op::ReduceScatterSum => "reduce_scatter_sum",
             Op::AllGather => "all_gather",
             Op::Broadcast => "broadcast",
@@ -134,13 +148,15 @@ impl Op {
         }
     }
 
-    const ALL: [Op; 6] = [
+    // Codes are positions here: new ops go at the end.
+    const ALL: [Op; 7] = [
         Op::AllReduceSum,
         Op::ReduceScatterSum,
         Op::AllGather,
         Op::Broadcast,
         Op::AllToAll,
         Op::Barrier,
+        Op::AllReduceSumBf16,
     ];
 
     fn code(self) -> u8 {

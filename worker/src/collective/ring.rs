@@ -176,7 +176,11 @@ impl RingCollective {
             return Ok(());
         };
         let first = steps.start;
-        link.pass(op, seq, Data::F32(data), steps, |s| {
+        let data = match op {
+            Op::AllReduceSumBf16 => Data::Bf16(data),
+            _ => Data::F32(data),
+        };
+        link.pass(op, seq, data, steps, |s| {
             ring_step(rank, world, len, s, first)
         })
     }
@@ -223,6 +227,12 @@ impl Collective for RingCollective {
     fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<()> {
         let steps = 0..2 * (self.world - 1);
         self.ring(Op::AllReduceSum, data, steps)
+    }
+
+    fn all_reduce_sum_bf16(&mut self, data: &mut [f32]) -> Result<()> {
+        super::wire::round_bf16(data);
+        let steps = 0..2 * (self.world - 1);
+        self.ring(Op::AllReduceSumBf16, data, steps)
     }
 
     fn reduce_scatter_sum(&mut self, data: &mut [f32]) -> Result<Range<usize>> {

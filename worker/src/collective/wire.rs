@@ -172,6 +172,38 @@ pub fn put_f32(out: &mut [u8], src: &[f32]) {
     }
 }
 
+/// Rounds every value to the nearest bf16 (ties to even), in place.
+pub fn round_bf16(data: &mut [f32]) {
+    for x in data {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
+/// Writes `src` (bf16 values held in f32s) as little-endian bf16s.
+pub fn put_bf16(out: &mut [u8], src: &[f32]) {
+    let (chunks, _) = out.as_chunks_mut::<2>();
+    for (o, x) in chunks.iter_mut().zip(src) {
+        *o = half::bf16::from_f32(*x).to_le_bytes();
+    }
+}
+
+/// Reads little-endian bf16s from `src` into `dst`.
+pub fn get_bf16(dst: &mut [f32], src: &[u8]) {
+    let (chunks, _) = src.as_chunks::<2>();
+    for (d, c) in dst.iter_mut().zip(chunks) {
+        *d = half::bf16::from_le_bytes(*c).to_f32();
+    }
+}
+
+/// Adds little-endian bf16s from `src` into `dst`, rounding each sum to
+/// bf16: `dst[i] = bf16(dst[i] + src[i])`.
+pub fn add_bf16(dst: &mut [f32], src: &[u8]) {
+    let (chunks, _) = src.as_chunks::<2>();
+    for (d, c) in dst.iter_mut().zip(chunks) {
+        *d = half::bf16::from_f32(*d + half::bf16::from_le_bytes(*c).to_f32()).to_f32();
+    }
+}
+
 /// Reads little-endian `f32`s from `src` into `dst`.
 pub fn get_f32(dst: &mut [f32], src: &[u8]) {
     let (chunks, _) = src.as_chunks::<4>();

@@ -102,6 +102,10 @@ pub struct DistConfig {
     pub precision: Precision,
     /// The dynamic loss scale under fp16.
     pub loss_scale: LossScaleConfig,
+    /// Dense gradient buckets all-reduced in bf16 (half the bytes; every
+    /// partial sum rounded to bf16) instead of f32. Expert gradients
+    /// (sparse or sharded) stay f32.
+    pub grad_reduce_bf16: bool,
     /// Seeds the initializers, the data shuffle and random ops.
     pub seed: u64,
     pub exec: ExecOptions,
@@ -151,6 +155,7 @@ impl DistConfig {
             nan_policy: NanPolicy::Fail,
             precision: Precision::F32,
             loss_scale: LossScaleConfig::default(),
+            grad_reduce_bf16: false,
             seed: 0,
             exec: ExecOptions::default(),
         }
@@ -769,6 +774,7 @@ impl<B: Backend> DistTrainer<B> {
                     events.backward_end = Some(Instant::now());
                 }
                 let hook = BucketHook {
+                    bf16: cfg.grad_reduce_bf16,
                     grads,
                     host: host.as_mut_slice(),
                     accum: accum.as_mut_slice(),
@@ -919,6 +925,8 @@ struct BucketHook<'a> {
     host: &'a mut [f32],
     accum: &'a mut [f32],
     scale: f32,
+    /// Dense buckets go through the bf16 all-reduce.
+    bf16: bool,
     sparse: &'a mut SparseExperts,
     shards: Option<&'a mut ExpertShards>,
 }
@@ -961,10 +969,11 @@ impl BucketHook<'_> {
                 }
                 let t0 = Instant::now();
                 let mut shard = self.shards.filter(|s| s.holds(&bucket.params));
-                let sent = if let Some(s) = shard.as_deref_mut() {
+                // What was sent, and what the dense all-reduce would have sent.
+                let (sent, dense) = if let Some(s) = shard.as_deref_mut() {
                     // Already summed over every place's rows: only the
                     // replicas of this place add theirs.
-                    s.reduce(coll, host)?
+                    (s.reduce(coll, host)?, bucket.bytes as u64)
                 } else if self.sparse.overlaps(start, len) {
                     // The marks of this (last) micro-step are read once, when
                     // the first expert bucket comes; every rank gets here at
@@ -974,10 +983,14 @@ impl BucketHook<'_> {
                         self.sparse.observe(backend)?;
                         sent += self.sparse.agree(coll)?;
                     }
-                    sent + self.sparse.all_reduce(host, start, coll)?
+                    let sent = sent + self.sparse.all_reduce(host, start, coll)?;
+                    (sent, bucket.bytes as u64)
+                } else if self.bf16 {
+                    coll.all_reduce_sum_bf16(host).map_err(collective_error)?;
+                    (bucket.bytes as u64 / 2, bucket.bytes as u64 / 2)
                 } else {
                     coll.all_reduce_sum(host).map_err(collective_error)?;
-                    bucket.bytes as u64
+                    (bucket.bytes as u64, bucket.bytes as u64)
                 };
                 let t1 = Instant::now();
                 let mut sumsq = 0f64;
@@ -992,7 +1005,7 @@ impl BucketHook<'_> {
                 }
                 totals.allreduce_secs += (t1 - t0).as_secs_f64();
                 totals.allreduce_bytes += sent;
-                totals.allreduce_saved += (bucket.bytes as u64).saturating_sub(sent);
+                totals.allreduce_saved += dense.saturating_sub(sent);
                 totals.sumsq += sumsq;
                 Ok(Some(BucketEvent {
                     bucket: bucket.index,
