@@ -154,9 +154,16 @@ fn one_job_is_one_trace_across_cli_coordinator_and_workers() {
     let spans = rt
         .block_on(wait_until("the job's spans", TIMEOUT, async || {
             let spans = receiver.spans.lock().unwrap().clone();
+            // Every span the checks below read: each process exports in
+            // its own batches, so the coordinator's may come after the
+            // workers' steps.
             let steps = named(&spans, "adjoint-worker", "step").len();
-            let cli = named(&spans, "adjoint-cli", "cli").len();
-            Ok((steps >= 4 && cli >= 1).then_some(spans))
+            let all_there = ["submit", "validate", "plan", "schedule"]
+                .iter()
+                .all(|name| !named(&spans, "adjoint-server", name).is_empty())
+                && !named(&spans, "adjoint-cli", "cli").is_empty()
+                && named(&spans, "adjoint-worker", "job").len() >= 2;
+            Ok((steps >= 4 && all_there).then_some(spans))
         }))
         .unwrap_or_else(|e| {
             let spans = receiver.spans.lock().unwrap().clone();

@@ -239,9 +239,21 @@ fn map_loop_avx2<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
     map_loop(x, y, f);
 }
 
+/// [`map_loop`] compiled for AVX-512: sixteen lanes, the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn map_loop_avx512<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
+    map_loop(x, y, f);
+}
+
 /// [`map_loop`] in the widest build the CPU runs.
 #[inline(always)]
 fn map_leaf<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the one feature `map_loop_avx512` is built with.
+        return unsafe { map_loop_avx512(x, y, f) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has the one feature `map_loop_avx2` is built with.
@@ -265,9 +277,21 @@ fn zip_loop_avx2(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) ->
     zip_loop(a, b, out, f);
 }
 
+/// [`zip_loop`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn zip_loop_avx512(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+    zip_loop(a, b, out, f);
+}
+
 /// [`zip_loop`] in the widest build the CPU runs.
 #[inline(always)]
 fn zip_leaf(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the one feature `zip_loop_avx512` is built with.
+        return unsafe { zip_loop_avx512(a, b, out, f) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has the one feature `zip_loop_avx2` is built with.
