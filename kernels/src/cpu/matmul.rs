@@ -14,7 +14,8 @@
 //!   when it is big enough.
 //!
 //! All offsets are validated against the slice lengths before any unsafe
-//! code runs.
+//! code runs. bf16 operands (with f32 results) take the same strategies,
+//! each entry through [`super::gemm_bf16`].
 
 use rayon::prelude::*;
 
@@ -45,8 +46,66 @@ pub(super) struct Strides {
     pub(super) dst_rs: isize,
 }
 
+/// An operand element type of [`matmul`]: how one entry's GEMM runs
+/// (results are f32 either way).
+pub(super) trait GemmOperand: Copy + Sync {
+    #[allow(clippy::too_many_arguments)]
+    fn entry_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[Self],
+        b: &[Self],
+        c: &mut [f32],
+        st: Strides,
+        par: gemm::Parallelism,
+    );
+}
+
+impl GemmOperand for f32 {
+    fn entry_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        st: Strides,
+        par: gemm::Parallelism,
+    ) {
+        gemm_checked(m, n, k, a, b, c, st, par);
+    }
+}
+
+/// bf16 operands on AVX512_BF16 ([`super::gemm_bf16`]); the backend only
+/// calls [`matmul`] with them where [`super::gemm_bf16::available`].
+impl GemmOperand for half::bf16 {
+    fn entry_gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[half::bf16],
+        b: &[half::bf16],
+        c: &mut [f32],
+        st: Strides,
+        par: gemm::Parallelism,
+    ) {
+        let ok = a.len() == m * k && b.len() == k * n && c.len() == m * n;
+        debug_assert!(ok, "matmul: operand slices do not match m, n, k");
+        if ok {
+            let parallel = !matches!(par, gemm::Parallelism::None);
+            super::gemm_bf16::gemm(m, n, k, a, b, c, st, parallel);
+        }
+    }
+}
+
 /// `c = op(a)·op(b)` for every batch entry (see [`MatMulDims`]).
-pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], dims: &MatMulDims<'_>) -> Result<()> {
+pub fn matmul<T: GemmOperand>(
+    a: &[T],
+    b: &[T],
+    c: &mut [f32],
+    dims: &MatMulDims<'_>,
+) -> Result<()> {
     let Some(Sizes {
         count,
         a_entry,
@@ -75,7 +134,7 @@ pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], dims: &MatMulDims<'_>) -> Res
         // the slices by `validate`.
         let (a, c) = (&a[..count * a_entry], &mut c[..count * c_entry]);
         let par = parallelism(work.saturating_mul(count));
-        gemm_checked(count * m, n, k, a, &b[..b_entry], c, st, par);
+        T::entry_gemm(count * m, n, k, a, &b[..b_entry], c, st, par);
         return Ok(());
     }
     let threads = rayon::current_num_threads();
@@ -281,9 +340,9 @@ fn advance(
 }
 
 /// Entries one after another, `c` at any (even overlapping) strides.
-fn sequential(
-    a: &[f32],
-    b: &[f32],
+fn sequential<T: GemmOperand>(
+    a: &[T],
+    b: &[T],
     c: &mut [f32],
     d: &MatMulDims<'_>,
     st: Strides,
@@ -298,7 +357,7 @@ fn sequential(
         // In bounds: check_extent covered the largest offset of each operand.
         let (a_e, b_e) = (&a[a_off..a_off + a_entry], &b[b_off..b_off + b_entry]);
         let c_e = &mut c[c_off..c_off + c_entry];
-        gemm_checked(d.m, d.n, d.k, a_e, b_e, c_e, st, par);
+        T::entry_gemm(d.m, d.n, d.k, a_e, b_e, c_e, st, par);
         if !advance(&mut idx, &mut offs, d.batch, strides) {
             return;
         }
@@ -306,9 +365,9 @@ fn sequential(
 }
 
 /// Entries split over rayon's pool; `c` contiguous, `count·c_entry` long.
-fn batch_parallel(
-    a: &[f32],
-    b: &[f32],
+fn batch_parallel<T: GemmOperand>(
+    a: &[T],
+    b: &[T],
     c: &mut [f32],
     d: &MatMulDims<'_>,
     st: Strides,
@@ -326,7 +385,7 @@ fn batch_parallel(
         }
         // In bounds: check_extent covered the largest offset of each operand.
         let (a_e, b_e) = (&a[a_off..a_off + a_entry], &b[b_off..b_off + b_entry]);
-        gemm_checked(d.m, d.n, d.k, a_e, b_e, c_e, st, gemm::Parallelism::None);
+        T::entry_gemm(d.m, d.n, d.k, a_e, b_e, c_e, st, gemm::Parallelism::None);
     });
 }
 

@@ -9,6 +9,7 @@
 mod conv;
 mod elementwise;
 mod fused;
+pub mod gemm_bf16;
 mod index;
 mod layout;
 mod loss;
@@ -439,6 +440,20 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
+        if a.elem == ElemType::BF16 && b.elem == ElemType::BF16 && gemm_bf16::available() {
+            // bf16 operands read as they are (AVX512_BF16 dot products, f32
+            // accumulation); only a half result is widened.
+            if c.elem != ElemType::F32 {
+                return self.widened("matmul", [c], [true], |b_, [c]| b_.matmul(a, b, c, dims));
+            }
+            disjoint("matmul", &[c], &[a, b])?;
+            return matmul::matmul::<half::bf16>(
+                self.r("matmul a", a)?,
+                self.r("matmul b", b)?,
+                self.w("matmul c", c)?,
+                dims,
+            );
+        }
         if crate::widen::any_half(&[a, b, c]) {
             return self.widened(
                 "matmul",
@@ -448,7 +463,7 @@ impl Backend for CpuBackend {
             );
         }
         disjoint("matmul", &[c], &[a, b])?;
-        matmul::matmul(
+        matmul::matmul::<f32>(
             self.r("matmul a", a)?,
             self.r("matmul b", b)?,
             self.w("matmul c", c)?,

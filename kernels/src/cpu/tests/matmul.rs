@@ -326,7 +326,7 @@ fn k_zero_gives_zeros() {
             sc: &[12],
         };
         let mut c = vec![f32::NAN; 24];
-        matmul(&[], &[], &mut c, &case.dims()).unwrap();
+        matmul::<f32>(&[], &[], &mut c, &case.dims()).unwrap();
         assert!(c.iter().all(|&x| x == 0.0));
     }
 }
@@ -357,7 +357,7 @@ fn empty_outputs_are_fine() {
         sb: &[12],
         sc: &[8],
     };
-    matmul(&[], &[], &mut [], &case.dims()).unwrap();
+    matmul::<f32>(&[], &[], &mut [], &case.dims()).unwrap();
 }
 
 #[test]
