@@ -114,6 +114,17 @@ pub(super) fn gemm(
             let rows = MR.min(m - p * MR);
             let cols = NR.min(n - q * NR);
             for (r, row) in tile.iter().enumerate().take(rows) {
+                if st.dst_cs == 1 {
+                    // Contiguous row: slices the compiler vectorises.
+                    let start = (at(p * MR + r, q * NR, st.dst_rs, 1) - base) as usize;
+                    let dst = &mut c_rows[start..start + cols];
+                    if accumulate {
+                        dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+                    } else {
+                        dst.copy_from_slice(&row[..cols]);
+                    }
+                    continue;
+                }
                 for (j, &v) in row.iter().enumerate().take(cols) {
                     let idx = (at(p * MR + r, q * NR + j, st.dst_rs, st.dst_cs) - base) as usize;
                     if accumulate {
@@ -198,6 +209,42 @@ fn pack_b(
 /// past `k` and the last row.
 fn pack_a(a: &[bf16], st: Strides, i0: usize, rows: usize, k0: usize, kc: usize, out: &mut [u32]) {
     let pairs = kc.div_ceil(2);
+    if st.lhs_cs == 1 && rows == MR {
+        // Rows contiguous along k: each pair is two neighbours.
+        for r in 0..MR {
+            let start = ((i0 + r) as isize * st.lhs_rs) as usize + k0;
+            let row = &a[start..start + kc];
+            let mut lanes = out[..pairs * MR].iter_mut().skip(r).step_by(MR);
+            // Pairs first: `zip` then stops without taking a lane.
+            for (two, lane) in row.chunks_exact(2).zip(lanes.by_ref()) {
+                *lane = pair(two[0], two[1]);
+            }
+            if let (Some(lane), [last]) = (lanes.next(), row.chunks_exact(2).remainder()) {
+                *lane = pair(*last, bf16::ZERO);
+            }
+        }
+        return;
+    }
+    if st.lhs_rs == 1 && rows == MR {
+        // Transposed a: each k is MR neighbours.
+        let cs = st.lhs_cs as usize;
+        let at_k = |kk: usize| &a[kk * cs + i0..kk * cs + i0 + MR];
+        for (t, lanes) in out[..pairs * MR].chunks_exact_mut(MR).enumerate() {
+            let kk = k0 + 2 * t;
+            let even = at_k(kk);
+            if kk + 1 < k0 + kc {
+                let odd = at_k(kk + 1);
+                for ((lane, &lo), &hi) in lanes.iter_mut().zip(even).zip(odd) {
+                    *lane = pair(lo, hi);
+                }
+            } else {
+                for (lane, &lo) in lanes.iter_mut().zip(even) {
+                    *lane = pair(lo, bf16::ZERO);
+                }
+            }
+        }
+        return;
+    }
     let get = |r: usize, kk: usize| {
         if r < rows && kk < k0 + kc {
             a[((i0 + r) as isize * st.lhs_rs + kk as isize * st.lhs_cs) as usize]
