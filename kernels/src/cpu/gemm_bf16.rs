@@ -95,7 +95,10 @@ pub(super) fn gemm(
         );
         let packed_b = &packed_b[..panels * pairs * NR];
         let accumulate = k0 > 0;
-        let run_panel = |p: usize, tile_out: &mut dyn FnMut(usize, usize, &Tile)| {
+        // Row panel `p` times every column panel, each tile written into
+        // `c_rows` (`c` from element `base` on), added to what an earlier
+        // block wrote there.
+        let run_panel = |p: usize, c_rows: &mut [f32], base: isize| {
             let mut packed_a = [0u32; (KC / 2) * MR];
             let rows = MR.min(m - p * MR);
             pack_a(a, st, p * MR, rows, k0, kc, &mut packed_a[..pairs * MR]);
@@ -105,32 +108,27 @@ pub(super) fn gemm(
                 // SAFETY: `available()` checked the features; the slices
                 // hold `pairs·MR` and `pairs·NR` lanes.
                 unsafe { kernel(&packed_a[..pairs * MR], bq, pairs, &mut tile) };
-                tile_out(p, q, &tile);
-            }
-        };
-        // Writes a tile's valid rows and columns into `c` (adding when a
-        // previous block wrote there).
-        let store = |c_rows: &mut [f32], p: usize, q: usize, tile: &Tile, base: isize| {
-            let rows = MR.min(m - p * MR);
-            let cols = NR.min(n - q * NR);
-            for (r, row) in tile.iter().enumerate().take(rows) {
-                if st.dst_cs == 1 {
-                    // Contiguous row: slices the compiler vectorises.
-                    let start = (at(p * MR + r, q * NR, st.dst_rs, 1) - base) as usize;
-                    let dst = &mut c_rows[start..start + cols];
-                    if accumulate {
-                        dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
-                    } else {
-                        dst.copy_from_slice(&row[..cols]);
+                let cols = NR.min(n - q * NR);
+                for (r, row) in tile.iter().enumerate().take(rows) {
+                    let (i, j0) = (p * MR + r, q * NR);
+                    if st.dst_cs == 1 {
+                        // Contiguous row: slices the compiler vectorises.
+                        let start = (at(i, j0, st.dst_rs, 1) - base) as usize;
+                        let dst = &mut c_rows[start..start + cols];
+                        if accumulate {
+                            dst.iter_mut().zip(row).for_each(|(d, &v)| *d += v);
+                        } else {
+                            dst.copy_from_slice(&row[..cols]);
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                for (j, &v) in row.iter().enumerate().take(cols) {
-                    let idx = (at(p * MR + r, q * NR + j, st.dst_rs, st.dst_cs) - base) as usize;
-                    if accumulate {
-                        c_rows[idx] += v;
-                    } else {
-                        c_rows[idx] = v;
+                    for (j, &v) in row.iter().enumerate().take(cols) {
+                        let idx = (at(i, j0 + j, st.dst_rs, st.dst_cs) - base) as usize;
+                        if accumulate {
+                            c_rows[idx] += v;
+                        } else {
+                            c_rows[idx] = v;
+                        }
                     }
                 }
             }
@@ -140,13 +138,10 @@ pub(super) fn gemm(
             c[..m * n]
                 .par_chunks_mut(MR * n)
                 .enumerate()
-                .for_each(|(p, c_panel)| {
-                    let base = (p * MR * n) as isize;
-                    run_panel(p, &mut |p, q, tile| store(c_panel, p, q, tile, base));
-                });
+                .for_each(|(p, c_panel)| run_panel(p, c_panel, (p * MR * n) as isize));
         } else {
             for p in 0..row_panels {
-                run_panel(p, &mut |p, q, tile| store(c, p, q, tile, 0));
+                run_panel(p, c, 0);
             }
         }
         k0 += kc;

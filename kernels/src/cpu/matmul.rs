@@ -90,13 +90,21 @@ impl GemmOperand for half::bf16 {
         st: Strides,
         par: gemm::Parallelism,
     ) {
-        let ok = a.len() == m * k && b.len() == k * n && c.len() == m * n;
-        debug_assert!(ok, "matmul: operand slices do not match m, n, k");
-        if ok {
+        if operands_fit(m, n, k, a.len(), b.len(), c.len()) {
             let parallel = !matches!(par, gemm::Parallelism::None);
-            super::gemm_bf16::gemm(m, n, k, a, b, c, st, parallel);
+            let ran = super::gemm_bf16::gemm(m, n, k, a, b, c, st, parallel);
+            debug_assert!(ran, "matmul: bf16 GEMM on a CPU without AVX512_BF16");
         }
     }
+}
+
+/// Whether one entry's slices hold exactly `m·k`, `k·n` and `m·n`
+/// elements. The callers' slicing makes them exact; anything else would be
+/// a bug here, and the GEMM is skipped rather than run out of bounds.
+fn operands_fit(m: usize, n: usize, k: usize, a: usize, b: usize, c: usize) -> bool {
+    let ok = a == m * k && b == k * n && c == m * n;
+    debug_assert!(ok, "matmul: operand slices do not match m, n, k");
+    ok
 }
 
 /// `c = op(a)·op(b)` for every batch entry (see [`MatMulDims`]).
@@ -405,10 +413,7 @@ pub(super) fn gemm_checked(
     st: Strides,
     par: gemm::Parallelism,
 ) {
-    // Slicing above made these exact; anything else would be a bug here.
-    let ok = a.len() == m * k && b.len() == k * n && c.len() == m * n;
-    debug_assert!(ok, "matmul: operand slices do not match m, n, k");
-    if !ok {
+    if !operands_fit(m, n, k, a.len(), b.len(), c.len()) {
         return;
     }
     third_party(|| {

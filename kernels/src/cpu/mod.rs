@@ -440,21 +440,14 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&mut self, a: View, b: View, c: View, dims: &MatMulDims<'_>) -> Result<()> {
-        if a.elem == ElemType::BF16 && b.elem == ElemType::BF16 && gemm_bf16::available() {
-            // bf16 operands read as they are (AVX512_BF16 dot products, f32
-            // accumulation); only a half result is widened.
-            if c.elem != ElemType::F32 {
-                return self.widened("matmul", [c], [true], |b_, [c]| b_.matmul(a, b, c, dims));
-            }
-            disjoint("matmul", &[c], &[a, b])?;
-            return matmul::matmul::<half::bf16>(
-                self.r("matmul a", a)?,
-                self.r("matmul b", b)?,
-                self.w("matmul c", c)?,
-                dims,
-            );
+        // bf16 operands are read as they are where the CPU has AVX512_BF16
+        // (f32 accumulation); only a half result is then widened.
+        let native_bf16 =
+            a.elem == ElemType::BF16 && b.elem == ElemType::BF16 && gemm_bf16::available();
+        if native_bf16 && c.elem.is_half() {
+            return self.widened("matmul", [c], [true], |b_, [c]| b_.matmul(a, b, c, dims));
         }
-        if crate::widen::any_half(&[a, b, c]) {
+        if !native_bf16 && crate::widen::any_half(&[a, b, c]) {
             return self.widened(
                 "matmul",
                 [a, b, c],
@@ -463,12 +456,14 @@ impl Backend for CpuBackend {
             );
         }
         disjoint("matmul", &[c], &[a, b])?;
-        matmul::matmul::<f32>(
-            self.r("matmul a", a)?,
-            self.r("matmul b", b)?,
-            self.w("matmul c", c)?,
-            dims,
-        )
+        let c_out = self.w("matmul c", c)?;
+        if native_bf16 {
+            let (a, b) = (self.r("matmul a", a)?, self.r("matmul b", b)?);
+            matmul::matmul::<half::bf16>(a, b, c_out, dims)
+        } else {
+            let (a, b) = (self.r("matmul a", a)?, self.r("matmul b", b)?);
+            matmul::matmul::<f32>(a, b, c_out, dims)
+        }
     }
 
     fn gather(
