@@ -196,6 +196,30 @@ __device__ typename R::T block_reduce(typename R::T v) {
     return result;
 }
 
+// Column tiles: a block of `lanes` x 32 threads (blockDim.x = 32 lanes,
+// at most 1024) covers 32 neighbouring columns; thread (lane, column) =
+// (threadIdx.x >> 5, threadIdx.x & 31) folds rows lane, lane + lanes, ...
+// of its column, so each warp reads 32 neighbouring elements of a row.
+// `column_tile_reduce` then combines the lanes' partials in lane order
+// (a fixed order: the same bits every run) and returns the column's result
+// to lane 0. Every thread of the block must call it.
+#define TILE_COLUMNS 32u
+__device__ __forceinline__ u32 tile_column() { return threadIdx.x & 31u; }
+__device__ __forceinline__ u32 tile_lane() { return threadIdx.x >> 5; }
+__device__ __forceinline__ u32 tile_lanes() { return blockDim.x >> 5; }
+
+template <class R>
+__device__ typename R::T column_tile_reduce(typename R::T v) {
+    __shared__ typename R::T part[32][33];
+    const u32 c = tile_column(), lane = tile_lane();
+    __syncthreads();  // an earlier call may still be reading `part`
+    part[lane][c] = v;
+    __syncthreads();
+    if (lane == 0)
+        for (u32 l = 1; l < tile_lanes(); ++l) v = R::op(v, part[l][c]);
+    return v;
+}
+
 // ----- math (the CPU kernels' formulas, kernels/src/cpu/elementwise.rs) -----
 
 #define SQRT_2_OVER_PI 0.7978845608028654f

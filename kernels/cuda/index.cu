@@ -22,22 +22,30 @@ extern "C" __global__ void gather_f32(const float* data, const void* indices, i3
 }
 
 // out as [outer, size, inner], zeroed, then out[o, indices[j], i] +=
-// updates[o, j, i]. One thread per (o, i) column adds its updates in index
-// order: no atomics, the same bits every run (as the CPU's order).
+// updates[o, j, i]. The rows of out are split into `ranges` even ranges;
+// one thread per (o, range, i) zeroes its rows of column i, then walks
+// all the indices in order and adds the updates that land in its range.
+// No atomics: every output adds its updates in index order, the same bits
+// every run (and the CPU's order). Reading every index once per range is
+// cheap (a warp reads the same index), and the ranges give the threads to
+// fill the GPU when outer·inner alone is small (an embedding's gradient).
 extern "C" __global__ void scatter_add_f32(const float* updates, const void* indices, i32 wide,
                                            float* out, u64 outer, u64 size, u64 inner, u64 k,
-                                           u64* err) {
-    GRID_STRIDE(c, outer * inner) {
-        u64 o = c / inner, i = c - o * inner;
+                                           u64 ranges, u64* err) {
+    GRID_STRIDE(t, outer * ranges * inner) {
+        u64 i = t % inner, og = t / inner;
+        u64 g = og % ranges, o = og / ranges;
+        u64 r0 = g * size / ranges, r1 = (g + 1) * size / ranges;
         float* col = out + o * size * inner + i;
-        for (u64 r = 0; r < size; ++r) col[r * inner] = 0.0f;
+        for (u64 r = r0; r < r1; ++r) col[r * inner] = 0.0f;
         const float* upd = updates + o * k * inner + i;
         for (u64 j = 0; j < k; ++j) {
             i64 idx = load_index(indices, j, wide);
             if (idx < 0 || (u64)idx >= size) {
-                if (c == 0) report_error(err, ERR_SCATTER_INDEX, idx, size);
+                if (t == 0) report_error(err, ERR_SCATTER_INDEX, idx, size);
                 continue;
             }
+            if ((u64)idx < r0 || (u64)idx >= r1) continue;
             col[(u64)idx * inner] += upd[j * inner];
         }
     }

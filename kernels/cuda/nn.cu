@@ -103,20 +103,29 @@ extern "C" __global__ void layer_norm_grad_dx_f32(const float* x, const float* g
     }
 }
 
-// dgamma = sum_rows dy xh, dbeta = sum_rows dy: thread per column, rows in
-// order, double sums.
-extern "C" __global__ void layer_norm_grad_params_f32(const float* x, const float* dy,
-                                                      const float2* stats, float* dgamma,
-                                                      float* dbeta, u64 rows, u64 d) {
-    GRID_STRIDE(j, d) {
+// dgamma = sum_rows dy xh, dbeta = sum_rows dy: column tiles (common.cuh),
+// each column's rows shared among the block's lanes, double sums combined
+// in lane order.
+extern "C" __global__ void __launch_bounds__(512)
+    layer_norm_grad_params_f32(const float* x, const float* dy, const float2* stats,
+                               float* dgamma, float* dbeta, u64 rows, u64 d) {
+    const u32 lane = tile_lane(), lanes = tile_lanes();
+    for (u64 tile = (u64)blockIdx.x * TILE_COLUMNS; tile < d; tile += (u64)gridDim.x * TILE_COLUMNS) {
+        const u64 j = tile + tile_column();
+        const bool live = j < d;
         double g = 0.0, b = 0.0;
-        for (u64 r = 0; r < rows; ++r) {
-            float2 st = stats[r];
-            float dv = dy[r * d + j];
-            g += (double)(dv * ((x[r * d + j] - st.x) * st.y));
-            b += (double)dv;
+        if (live)
+            for (u64 r = lane; r < rows; r += lanes) {
+                float2 st = stats[r];
+                float dv = dy[r * d + j];
+                g += (double)(dv * ((x[r * d + j] - st.x) * st.y));
+                b += (double)dv;
+            }
+        g = column_tile_reduce<SumF64>(g);
+        b = column_tile_reduce<SumF64>(b);
+        if (live && lane == 0) {
+            dgamma[j] = (float)g;
+            dbeta[j] = (float)b;
         }
-        dgamma[j] = (float)g;
-        dbeta[j] = (float)b;
     }
 }

@@ -5,9 +5,10 @@
 // - `reduce_rows_f32` when x's innermost axis is reduced: one block per
 //   output, its threads striding through the reduced positions, so reads
 //   are coalesced; a block reduction combines them;
-// - `reduce_cols_f32` when x's innermost axis is kept: one thread per
-//   output, each folding its reduced positions in order, so neighbouring
-//   threads read neighbouring elements.
+// - `reduce_cols_f32` when x's innermost axis is kept: column tiles
+//   (common.cuh), 32 neighbouring outputs per block, each folded by the
+//   block's lanes and combined in lane order, so warps read neighbouring
+//   elements and a long reduced axis is shared among the lanes.
 // Sums accumulate in double; max lets NaN win. `op`: 0 sum, 1 mean, 2 max.
 // Either way the order of operations depends only on the shape and the
 // launch configuration, so results repeat bit for bit.
@@ -45,18 +46,26 @@ extern "C" __global__ void reduce_rows_f32(const float* x, float* y, u64 outputs
     }
 }
 
-extern "C" __global__ void reduce_cols_f32(const float* x, float* y, u64 outputs, u64 count,
-                                           i32 op, ReduceLayout l) {
-    GRID_STRIDE(o, outputs) {
-        const float* base = x + kept_offset(l, o);
+extern "C" __global__ void __launch_bounds__(512)
+    reduce_cols_f32(const float* x, float* y, u64 outputs, u64 count, i32 op, ReduceLayout l) {
+    const u32 lane = tile_lane(), lanes = tile_lanes();
+    for (u64 tile = (u64)blockIdx.x * TILE_COLUMNS; tile < outputs;
+         tile += (u64)gridDim.x * TILE_COLUMNS) {
+        const u64 o = tile + tile_column();
+        const bool live = o < outputs;
+        const float* base = x + (live ? kept_offset(l, o) : 0);
         if (op == OP_MAX) {
             float m = MaxNanF32::identity();
-            for (u64 r = 0; r < count; ++r) m = MaxNanF32::op(m, base[red_offset(l, r)]);
-            y[o] = m;
+            if (live)
+                for (u64 r = lane; r < count; r += lanes) m = MaxNanF32::op(m, base[red_offset(l, r)]);
+            m = column_tile_reduce<MaxNanF32>(m);
+            if (live && lane == 0) y[o] = m;
         } else {
             double s = 0.0;
-            for (u64 r = 0; r < count; ++r) s += (double)base[red_offset(l, r)];
-            y[o] = op == OP_MEAN ? (float)(s / (double)count) : (float)s;
+            if (live)
+                for (u64 r = lane; r < count; r += lanes) s += (double)base[red_offset(l, r)];
+            s = column_tile_reduce<SumF64>(s);
+            if (live && lane == 0) y[o] = op == OP_MEAN ? (float)(s / (double)count) : (float)s;
         }
     }
 }

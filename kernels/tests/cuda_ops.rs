@@ -12,7 +12,7 @@ use adjoint_kernels::{
     RngKey, SgdParams, Stream, UnaryOp, View,
 };
 
-/// Both backends, buffers allocated in the same order (so the same ids).
+/// Both backends, each test buffer under the same id on both.
 struct Both {
     cpu: CpuBackend,
     gpu: CudaBackend,
@@ -60,11 +60,21 @@ fn bytes_f32(v: &[f32]) -> Vec<u8> {
 
 impl Both {
     fn upload(&mut self, elem: ElemType, len: usize, bytes: &[u8]) -> View {
-        let (c, g) = (
+        // A backend that widens a half operand allocates f32 scratch of its
+        // own, and which kernels widen differs (the CPU multiplies f16
+        // widened, cuBLAS natively), so its ids run ahead: the other
+        // backend allocates until they meet again.
+        let (mut c, mut g) = (
             self.cpu.alloc(bytes.len()).unwrap(),
             self.gpu.alloc(bytes.len()).unwrap(),
         );
-        assert_eq!(c, g, "buffers allocated in step");
+        while c.0 < g.0 {
+            c = self.cpu.alloc(bytes.len()).unwrap();
+        }
+        while g.0 < c.0 {
+            g = self.gpu.alloc(bytes.len()).unwrap();
+        }
+        assert_eq!(c, g, "buffer ids in step");
         let v = View {
             buffer: c,
             offset: 0,
@@ -425,6 +435,14 @@ fn gather_scatter_one_hot_and_bad_indices() {
         t.run(|b| b.one_hot(ids, oh, axis));
         t.exact("one_hot", oh);
     }
+    // Wide columns: the CUDA kernel splits out's rows into ranges of
+    // several rows each (an embedding's gradient has this shape).
+    let (rows, width, n) = (100usize, 4096usize, 500usize);
+    let ids = t.i64(&rng.below(n, rows));
+    let upd = t.f32(&rng.f32s(n * width, -1.0, 1.0));
+    let acc = t.out(ElemType::F32, rows * width);
+    t.run(|b| b.scatter_add(upd, ids, acc, 1, rows, width));
+    t.close("scatter_add wide", acc, 1e-6, 1e-6);
     // An index out of range: the CPU refuses the call, CUDA reports it at
     // the next synchronisation, naming the same site, index and bound.
     let bad = t.i64(&[1, 50, 2]);

@@ -471,6 +471,9 @@ impl<B: Backend> Executor<B> {
                 _ => instr.run(&mut self.backend, key)?,
             }
             if let Some(start) = start {
+                // A device backend runs asynchronously: wait for this
+                // instruction so its time is its own, not its launch's.
+                self.backend.synchronize()?;
                 self.profile[i] += start.elapsed().as_secs_f64();
             }
             for view in &self.poison[i] {

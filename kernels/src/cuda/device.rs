@@ -56,7 +56,7 @@ pub struct CudaBackend {
     /// A failure of a call that cannot return one (record/wait), reported
     /// by the next `synchronize`.
     pending: Option<Error>,
-    sms: u32,
+    pub(super) sms: u32,
     /// f32 copies of half operands ([`crate::widen`]).
     half: crate::widen::HalfScratch,
 }

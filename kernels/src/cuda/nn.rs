@@ -26,6 +26,14 @@ fn row_grid(rows: u64) -> u32 {
     rows.clamp(1, MAX_ROW_BLOCKS) as u32
 }
 
+/// Grid and block of a column-tile launch (kernels/cuda/common.cuh): 32
+/// columns per block, up to 16 lanes sharing each column's `rows`.
+fn column_tiles(columns: u64, rows: u64) -> (u32, u32) {
+    let lanes = rows.next_power_of_two().clamp(1, 16) as u32;
+    let tiles = columns.div_ceil(32).clamp(1, MAX_ROW_BLOCKS) as u32;
+    (tiles, 32 * lanes)
+}
+
 fn mul3(what: &'static str, a: usize, b: usize, c: usize) -> Result<usize> {
     a.checked_mul(b)
         .and_then(|ab| ab.checked_mul(c))
@@ -94,8 +102,9 @@ impl CudaBackend {
                 )
             }
         } else {
+            let (grid, block) = column_tiles(outputs, count);
             // SAFETY: as above.
-            unsafe { self.launch(Kernel::ReduceColsF32, self.grid(outputs), BLOCK, &mut p) }
+            unsafe { self.launch(Kernel::ReduceColsF32, grid, block, &mut p) }
         }
     }
 
@@ -212,9 +221,10 @@ impl CudaBackend {
             };
         }
         let mut p = args!(xp, dyp, stats, dgp, dbp, rows, d);
+        let (grid, block) = column_tiles(d, rows);
         // SAFETY: as above; dgamma and dbeta are checked disjoint views of d
         // f32; stats was written by the launch before on the same stream.
-        unsafe { self.launch(Kernel::LayerNormGradParamsF32, self.grid(d), BLOCK, &mut p) }
+        unsafe { self.launch(Kernel::LayerNormGradParamsF32, grid, block, &mut p) }
     }
 
     /// `out[0] = Σ parts / divisor`, the parts summed in order.
@@ -460,11 +470,16 @@ impl CudaBackend {
         let err = self.err_ptr();
         let columns = (outer * inner) as u64;
         let (outer, size, inner, k) = (outer as u64, size as u64, inner as u64, k as u64);
-        let mut p = args!(up, ip, wide, op, outer, size, inner, k, err);
+        // Row ranges enough for about a thousand threads per SM.
+        let ranges = (u64::from(self.sms) * 1024)
+            .div_ceil(columns)
+            .clamp(1, size.max(1));
+        let threads = columns * ranges;
+        let mut p = args!(up, ip, wide, op, outer, size, inner, k, ranges, err);
         // SAFETY: checked views: updates of outer·k·inner f32, out of
-        // outer·size·inner f32 (disjoint); each thread owns one column of
-        // out; indices are range-checked in the kernel.
-        unsafe { self.launch(Kernel::ScatterAddF32, self.grid(columns), BLOCK, &mut p) }
+        // outer·size·inner f32 (disjoint); each thread owns one row range
+        // of one column of out; indices are range-checked in the kernel.
+        unsafe { self.launch(Kernel::ScatterAddF32, self.grid(threads), BLOCK, &mut p) }
     }
 
     pub(super) fn run_one_hot(&mut self, indices: View, out: View, depth: usize) -> Result<()> {
