@@ -5,8 +5,10 @@
 #   scripts/gpu-bundle.sh [--tests-only]
 #
 # - test binaries (`cargo test --release --no-run`) of the CUDA suites:
-#   kernels/tests/cuda_ops.rs (CUDA vs CPU, op by op) and
-#   kernels/tests/cuda_nvrtc.rs (every .cu through NVRTC);
+#   kernels/tests/cuda_ops.rs (CUDA vs CPU, op by op),
+#   kernels/tests/cuda_nvrtc.rs (every .cu through NVRTC) and
+#   worker/tests/cuda_trainer.rs (training with buckets reduced on the
+#   device by NCCL against the host path and the CPU);
 # - stripped release binaries adjoint, adjoint-worker and adjoint-server
 #   (skipped with --tests-only), for the 1-rank NCCL job and the benchmarks;
 # - example/ (model.json, train.safetensors: the MLP job the service tests
@@ -33,14 +35,13 @@ out=target/gpu-bundle
 name=adjoint-gpu-bundle
 stage=$out/$name
 tarball=$out/$name.tar.xz
-suites=(cuda_ops cuda_nvrtc)
+suites=(cuda_ops cuda_nvrtc cuda_trainer)
 rm -rf "$stage" "$tarball"
 mkdir -p "$stage/bin" "$stage/tests" "$stage/example"
 
 echo "--- test binaries: ${suites[*]}" >&2
-test_args=()
-for s in "${suites[@]}"; do test_args+=(--test "$s"); done
-cargo test --release -p adjoint-kernels "${test_args[@]}" --no-run \
+cargo test --release -p adjoint-kernels --test cuda_ops --test cuda_nvrtc \
+  -p adjoint-worker --test cuda_trainer --no-run \
   --message-format=json-render-diagnostics >"$out/build.json"
 for s in "${suites[@]}"; do
   exe=$(python3 - "$out/build.json" "$s" <<'PY'

@@ -12,6 +12,9 @@
 #   2. libraries    which CUDA libraries load from where;
 #   3. cuda_nvrtc   every kernels/cuda/*.cu through NVRTC (test binary);
 #   4. cuda_ops     the CUDA backend against the CPU backend, op by op;
+#      cuda_trainer training on CUDA with NCCL reducing the gradient
+#                   buckets on the device, against the host path and the
+#                   CPU (gradient accumulation, clipping, bf16 all-reduce);
 #   5. nccl_job     `adjoint up --workers 1 --device cuda`, the bundled
 #                   example job submitted with device gpu, watched to the
 #                   end: SUCCEEDED, on CUDA, through an NCCL communicator;
@@ -180,6 +183,9 @@ run_tests cuda_nvrtc 60
 
 # ----- 4. CUDA against the CPU -----
 run_tests cuda_ops 120
+
+# ----- 4b. training with NCCL reducing buckets on the device -----
+run_tests cuda_trainer 90
 
 # ----- 5. a 1-rank NCCL job through `adjoint up --device cuda` -----
 nccl_job() {

@@ -418,6 +418,14 @@ pub trait Backend {
     fn copy(&mut self, src: View, dst: View) -> Result<()>;
     /// Every element of `dst` set to `value` (converted to its type).
     fn fill(&mut self, dst: View, value: f64) -> Result<()>;
+    /// The device address of `v`'s first element, for libraries that work
+    /// on device memory themselves (NCCL reduces gradient buckets where
+    /// they lie); `None` on a host backend, and for a view outside its
+    /// buffer.
+    fn device_address(&self, v: View) -> Option<u64> {
+        let _ = v;
+        None
+    }
 
     // ----- ordering -----
     fn record_event(&mut self, stream: Stream) -> Event;

@@ -44,10 +44,13 @@ pub mod gpu_overhead {
 }
 
 /// Bytes a worker of a job on `device` with `workers` ranks needs besides
-/// the plan: nothing on the CPU; the CUDA context, cuBLAS workspace and,
-/// with more than one rank, NCCL's buffers plus a staging copy of the
-/// largest bucket (`bucket_bytes`) on a GPU.
-pub fn device_bytes(device: &str, workers: u32, bucket_bytes: u64) -> u64 {
+/// the plan: nothing on the CPU; on a GPU the CUDA context, cuBLAS
+/// workspace, the buffers of the on-device gradient reduction
+/// (`reduce_bytes`, [`device_reduce_bytes`]) and, with more than one rank,
+/// NCCL's buffers plus a staging copy of the largest bucket
+/// (`bucket_bytes`, for what is reduced through the host: sparse expert
+/// rows).
+pub fn device_bytes(device: &str, workers: u32, bucket_bytes: u64, reduce_bytes: u64) -> u64 {
     if device != "gpu" {
         return 0;
     }
@@ -56,7 +59,17 @@ pub fn device_bytes(device: &str, workers: u32, bucket_bytes: u64) -> u64 {
     } else {
         0
     };
-    gpu_overhead::CUDA_CONTEXT + gpu_overhead::CUBLAS_WORKSPACE + nccl
+    gpu_overhead::CUDA_CONTEXT + gpu_overhead::CUBLAS_WORKSPACE + reduce_bytes + nccl
+}
+
+/// The on-device gradient reduction's buffers for `grad_bytes` of f32
+/// gradients: the reduced sums (as large as the gradients), the
+/// accumulator with gradient accumulation, the bf16 copy the all-reduce
+/// sends with `grad_reduce = "bf16"` (half), and a few scalars.
+pub fn device_reduce_bytes(grad_bytes: u64, accumulate: bool, bf16: bool) -> u64 {
+    let accum = if accumulate { grad_bytes } else { 0 };
+    let half = if bf16 { grad_bytes / 2 } else { 0 };
+    grad_bytes + accum + half + 4096
 }
 
 /// What one job may ask for; past these, submit fails naming the field or
@@ -515,18 +528,23 @@ fn optimizer_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
 /// Per-worker bytes of a planned job: its plan's buffers, the optimizer
 /// state and, on a GPU, the device's own ([`device_bytes`]).
 fn total_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
-    t.plan.total_bytes() as u64 + optimizer_bytes(t, spec) + spec_device_bytes(spec)
+    t.plan.total_bytes() as u64 + optimizer_bytes(t, spec) + spec_device_bytes(t, spec)
 }
 
-/// [`device_bytes`] of a normalized spec (the bucket as the worker sizes
-/// it: `bucket_mb`, else the executor's default of 25 MiB).
-fn spec_device_bytes(spec: &JobSpec) -> u64 {
+/// [`device_bytes`] of a planned job with a normalized spec (the bucket as
+/// the worker sizes it: `bucket_mb`, else the executor's default of 25 MiB).
+fn spec_device_bytes(t: &TrainingGraph, spec: &JobSpec) -> u64 {
     let bucket = if spec.bucket_mb > 0.0 {
         (spec.bucket_mb * f64::from(1u32 << 20)) as u64
     } else {
         25 << 20
     };
-    device_bytes(&spec.device, spec.workers, bucket)
+    let reduce = device_reduce_bytes(
+        t.plan.grad_bytes as u64,
+        spec.grad_accum > 1,
+        spec.grad_reduce == "bf16",
+    );
+    device_bytes(&spec.device, spec.workers, bucket, reduce)
 }
 
 fn policy_row(policy: &Policy, t: &TrainingGraph, spec: &JobSpec) -> PolicyEstimate {
@@ -625,7 +643,7 @@ pub fn estimate(graph: &Graph, spec: &mut JobSpec, worker_memory: Option<u64>) -
         grad_bytes: plan.grad_bytes as u64,
         optimizer_bytes,
         input_bytes: plan.input_bytes as u64,
-        device_bytes: spec_device_bytes(spec),
+        device_bytes: spec_device_bytes(&chosen, spec),
         total_bytes: total_bytes(&chosen, spec),
         flops_per_step: chosen.joint.graph.flops(),
         plan_hash: chosen.plan_hash(),
@@ -735,15 +753,22 @@ mod tests {
         let cpu = estimate(&small(), &mut normalize(spec()).unwrap(), None).unwrap();
         let gpu = estimate(&small(), &mut s, None).unwrap();
         assert_eq!(cpu.device_bytes, 0);
+        let reduce = device_reduce_bytes(gpu.grad_bytes, false, false);
+        assert!(reduce > gpu.grad_bytes, "the reduced sums and scalars");
         assert_eq!(
             gpu.device_bytes,
-            gpu_overhead::CUDA_CONTEXT + gpu_overhead::CUBLAS_WORKSPACE
+            gpu_overhead::CUDA_CONTEXT + gpu_overhead::CUBLAS_WORKSPACE + reduce
+        );
+        // Accumulation adds an accumulator, bf16 reduction a half copy.
+        assert_eq!(
+            device_reduce_bytes(1000, true, true),
+            device_reduce_bytes(1000, false, false) + 1000 + 500
         );
         assert_eq!(gpu.total_bytes, cpu.total_bytes + gpu.device_bytes);
         assert!(breakdown(&gpu).ends_with(&format!(" + device {}", gpu.device_bytes)));
         // Two ranks add NCCL's buffers and a staging bucket.
         assert_eq!(
-            device_bytes("gpu", 2, 1 << 20),
+            device_bytes("gpu", 2, 1 << 20, reduce),
             gpu.device_bytes + gpu_overhead::NCCL_BUFFERS + (1 << 20)
         );
     }

@@ -46,6 +46,10 @@ impl Backend for CudaBackend {
         self.fill_view(dst, value)
     }
 
+    fn device_address(&self, v: View) -> Option<u64> {
+        self.ptr("device_address", v, v.elem).ok()
+    }
+
     fn record_event(&mut self, stream: Stream) -> Event {
         self.record(stream)
     }

@@ -111,6 +111,50 @@ pub trait Collective: Send {
 
     /// Returns once every rank has entered the barrier.
     fn barrier(&mut self) -> Result<()>;
+
+    /// Whether this group reduces device memory itself
+    /// ([`Collective::all_reduce_sum_device`]); false for the host
+    /// collectives.
+    fn reduces_device_memory(&self) -> bool {
+        false
+    }
+
+    /// Enqueues a sum all-reduce of the `len` elements (f32, or bf16 when
+    /// `bf16`) at device address `send` into those at `recv` (the same
+    /// address for in place) on the group's stream (the backend's
+    /// communication stream, ordered against the compute stream by the
+    /// caller's events) and returns without waiting for it;
+    /// [`Collective::wait_device`] waits for everything enqueued.
+    ///
+    /// # Safety
+    /// `send` and `recv` each address `len` live elements of that type on
+    /// this group's device, equal or disjoint, which nothing else writes
+    /// (nor, for `recv`, reads) until the reduction has run.
+    unsafe fn all_reduce_sum_device(
+        &mut self,
+        send: u64,
+        recv: u64,
+        len: usize,
+        bf16: bool,
+    ) -> Result<()> {
+        let _ = (send, recv, len);
+        Err(CollectiveError::InvalidArgument {
+            rank: self.rank(),
+            op: if bf16 {
+                Op::AllReduceSumBf16
+            } else {
+                Op::AllReduceSum
+            },
+            detail: "this collective reduces host memory only, not device memory".into(),
+        })
+    }
+
+    /// Waits for the reductions [`Collective::all_reduce_sum_device`]
+    /// enqueued, failing as a blocking call would (a lost peer, the job's
+    /// cancel flag, the timeout).
+    fn wait_device(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Chunk `index` of a buffer of `len` elements split over `world` ranks: the

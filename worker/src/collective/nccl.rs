@@ -8,11 +8,17 @@
 //!   [`NcclCollective::new`] (`ncclCommInitRank`) on the backend's
 //!   communication stream. The init runs on a helper thread so that a rank
 //!   that never joins fails it after the timeout instead of hanging.
-//! - **Operations.** The trait works on host slices (the trainer's bucket
-//!   hook reduces, scales and norms on the host), so each call stages the
+//! - **Gradient buckets** stay on the device: the trainer's bucket hook
+//!   orders the communication stream after the compute stream (an event),
+//!   and [`Collective::all_reduce_sum_device`] enqueues `ncclAllReduce` on
+//!   the bucket where it lies (f32, or `ncclBfloat16` for
+//!   `grad_reduce = "bf16"`) and returns at once, so buckets reduce while
+//!   backward runs; [`Collective::wait_device`] waits for them at the end
+//!   of the step, with the failure handling below.
+//! - **Host operations.** The rest of the trait works on host slices (the
+//!   loss, sparse expert rows, state averaging), so each call stages the
 //!   slice into a device buffer on the communication stream, runs the NCCL
-//!   call there and copies the result back. Buckets still go out while
-//!   backward runs: the executor calls the hook as each bucket completes.
+//!   call there and copies the result back.
 //!   `all_reduce_sum` is `ncclAllReduce` (sum, in place);
 //!   `reduce_scatter_sum` is an all-reduce (our chunks are uneven, NCCL's
 //!   are not; the other chunks then hold full sums, which the contract
@@ -124,6 +130,9 @@ pub struct NcclCollective {
     staging: u64,
     staging_bytes: usize,
     failed: Option<Cause>,
+    /// The last device reduction enqueued and not yet waited for
+    /// ([`Collective::wait_device`]).
+    enqueued: Option<Op>,
 }
 
 impl std::fmt::Debug for NcclCollective {
@@ -237,6 +246,7 @@ impl NcclCollective {
             staging: 0,
             staging_bytes: 0,
             failed: None,
+            enqueued: None,
         })
     }
 
@@ -629,6 +639,61 @@ impl Collective for NcclCollective {
         })?;
         self.wait(op, comm)?;
         self.dtoh(op, recv, recv_at)
+    }
+
+    fn reduces_device_memory(&self) -> bool {
+        true
+    }
+
+    unsafe fn all_reduce_sum_device(
+        &mut self,
+        send: u64,
+        recv: u64,
+        len: usize,
+        bf16: bool,
+    ) -> Result<()> {
+        let (op, ty) = if bf16 {
+            (Op::AllReduceSumBf16, nccl_sys::ncclDataType_t::ncclBfloat16)
+        } else {
+            (Op::AllReduceSum, nccl_sys::ncclDataType_t::ncclFloat32)
+        };
+        let comm = self.begin(op)?;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract: `send` and `recv` each hold `len`
+        // elements of `ty` on this communicator's device, equal (in place,
+        // which NCCL allows) or disjoint, untouched until the stream has
+        // run the call.
+        let r = unsafe {
+            nccl::all_reduce(
+                send as *const c_void,
+                recv as *mut c_void,
+                len,
+                ty,
+                nccl_sys::ncclRedOp_t::ncclSum,
+                comm,
+                self.stream_ptr(),
+            )
+        };
+        if let Err(e) = r {
+            return Err(self.nccl_failed(op, &e));
+        }
+        self.enqueued = Some(op);
+        Ok(())
+    }
+
+    fn wait_device(&mut self) -> Result<()> {
+        let Some(op) = self.enqueued.take() else {
+            return Ok(());
+        };
+        if let Some(c) = &self.failed {
+            return Err(c.error(self.rank));
+        }
+        let Some(comm) = self.comm.as_ref().map(|c| c.0) else {
+            return Err(self.io(format!("nccl {op}"), "the communicator was aborted".into()));
+        };
+        self.wait(op, comm)
     }
 
     fn barrier(&mut self) -> Result<()> {

@@ -29,6 +29,7 @@
 //! metadata.
 
 pub mod checkpoint;
+mod device_reduce;
 mod eval;
 mod experts;
 mod loss_scale;
@@ -213,6 +214,19 @@ pub struct BucketEvent {
     pub end: Instant,
 }
 
+impl BucketEvent {
+    /// `bucket`'s all-reduce, from `start` to `end`.
+    fn of(bucket: &GradBucket, start: Instant, end: Instant) -> BucketEvent {
+        BucketEvent {
+            bucket: bucket.index,
+            ready_after: bucket.ready_after(),
+            bytes: bucket.bytes,
+            start,
+            end,
+        }
+    }
+}
+
 /// The events of the last step.
 #[derive(Debug, Clone, Default)]
 pub struct EventLog {
@@ -356,6 +370,10 @@ pub struct DistTrainer<B: Backend> {
     state_host: Vec<f32>,
     /// Under fp16: the loss-scale input and its scaler.
     scaler: Option<(ValueId, LossScaler)>,
+    /// Gradient buckets reduced on the device (made at the first step, on a
+    /// device backend whose collective reduces device memory).
+    device: Option<device_reduce::DeviceReduce>,
+    device_checked: bool,
 }
 
 impl<B: Backend> DistTrainer<B> {
@@ -477,6 +495,8 @@ impl<B: Backend> DistTrainer<B> {
             state_sync,
             state_host,
             scaler,
+            device: None,
+            device_checked: false,
         })
     }
 
@@ -711,6 +731,8 @@ impl<B: Backend> DistTrainer<B> {
             state_sync,
             state_host,
             scaler,
+            device,
+            device_checked,
             ..
         } = self;
         let step = *steps;
@@ -732,6 +754,21 @@ impl<B: Backend> DistTrainer<B> {
         let scale = 1.0 / ((cfg.world * cfg.grad_accum) as f32 * loss_scale);
         let mut totals = Totals::default();
         let mut loss_sum = 0f64;
+        if !*device_checked {
+            let buckets = exec.buckets().len();
+            *device = device_reduce::DeviceReduce::new(
+                &mut exec.backend,
+                &*coll,
+                grads,
+                buckets,
+                cfg.grad_accum > 1,
+                cfg.grad_reduce_bf16,
+            )?;
+            *device_checked = true;
+        }
+        if let Some(d) = device.as_mut() {
+            d.begin_step(&mut exec.backend, scale)?;
+        }
         sparse.begin_step();
         for m in 0..cfg.grad_accum {
             let start = (m * cfg.world + cfg.rank) * cfg.batch;
@@ -781,6 +818,7 @@ impl<B: Backend> DistTrainer<B> {
                     scale,
                     sparse: &mut *sparse,
                     shards: shards.as_mut(),
+                    device: device.as_mut(),
                 };
                 match hook.run(backend, bucket, phase, coll, &mut totals) {
                     Ok(Some(event)) => events.buckets.push(event),
@@ -820,6 +858,10 @@ impl<B: Backend> DistTrainer<B> {
         }
         if events.backward_end.is_none() {
             events.backward_end = Some(Instant::now());
+        }
+        if let Some(d) = device.as_mut() {
+            let sumsq = d.finish(&mut exec.backend, coll, &mut totals)?;
+            totals.sumsq += sumsq;
         }
         if !state_sync.is_empty() {
             let t = Instant::now();
@@ -880,12 +922,17 @@ impl<B: Backend> DistTrainer<B> {
             // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6)
             // when that is below 1.
             let coef = cfg.clip_grad_norm / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                for x in host.iter_mut() {
-                    *x *= coef;
+            match device.as_mut().filter(|d| d.used()) {
+                // Some buckets never came to the host: scale them all there.
+                Some(d) if coef < 1.0 => d.clip(&mut exec.backend, coef)?,
+                _ if coef < 1.0 => {
+                    for x in host.iter_mut() {
+                        *x *= coef;
+                    }
+                    exec.backend
+                        .write(grads, bytemuck::cast_slice(host.as_slice()))?;
                 }
-                exec.backend
-                    .write(grads, bytemuck::cast_slice(host.as_slice()))?;
+                _ => {}
             }
         }
         let params = exec.params_view();
@@ -929,6 +976,7 @@ struct BucketHook<'a> {
     bf16: bool,
     sparse: &'a mut SparseExperts,
     shards: Option<&'a mut ExpertShards>,
+    device: Option<&'a mut device_reduce::DeviceReduce>,
 }
 
 impl BucketHook<'_> {
@@ -942,6 +990,14 @@ impl BucketHook<'_> {
         totals: &mut Totals,
     ) -> Result<Option<BucketEvent>> {
         let (start, len) = (bucket.offset / 4, bucket.bytes / 4);
+        let host_rows = self.sparse.overlaps(start, len)
+            || self
+                .shards
+                .as_ref()
+                .is_some_and(|s| s.holds(&bucket.params));
+        if let Some(device) = self.device.filter(|_| !host_rows) {
+            return device.bucket(backend, bucket, phase, coll, totals);
+        }
         let view = View {
             buffer: self.grads.buffer,
             offset: self.grads.offset + bucket.offset,
@@ -1007,13 +1063,7 @@ impl BucketHook<'_> {
                 totals.allreduce_bytes += sent;
                 totals.allreduce_saved += dense.saturating_sub(sent);
                 totals.sumsq += sumsq;
-                Ok(Some(BucketEvent {
-                    bucket: bucket.index,
-                    ready_after: bucket.ready_after(),
-                    bytes: bucket.bytes,
-                    start: t0,
-                    end: t1,
-                }))
+                Ok(Some(BucketEvent::of(bucket, t0, t1)))
             }
         }
     }
