@@ -290,6 +290,29 @@ pub enum FusedOp {
     GeluGrad { tanh: bool },
 }
 
+impl FusedOp {
+    /// How many operands a step of this op reads.
+    pub fn arity(self) -> usize {
+        match self {
+            FusedOp::Unary(_) => 1,
+            FusedOp::Binary(_) | FusedOp::Compare(_) | FusedOp::GeluGrad { .. } => 2,
+            FusedOp::Select => 3,
+        }
+    }
+}
+
+/// Step `k` of a chain with its operand count right (pow is never fused),
+/// or the error every backend gives.
+pub(crate) fn check_fused_step(what: &str, k: usize, s: &FusedStep) -> Result<()> {
+    if s.args.len() != s.op.arity() || matches!(s.op, FusedOp::Binary(BinaryOp::Pow)) {
+        return Err(Error::Invalid(format!(
+            "{what}: step {k} ({:?}) is malformed",
+            s.op
+        )));
+    }
+    Ok(())
+}
+
 /// An input of a fused chain: a view and its element strides per axis of
 /// the chain's shape (0 where it broadcasts).
 #[derive(Debug, Clone, PartialEq, Eq)]

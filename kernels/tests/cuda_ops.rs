@@ -5,7 +5,9 @@
 //! itself is checked by `without_cuda_the_probe_says_so`.
 #![cfg(feature = "cuda")]
 
-use adjoint_kernels::backend::{Conv2dDims, GroupedMatMulDims};
+use adjoint_kernels::backend::{
+    Conv2dDims, FusedArg, FusedElementwise, FusedInput, FusedOp, FusedStep, GroupedMatMulDims,
+};
 use adjoint_kernels::cuda::{CudaBackend, probe};
 use adjoint_kernels::{
     AdamWParams, Backend, BinaryOp, CompareOp, CpuBackend, ElemType, Error, MatMulDims, ReduceOp,
@@ -757,4 +759,158 @@ fn half_casts_matmuls_and_widened_kernels() {
         t.run(|b| b.cast(y, y32));
         t.close("half softmax", y32, rtol, 1e-4);
     }
+}
+
+#[test]
+fn fused_chains_in_one_pass() {
+    let Some(mut t) = both("fused_chains_in_one_pass") else {
+        return;
+    };
+    let mut rng = Lcg(31);
+    let shape = vec![4usize, 33, 17];
+    let n: usize = shape.iter().product();
+    let contiguous = vec![33 * 17, 17, 1];
+    let x = t.f32(&rng.f32s(n, 0.1, 3.0));
+    let b = t.f32(&rng.f32s(17, -1.0, 1.0));
+    let cond = t.u8(&(0..33).map(|i| (i % 3 == 0) as u8).collect::<Vec<_>>());
+    let inputs = vec![
+        FusedInput {
+            view: x,
+            strides: contiguous.clone(),
+        },
+        FusedInput {
+            view: b,
+            strides: vec![0, 0, 1],
+        },
+        FusedInput {
+            view: cond,
+            strides: vec![0, 1, 0],
+        },
+    ];
+    let (xi, bi, ci) = (FusedArg::Input(0), FusedArg::Input(1), FusedArg::Input(2));
+    let step = |t: &mut Both, op: FusedOp, args: Vec<FusedArg>, store: bool| {
+        let elem = if matches!(op, FusedOp::Compare(_)) {
+            ElemType::U8
+        } else {
+            ElemType::F32
+        };
+        FusedStep {
+            op,
+            args,
+            out: t.out(elem, n),
+            store,
+        }
+    };
+    // Every kind of step, broadcast inputs, a byte condition, a stored
+    // comparison and a stored middle step.
+    let steps = vec![
+        step(&mut t, FusedOp::Binary(BinaryOp::Add), vec![xi, bi], false),
+        step(
+            &mut t,
+            FusedOp::Unary(UnaryOp::GeluTanh),
+            vec![FusedArg::Step(0)],
+            true,
+        ),
+        step(
+            &mut t,
+            FusedOp::Compare(CompareOp::Greater),
+            vec![FusedArg::Step(0), xi],
+            true,
+        ),
+        step(
+            &mut t,
+            FusedOp::Select,
+            vec![ci, FusedArg::Step(1), xi],
+            false,
+        ),
+        step(
+            &mut t,
+            FusedOp::Select,
+            vec![FusedArg::Step(2), FusedArg::Step(3), bi],
+            false,
+        ),
+        step(
+            &mut t,
+            FusedOp::GeluGrad { tanh: false },
+            vec![xi, FusedArg::Step(4)],
+            false,
+        ),
+        step(
+            &mut t,
+            FusedOp::Binary(BinaryOp::Div),
+            vec![FusedArg::Step(5), xi],
+            true,
+        ),
+    ];
+    let f = FusedElementwise {
+        shape: shape.clone(),
+        inputs: inputs.clone(),
+        steps,
+    };
+    t.run(|be| be.fused_elementwise(&f));
+    t.close("fused gelu", f.steps[1].out, 1e-5, 1e-6);
+    t.exact("fused compare", f.steps[2].out);
+    t.close("fused chain", f.steps[6].out, 1e-4, 1e-6);
+    // Every unary op after a broadcast product, and the other binary and
+    // compare ops.
+    let unary = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::GeluTanh,
+        UnaryOp::GeluErf,
+        UnaryOp::Erf,
+    ];
+    for op in unary {
+        let steps = vec![
+            step(&mut t, FusedOp::Binary(BinaryOp::Mul), vec![xi, xi], false),
+            step(
+                &mut t,
+                FusedOp::Binary(BinaryOp::Sub),
+                vec![FusedArg::Step(0), xi],
+                false,
+            ),
+            step(&mut t, FusedOp::Unary(op), vec![FusedArg::Step(1)], true),
+        ];
+        let f = FusedElementwise {
+            shape: shape.clone(),
+            inputs: inputs[..1].to_vec(),
+            steps,
+        };
+        t.run(|be| be.fused_elementwise(&f));
+        t.close(&format!("fused {op:?}"), f.steps[2].out, 1e-5, 1e-6);
+    }
+    let steps = vec![step(
+        &mut t,
+        FusedOp::Compare(CompareOp::Equal),
+        vec![xi, xi],
+        false,
+    )];
+    let f = FusedElementwise {
+        shape: shape.clone(),
+        inputs: inputs[..1].to_vec(),
+        steps,
+    };
+    t.run(|be| be.fused_elementwise(&f));
+    t.exact("fused equal", f.steps[0].out);
+    // A malformed chain is refused on both, naming the step.
+    let bad = FusedElementwise {
+        shape,
+        inputs: inputs[..1].to_vec(),
+        steps: vec![step(
+            &mut t,
+            FusedOp::Unary(UnaryOp::Exp),
+            vec![FusedArg::Step(0)],
+            true,
+        )],
+    };
+    let cpu = t.cpu.fused_elementwise(&bad).unwrap_err().to_string();
+    let gpu = t.gpu.fused_elementwise(&bad).unwrap_err().to_string();
+    assert_eq!(cpu, gpu);
+    assert!(gpu.contains("step 0 operand 0"), "{gpu}");
 }

@@ -95,17 +95,7 @@ pub fn check(f: &FusedElementwise, inputs: &[In<'_>], outs: &[Out<'_>]) -> Resul
     }
     let last = f.steps.len() - 1;
     for (k, (s, o)) in f.steps.iter().zip(outs).enumerate() {
-        let arity = match s.op {
-            FusedOp::Unary(_) => 1,
-            FusedOp::Binary(_) | FusedOp::Compare(_) | FusedOp::GeluGrad { .. } => 2,
-            FusedOp::Select => 3,
-        };
-        if s.args.len() != arity || matches!(s.op, FusedOp::Binary(BinaryOp::Pow)) {
-            return Err(Error::Invalid(format!(
-                "{WHAT}: step {k} ({:?}) is malformed",
-                s.op
-            )));
-        }
+        crate::backend::check_fused_step(WHAT, k, s)?;
         for (j, a) in s.args.iter().enumerate() {
             let ok = match *a {
                 FusedArg::Step(p) => p < k,

@@ -1,5 +1,5 @@
 //! `impl Backend for CudaBackend`: each method checks and launches through
-//! the family files (`elementwise.rs`, `nn.rs`, `blas.rs`). Convolution and
+//! the family files (`elementwise.rs`, `nn.rs`, `blas.rs`, `fused.rs`). Convolution and
 //! pooling are not on CUDA yet and say so. bf16/f16 matmuls run on cuBLAS
 //! with f32 accumulation; other kernels given half operands run widened
 //! ([`crate::widen`]).
@@ -523,5 +523,15 @@ impl Backend for CudaBackend {
             );
         }
         self.run_grouped_matmul_grad_w([x, dy, offsets], dw, dims)
+    }
+
+    fn fused_elementwise(&mut self, f: &FusedElementwise) -> Result<()> {
+        let half = f.inputs.iter().any(|i| i.view.elem.is_half())
+            || f.steps.iter().any(|s| s.out.elem.is_half());
+        if half {
+            // Each step widened, as its unfused call.
+            return f.run_unfused(self);
+        }
+        self.run_fused(f)
     }
 }

@@ -113,6 +113,7 @@ kernels! {
     MoeRouteI64 = "moe_route_i64" in "moe",
     SgdF32 = "sgd_f32" in "optim",
     AdamwF32 = "adamw_f32" in "optim",
+    FusedF32 = "fused_f32" in "fused",
 }
 
 impl Kernel {

@@ -33,6 +33,7 @@ mod backend;
 mod blas;
 mod device;
 mod elementwise;
+mod fused;
 pub mod kernels;
 pub mod layout;
 mod nn;

@@ -47,7 +47,8 @@ sources!(
     "loss",
     "index",
     "moe",
-    "optim"
+    "optim",
+    "fused"
 );
 
 /// The source named `name`.
