@@ -253,6 +253,58 @@ __device__ __forceinline__ float gelu_tanh_prime_f32(float x) {
     return s + 2.0f * x * (e * s) * s * du;
 }
 
+// ----- unary and binary ops by code -----
+// One home for each op's formula: the per-op kernels of elementwise.cu pass
+// a constant code (the switch folds away) and the fused chains of fused.cu
+// a run-time one, so a fused chain computes exactly what the unfused calls
+// do. Codes in `UnaryOp` / `BinaryOp` order (kernels/src/cuda/fused.rs).
+
+#define UNARY_NEG 0
+#define UNARY_EXP 1
+#define UNARY_LOG 2
+#define UNARY_SQRT 3
+#define UNARY_RSQRT 4
+#define UNARY_TANH 5
+#define UNARY_SIGMOID 6
+#define UNARY_RELU 7
+#define UNARY_GELU_TANH 8
+#define UNARY_GELU_ERF 9
+#define UNARY_ERF 10
+
+__device__ __forceinline__ float unary_f32(u32 code, float v) {
+    switch (code) {
+        case UNARY_NEG: return -v;
+        case UNARY_EXP: return expf(v);
+        case UNARY_LOG: return logf(v);
+        case UNARY_SQRT: return sqrtf(v);
+        case UNARY_RSQRT: return 1.0f / sqrtf(v);
+        case UNARY_TANH: return tanhf(v);
+        case UNARY_SIGMOID: return sigmoid_f32(v);
+        // NaN passes through (`!(v <= 0)`), as in PyTorch.
+        case UNARY_RELU: return v <= 0.0f ? 0.0f : v;
+        case UNARY_GELU_TANH: return gelu_tanh_f32(v);
+        case UNARY_GELU_ERF: return gelu_erf_f32(v);
+        default: return erff(v);
+    }
+}
+
+#define BINARY_ADD 0
+#define BINARY_SUB 1
+#define BINARY_MUL 2
+#define BINARY_DIV 3
+#define BINARY_POW 4
+
+__device__ __forceinline__ float binary_f32(u32 code, float x, float y) {
+    switch (code) {
+        case BINARY_ADD: return x + y;
+        case BINARY_SUB: return x - y;
+        case BINARY_MUL: return x * y;
+        case BINARY_DIV: return x / y;
+        // An exponent of 2 (variance, MSE) is a product, exactly (as the CPU).
+        default: return y == 2.0f ? x * x : powf(x, y);
+    }
+}
+
 // ----- Philox4x32-10 (kernels/src/rng.rs, bit for bit) -----
 
 __device__ __forceinline__ u32 rotl32(u32 x, u32 r) { return (x << r) | (x >> (32u - r)); }

@@ -8,26 +8,22 @@
 
 // ----- unary: y[i] = f(x[i]) -----
 
-#define UNARY(name, expr)                                                      \
+#define UNARY(name, code)                                                      \
     extern "C" __global__ void name##_f32(const float* x, float* y, u64 n) {   \
-        GRID_STRIDE(i, n) {                                                    \
-            float v = x[i];                                                    \
-            y[i] = (expr);                                                     \
-        }                                                                      \
+        GRID_STRIDE(i, n) { y[i] = unary_f32(code, x[i]); }                    \
     }
 
-UNARY(neg, -v)
-UNARY(exp, expf(v))
-UNARY(log, logf(v))
-UNARY(sqrt, sqrtf(v))
-UNARY(rsqrt, 1.0f / sqrtf(v))
-UNARY(tanh, tanhf(v))
-UNARY(sigmoid, sigmoid_f32(v))
-// NaN passes through (`!(v <= 0)`), as in PyTorch.
-UNARY(relu, v <= 0.0f ? 0.0f : v)
-UNARY(gelu_tanh, gelu_tanh_f32(v))
-UNARY(gelu_erf, gelu_erf_f32(v))
-UNARY(erf, erff(v))
+UNARY(neg, UNARY_NEG)
+UNARY(exp, UNARY_EXP)
+UNARY(log, UNARY_LOG)
+UNARY(sqrt, UNARY_SQRT)
+UNARY(rsqrt, UNARY_RSQRT)
+UNARY(tanh, UNARY_TANH)
+UNARY(sigmoid, UNARY_SIGMOID)
+UNARY(relu, UNARY_RELU)
+UNARY(gelu_tanh, UNARY_GELU_TANH)
+UNARY(gelu_erf, UNARY_GELU_ERF)
+UNARY(erf, UNARY_ERF)
 
 // ----- GELU backward: dx = dy * gelu'(x) -----
 
@@ -42,23 +38,21 @@ extern "C" __global__ void gelu_erf_grad_f32(const float* x, const float* dy, fl
 // ----- binary with broadcasting: out[i] = a[..] op b[..] -----
 // `s.stride[0]` steps a, `s.stride[1]` steps b; out is contiguous.
 
-#define BINARY(name, expr)                                                      \
+#define BINARY(name, code)                                                      \
     extern "C" __global__ void name##_f32(const float* a, const float* b, float* out, u64 n, \
                                           Strided s) {                          \
         GRID_STRIDE(i, n) {                                                     \
             u64 off[2];                                                         \
             strided_offsets<2>(s, i, off);                                      \
-            float x = a[off[0]], y = b[off[1]];                                 \
-            out[i] = (expr);                                                    \
+            out[i] = binary_f32(code, a[off[0]], b[off[1]]);                    \
         }                                                                       \
     }
 
-BINARY(add, x + y)
-BINARY(sub, x - y)
-BINARY(mul, x * y)
-BINARY(div, x / y)
-// An exponent of 2 (variance, MSE) is a product, exactly (as the CPU).
-BINARY(pow, y == 2.0f ? x * x : powf(x, y))
+BINARY(add, BINARY_ADD)
+BINARY(sub, BINARY_SUB)
+BINARY(mul, BINARY_MUL)
+BINARY(div, BINARY_DIV)
+BINARY(pow, BINARY_POW)
 
 // ----- comparisons: 0/1 bytes -----
 

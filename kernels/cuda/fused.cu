@@ -8,8 +8,9 @@
 // size (4: f32, 1: a select's u8 condition) and strides, and per step an op
 // code, up to three operands (an input `i` as `i`, an earlier step `s` as
 // `-(s + 1)`) and the address to store to (0: kept in registers only).
-// The math is the unfused kernels' (common.cuh), so a fused chain gives the
-// unfused chain's values.
+// The math is the unfused kernels' own (`unary_f32`, `binary_f32` and the
+// GELU derivatives of common.cuh), so a fused chain gives the unfused
+// chain's values.
 
 #include "common.cuh"
 
@@ -36,33 +37,6 @@ struct FusedChain {
     i32 arg[FUSED_MAX_STEPS][3];
     u64 out_ptr[FUSED_MAX_STEPS];
 };
-
-// The unary ops in `UnaryOp` order.
-__device__ __forceinline__ float fused_unary(u32 code, float v) {
-    switch (code) {
-        case 0: return -v;
-        case 1: return expf(v);
-        case 2: return logf(v);
-        case 3: return sqrtf(v);
-        case 4: return 1.0f / sqrtf(v);
-        case 5: return tanhf(v);
-        case 6: return sigmoid_f32(v);
-        case 7: return v <= 0.0f ? 0.0f : v;
-        case 8: return gelu_tanh_f32(v);
-        case 9: return gelu_erf_f32(v);
-        default: return erff(v);
-    }
-}
-
-// Add, Sub, Mul, Div (`BinaryOp` order; Pow is never fused).
-__device__ __forceinline__ float fused_binary(u32 code, float x, float y) {
-    switch (code) {
-        case 0: return x + y;
-        case 1: return x - y;
-        case 2: return x * y;
-        default: return x / y;
-    }
-}
 
 extern "C" __global__ void fused_f32(u64 n, FusedChain c) {
     GRID_STRIDE(i, n) {
@@ -92,8 +66,8 @@ extern "C" __global__ void fused_f32(u64 n, FusedChain c) {
             }
             float r;
             switch (kind) {
-                case KIND_UNARY: r = fused_unary(code, a[0]); break;
-                case KIND_BINARY: r = fused_binary(code, a[0], a[1]); break;
+                case KIND_UNARY: r = unary_f32(code, a[0]); break;
+                case KIND_BINARY: r = binary_f32(code, a[0], a[1]); break;
                 case KIND_COMPARE: r = (code == 0 ? a[0] == a[1] : a[0] > a[1]) ? 1.0f : 0.0f; break;
                 case KIND_SELECT: r = a[0] != 0.0f ? a[1] : a[2]; break;
                 default:

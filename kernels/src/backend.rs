@@ -313,6 +313,29 @@ pub(crate) fn check_fused_step(what: &str, k: usize, s: &FusedStep) -> Result<()
     Ok(())
 }
 
+/// Operand `j` of step `k` of a chain with `inputs` inputs (`is_bytes(i)`:
+/// input `i` holds u8): an earlier step, or an input, bytes only as a
+/// select's condition; else the error every backend gives.
+pub(crate) fn check_fused_operand(
+    what: &str,
+    (k, s): (usize, &FusedStep),
+    j: usize,
+    inputs: usize,
+    is_bytes: impl Fn(usize) -> bool,
+) -> Result<()> {
+    let ok = match s.args[j] {
+        FusedArg::Step(p) => p < k,
+        FusedArg::Input(i) => i < inputs && (!is_bytes(i) || (s.op == FusedOp::Select && j == 0)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what}: step {k} operand {j} is invalid"
+        )))
+    }
+}
+
 /// An input of a fused chain: a view and its element strides per axis of
 /// the chain's shape (0 where it broadcasts).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -97,19 +97,16 @@ pub fn check(f: &FusedElementwise, inputs: &[In<'_>], outs: &[Out<'_>]) -> Resul
     for (k, (s, o)) in f.steps.iter().zip(outs).enumerate() {
         crate::backend::check_fused_step(WHAT, k, s)?;
         for (j, a) in s.args.iter().enumerate() {
-            let ok = match *a {
-                FusedArg::Step(p) => p < k,
-                FusedArg::Input(i) => {
-                    i < inputs.len()
-                        // Only a select's condition may be bytes.
-                        && (matches!(inputs[i], In::F32(_))
-                            || (s.op == FusedOp::Select && j == 0))
-                        // Unary ops and GELU's backward read contiguously.
-                        && (matches!(s.op, FusedOp::Binary(_) | FusedOp::Compare(_) | FusedOp::Select)
-                            || is_contiguous(&f.shape, &f.inputs[i].strides))
-                }
-            };
-            if !ok {
+            let bytes = |i: usize| !matches!(inputs[i], In::F32(_));
+            crate::backend::check_fused_operand(WHAT, (k, s), j, inputs.len(), bytes)?;
+            // Unary ops and GELU's backward read their inputs contiguously.
+            if let FusedArg::Input(i) = *a
+                && !matches!(
+                    s.op,
+                    FusedOp::Binary(_) | FusedOp::Compare(_) | FusedOp::Select
+                )
+                && !is_contiguous(&f.shape, &f.inputs[i].strides)
+            {
                 return Err(Error::Invalid(format!(
                     "{WHAT}: step {k} operand {j} is invalid"
                 )));

@@ -9,7 +9,7 @@ use super::kernels::Kernel;
 use super::layout::{MAX_RANK, check_shape, check_strides};
 use crate::backend::{
     BinaryOp, CompareOp, ElemType, Error, FusedArg, FusedElementwise, FusedOp, Result, UnaryOp,
-    check_fused_step, disjoint,
+    check_fused_operand, check_fused_step, disjoint,
 };
 
 /// Most steps and inputs of a chain (as the CPU's).
@@ -39,7 +39,8 @@ struct FusedChain {
     out_ptr: [u64; MAX_STEPS],
 }
 
-/// The kernel's code of `op`: kind in the high byte, the op in the low.
+/// The kernel's code of `op`: kind in the high byte, the op in the low
+/// (the `UNARY_*` / `BINARY_*` codes of `kernels/cuda/common.cuh`).
 fn op_code(op: FusedOp) -> u32 {
     let unary = |u: UnaryOp| match u {
         UnaryOp::Neg => 0,
@@ -62,8 +63,9 @@ fn op_code(op: FusedOp) -> u32 {
                 BinaryOp::Add => 0,
                 BinaryOp::Sub => 1,
                 BinaryOp::Mul => 2,
-                // Pow is refused before this (`check_fused_step`).
-                BinaryOp::Div | BinaryOp::Pow => 3,
+                BinaryOp::Div => 3,
+                // Refused before this (`check_fused_step`).
+                BinaryOp::Pow => 4,
             },
         ),
         FusedOp::Compare(CompareOp::Equal) => (KIND_COMPARE, 0),
@@ -118,20 +120,11 @@ impl CudaBackend {
         for (k, s) in f.steps.iter().enumerate() {
             check_fused_step(WHAT, k, s)?;
             for (j, a) in s.args.iter().enumerate() {
+                let bytes = |i: usize| c.in_size[i] == 1;
+                check_fused_operand(WHAT, (k, s), j, f.inputs.len(), bytes)?;
                 c.arg[k][j] = match *a {
-                    FusedArg::Step(p) if p < k => -(p as i32) - 1,
-                    // Only a select's condition may be bytes.
-                    FusedArg::Input(i)
-                        if i < f.inputs.len()
-                            && (c.in_size[i] == 4 || (s.op == FusedOp::Select && j == 0)) =>
-                    {
-                        i as i32
-                    }
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "{WHAT}: step {k} operand {j} is invalid"
-                        )));
-                    }
+                    FusedArg::Step(p) => -(p as i32) - 1,
+                    FusedArg::Input(i) => i as i32,
                 };
             }
             c.op[k] = op_code(s.op);

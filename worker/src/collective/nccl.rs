@@ -428,24 +428,43 @@ impl NcclCollective {
         }
         let buf = self.stage(op, std::mem::size_of_val(data))?;
         self.htod(op, buf, data)?;
-        // SAFETY: `buf` holds `data.len()` f32 on this device; in place is
-        // allowed; the stream is the communicator's device's.
+        let f32s = nccl_sys::ncclDataType_t::ncclFloat32;
+        // SAFETY: `buf` holds `data.len()` f32 on this device (staged), in
+        // place.
+        unsafe { self.enqueue_sum(op, comm, [buf, buf], data.len(), f32s) }?;
+        self.wait(op, comm)?;
+        self.dtoh(op, data, buf)
+    }
+
+    /// Enqueues `ncclAllReduce` (sum) of `len` elements of `ty` from
+    /// `send` into `recv` on the stream, for call `op`.
+    ///
+    /// # Safety
+    /// `send` and `recv` each hold `len` elements of `ty` on this
+    /// communicator's device, equal (in place, which NCCL allows) or
+    /// disjoint, untouched until the stream has run the call.
+    unsafe fn enqueue_sum(
+        &mut self,
+        op: Op,
+        comm: nccl_sys::ncclComm_t,
+        [send, recv]: [u64; 2],
+        len: usize,
+        ty: nccl_sys::ncclDataType_t,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract; the stream is the communicator's
+        // device's.
         let r = unsafe {
             nccl::all_reduce(
-                buf as *const c_void,
-                buf as *mut c_void,
-                data.len(),
-                nccl_sys::ncclDataType_t::ncclFloat32,
+                send as *const c_void,
+                recv as *mut c_void,
+                len,
+                ty,
                 nccl_sys::ncclRedOp_t::ncclSum,
                 comm,
                 self.stream_ptr(),
             )
         };
-        if let Err(e) = r {
-            return Err(self.nccl_failed(op, &e));
-        }
-        self.wait(op, comm)?;
-        self.dtoh(op, data, buf)
+        r.map(|_| ()).map_err(|e| self.nccl_failed(op, &e))
     }
 
     /// Runs `calls` between `ncclGroupStart` and `ncclGroupEnd`.
@@ -661,24 +680,8 @@ impl Collective for NcclCollective {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: the caller's contract: `send` and `recv` each hold `len`
-        // elements of `ty` on this communicator's device, equal (in place,
-        // which NCCL allows) or disjoint, untouched until the stream has
-        // run the call.
-        let r = unsafe {
-            nccl::all_reduce(
-                send as *const c_void,
-                recv as *mut c_void,
-                len,
-                ty,
-                nccl_sys::ncclRedOp_t::ncclSum,
-                comm,
-                self.stream_ptr(),
-            )
-        };
-        if let Err(e) = r {
-            return Err(self.nccl_failed(op, &e));
-        }
+        // SAFETY: the caller's contract is `enqueue_sum`'s.
+        unsafe { self.enqueue_sum(op, comm, [send, recv], len, ty) }?;
         self.enqueued = Some(op);
         Ok(())
     }

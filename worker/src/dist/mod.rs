@@ -922,17 +922,18 @@ impl<B: Backend> DistTrainer<B> {
             // PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6)
             // when that is below 1.
             let coef = cfg.clip_grad_norm / (grad_norm + 1e-6);
-            match device.as_mut().filter(|d| d.used()) {
-                // Some buckets never came to the host: scale them all there.
-                Some(d) if coef < 1.0 => d.clip(&mut exec.backend, coef)?,
-                _ if coef < 1.0 => {
-                    for x in host.iter_mut() {
-                        *x *= coef;
+            if coef < 1.0 {
+                match device.as_mut().filter(|d| d.used()) {
+                    // Some buckets never came to the host: scale them all there.
+                    Some(d) => d.clip(&mut exec.backend, coef)?,
+                    None => {
+                        for x in host.iter_mut() {
+                            *x *= coef;
+                        }
+                        exec.backend
+                            .write(grads, bytemuck::cast_slice(host.as_slice()))?;
                     }
-                    exec.backend
-                        .write(grads, bytemuck::cast_slice(host.as_slice()))?;
                 }
-                _ => {}
             }
         }
         let params = exec.params_view();
