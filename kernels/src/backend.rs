@@ -759,6 +759,26 @@ pub trait Backend {
         self.grouped_matmul(x, w, offsets, y, dims)?;
         self.unary(act, y, act_out)
     }
+
+    /// [`Backend::grouped_matmul`] into `y`, then GELU's backward with `y`
+    /// as the cotangent, `dx = y · gelu'(pre)` ([`Backend::gelu_grad`]); a
+    /// backend may apply it to each group's rows while they are in cache.
+    /// The default makes the two calls.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_gelu_grad(
+        &mut self,
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: &GroupedMatMulDims,
+        tanh: bool,
+        pre: View,
+        dx: View,
+    ) -> Result<()> {
+        self.grouped_matmul(x, w, offsets, y, dims)?;
+        self.gelu_grad(tanh, pre, y, dx)
+    }
 }
 
 // Argument checks every backend makes before it launches a kernel.

@@ -1,7 +1,9 @@
 //! The fused CPU kernels against the unfused calls they replace:
 //! `fused_elementwise` against `FusedElementwise::run_unfused`, and
-//! `grouped_matmul_act` against `grouped_matmul` then `unary` (the
-//! default a backend without the fused kernel runs). Equal bit for bit.
+//! `grouped_matmul_act` against `grouped_matmul` then `unary`, and
+//! `grouped_matmul_gelu_grad` against `grouped_matmul` then `gelu_grad`
+//! (the defaults a backend without the fused kernels runs). Equal bit for
+//! bit.
 
 use adjoint_kernels::backend::{
     FusedArg, FusedElementwise, FusedInput, FusedOp, FusedStep, GroupedMatMulDims,
@@ -220,6 +222,18 @@ fn malformed_chains_are_errors() {
     }
 }
 
+/// Group offsets of `counts` rows per expert, in an i64 buffer.
+fn offsets(b: &mut CpuBackend, counts: &[usize]) -> View {
+    let mut ends = vec![0i64];
+    for c in counts {
+        ends.push(ends.last().unwrap() + *c as i64);
+    }
+    let o = buffer(b, ElemType::I64, ends.len());
+    let bytes: Vec<u8> = ends.iter().flat_map(|v| v.to_le_bytes()).collect();
+    b.write(o, &bytes).unwrap();
+    o
+}
+
 #[test]
 fn grouped_matmul_act_equals_matmul_then_unary() {
     // Small groups run one per task, big ones one after another; an empty
@@ -229,12 +243,7 @@ fn grouped_matmul_act_equals_matmul_then_unary() {
         (vec![40, 0, 33, 25], 32, 48),
         (vec![300, 280, 0, 310], 64, 96),
     ] {
-        let experts = counts.len();
-        let rows = counts.iter().sum::<usize>() + 3;
-        let mut offsets = vec![0i64];
-        for c in &counts {
-            offsets.push(offsets.last().unwrap() + *c as i64);
-        }
+        let (experts, rows) = (counts.len(), counts.iter().sum::<usize>() + 3);
         let dims = GroupedMatMulDims {
             experts,
             rows,
@@ -248,9 +257,7 @@ fn grouped_matmul_act_equals_matmul_then_unary() {
                 let mut b = CpuBackend::new();
                 let x = put(&mut b, &data(rows * d, 8));
                 let w = put(&mut b, &data(experts * d * h, 9));
-                let o = buffer(&mut b, ElemType::I64, experts + 1);
-                let bytes: Vec<u8> = offsets.iter().flat_map(|v| v.to_le_bytes()).collect();
-                b.write(o, &bytes).unwrap();
+                let o = offsets(&mut b, &counts);
                 let y = buffer(&mut b, ElemType::F32, rows * h);
                 let g = buffer(&mut b, ElemType::F32, rows * h);
                 if fused {
@@ -262,6 +269,49 @@ fn grouped_matmul_act_equals_matmul_then_unary() {
                 outs.push((get(&b, y), get(&b, g)));
             }
             assert!(outs[0] == outs[1], "{counts:?} {act:?}");
+        }
+    }
+}
+
+#[test]
+fn grouped_matmul_gelu_grad_equals_matmul_then_gelu_grad() {
+    // As above, in both weight layouts (the experts' backward reads its
+    // second weight transposed).
+    for (counts, d, h) in [
+        (vec![3usize, 0, 5, 1], 4usize, 6usize),
+        (vec![300, 280, 0, 310], 64, 96),
+    ] {
+        let (experts, rows) = (counts.len(), counts.iter().sum::<usize>() + 3);
+        for (transpose, tanh) in [(false, true), (true, true), (true, false)] {
+            let dims = GroupedMatMulDims {
+                experts,
+                rows,
+                d,
+                h,
+                transpose,
+            };
+            let mut outs = Vec::new();
+            for fused in [true, false] {
+                let mut b = CpuBackend::new();
+                let x = put(&mut b, &data(rows * d, 8));
+                let w = put(&mut b, &data(experts * d * h, 9));
+                let pre = put(&mut b, &data(rows * h, 10));
+                let o = offsets(&mut b, &counts);
+                let y = buffer(&mut b, ElemType::F32, rows * h);
+                let dx = buffer(&mut b, ElemType::F32, rows * h);
+                if fused {
+                    b.grouped_matmul_gelu_grad(x, w, o, y, &dims, tanh, pre, dx)
+                        .unwrap();
+                } else {
+                    b.grouped_matmul(x, w, o, y, &dims).unwrap();
+                    b.gelu_grad(tanh, pre, y, dx).unwrap();
+                }
+                outs.push((get(&b, y), get(&b, dx)));
+            }
+            assert!(
+                outs[0] == outs[1],
+                "{counts:?} transpose {transpose} tanh {tanh}"
+            );
         }
     }
 }

@@ -156,6 +156,7 @@ fn moe_fused_equals_unfused() {
     .unwrap();
     let r = check(&g, 1);
     assert_eq!(r.grouped_acts, 1, "moe: {r:?}");
+    assert_eq!(r.grouped_gelu_grads, 1, "moe: {r:?}");
 }
 
 #[test]
@@ -174,6 +175,7 @@ fn moe_transformer_fused_equals_unfused() {
     .unwrap();
     let r = check(&g, 17);
     assert_eq!(r.grouped_acts, 2, "moe-transformer: {r:?}");
+    assert_eq!(r.grouped_gelu_grads, 2, "moe-transformer: {r:?}");
 }
 
 #[test]

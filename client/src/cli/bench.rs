@@ -17,7 +17,7 @@ use clap::Args;
 /// with the optimizer; print one JSON line.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// mlp, transformer, chain or allreduce.
+    /// mlp, transformer, moe, chain or allreduce.
     workload: String,
     /// Threads (default: all cores).
     #[arg(long)]

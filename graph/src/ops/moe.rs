@@ -242,12 +242,15 @@ impl OpRules for Moe {
             Moe::GroupedMatMul { transpose_w } => {
                 let (x, w, offsets) = (cx.inputs[0], cx.inputs[1], cx.inputs[2]);
                 let dy = cx.cotangent(0)?;
-                let dx = match cx.wants[0] {
-                    true => Some(cx.b.grouped_matmul(dy, w, offsets, !transpose_w)?),
-                    false => None,
-                };
+                // dw first, so that dx's GEMM sits right before whatever
+                // consumes it next (the activation's backward), which the
+                // fusion rewrite can then fold into the GEMM.
                 let dw = match cx.wants[1] {
                     true => Some(cx.b.grouped_matmul_grad_w(x, dy, offsets, transpose_w)?),
+                    false => None,
+                };
+                let dx = match cx.wants[0] {
+                    true => Some(cx.b.grouped_matmul(dy, w, offsets, !transpose_w)?),
                     false => None,
                 };
                 Ok(vec![dx, dw, None])

@@ -1,5 +1,6 @@
 //! The independent checker behind [`MemoryPlan::check`]. It shares no code
-//! with the planner: roots of aliases and last uses are re-derived from the
+//! with the planner but the late reads the plan promises the program
+//! (`late.rs`): roots of aliases and last uses are re-derived from the
 //! graph, and overlap is found by a sweep over node positions (at each
 //! position, the live arena buffers sorted by offset must be disjoint)
 //! rather than by comparing lifetimes pairwise as the assigner does.
@@ -262,6 +263,9 @@ fn arena_blocks(plan: &MemoryPlan, graph: &Graph, root: &[usize]) -> Check<Vec<B
             born[out.index()] = i;
             need(out, i);
         }
+    }
+    for (v, at) in super::late::late_reads(graph) {
+        need(v, at);
     }
     let at_end = graph.outputs.iter().chain(&graph.loss);
     let at_end = at_end

@@ -76,6 +76,11 @@ pub(super) fn lifetimes(
             }
         }
     }
+    for (v, node) in super::late::late_reads(graph) {
+        if let Some(l) = &mut life[v.index()] {
+            l.last = l.last.max(node);
+        }
+    }
     let at_end = graph
         .outputs
         .iter()

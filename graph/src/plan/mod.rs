@@ -14,7 +14,9 @@
 //!
 //! Liveness is computed on the linear node order: a value lives from its
 //! producing node to its last use; graph outputs, state updates and
-//! gradients copied at the end live to the end of the step. Arena offsets
+//! gradients copied at the end live to the end of the step; the inputs of
+//! a grouped matmul that the program may fuse with the GELU backward after
+//! it live through that node too (`late.rs`). Arena offsets
 //! are assigned greedily by size (largest first, each at the lowest offset
 //! that clears every placed value whose lifetime intersects its own;
 //! [`assign`]). The planned peak [`MemoryPlan::arena_bytes`] is exact, and
@@ -29,6 +31,7 @@ pub mod assign;
 mod check;
 mod grads;
 mod hash;
+mod late;
 mod liveness;
 
 pub use hash::plan_hash;

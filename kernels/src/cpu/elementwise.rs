@@ -795,21 +795,38 @@ pub fn cast<S: Scalar, D: Scalar>(src: &[S], dst: &mut [D]) {
 // ----- GELU backward, dropout, causal mask -----
 
 pub fn gelu_grad(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    fn run(f: impl Fn(f32) -> f32 + Sync, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let g = |v: f32, d: f32| d * f(v);
-        if dx.len() >= PARALLEL_THRESHOLD {
-            let c = task_len(dx.len());
-            dx.par_chunks_mut(c)
-                .zip(x.par_chunks(c).zip(dy.par_chunks(c)))
-                .for_each(|(dx, (x, dy))| zip_leaf(x, dy, dx, &g));
-        } else {
-            zip_leaf(x, dy, dx, &g);
-        }
-    }
     if tanh {
-        run(gelu_tanh_prime, x, dy, dx);
+        gelu_grad_with(gelu_tanh_prime, x, dy, dx, true);
     } else {
-        run(gelu_erf_prime, x, dy, dx);
+        gelu_grad_with(gelu_erf_prime, x, dy, dx, true);
+    }
+}
+
+/// [`gelu_grad`] on the calling thread (the same bits).
+pub(crate) fn gelu_grad_serial(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    if tanh {
+        gelu_grad_with(gelu_tanh_prime, x, dy, dx, false);
+    } else {
+        gelu_grad_with(gelu_erf_prime, x, dy, dx, false);
+    }
+}
+
+/// `dx = dy · f(x)`, split over the pool when `parallel` and long enough.
+fn gelu_grad_with(
+    f: impl Fn(f32) -> f32 + Sync,
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    parallel: bool,
+) {
+    let g = |v: f32, d: f32| d * f(v);
+    if parallel && dx.len() >= PARALLEL_THRESHOLD {
+        let c = task_len(dx.len());
+        dx.par_chunks_mut(c)
+            .zip(x.par_chunks(c).zip(dy.par_chunks(c)))
+            .for_each(|(dx, (x, dy))| zip_leaf(x, dy, dx, &g));
+    } else {
+        zip_leaf(x, dy, dx, &g);
     }
 }
 

@@ -416,36 +416,41 @@ pub(super) fn gemm_checked(
     if !operands_fit(m, n, k, a.len(), b.len(), c.len()) {
         return;
     }
+    // SAFETY: `a`, `b` and `c` hold exactly m·k, k·n and m·n elements;
+    // with the strides from `strides` every element gemm touches,
+    // i·rs + j·cs for i < rows and j < cols of that operand, is below
+    // that length (a row-major matrix, or its transpose, of that size;
+    // the folded case is a row-major [count·m, k] / [count·m, n] matrix,
+    // still within the slice). `c` is a unique borrow, so it aliases
+    // neither input.
+    unsafe { gemm_raw(m, n, k, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), st, par) }
+}
+
+/// `c = a·b` through `gemm` on raw pointers, `c`'s old contents (which
+/// may be anything, NaN included) not read.
+///
+/// # Safety
+/// Every element `gemm` touches, `p + i·rs + j·cs` for `i` below the
+/// operand's rows and `j` below its columns, must be in bounds of its
+/// allocation; `c`'s elements must alias neither input, and no other
+/// thread may read or write them during the call.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    st: Strides,
+    par: gemm::Parallelism,
+) {
     third_party(|| {
-        // SAFETY: `a`, `b` and `c` hold exactly m·k, k·n and m·n elements;
-        // with the strides from `strides` every element gemm touches,
-        // i·rs + j·cs for i < rows and j < cols of that operand, is below
-        // that length (a row-major matrix, or its transpose, of that size;
-        // the folded case is a row-major [count·m, k] / [count·m, n] matrix,
-        // still within the slice). `c` is a unique borrow, so it aliases
-        // neither input, and read_dst = false means its old contents (which
-        // may be anything, NaN included) are not read.
+        // SAFETY: the caller's contract.
         unsafe {
             gemm::gemm(
-                m,
-                n,
-                k,
-                c.as_mut_ptr(),
-                st.dst_cs,
-                st.dst_rs,
-                false,
-                a.as_ptr(),
-                st.lhs_cs,
-                st.lhs_rs,
-                b.as_ptr(),
-                st.rhs_cs,
-                st.rhs_rs,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                par,
+                m, n, k, c, st.dst_cs, st.dst_rs, false, a, st.lhs_cs, st.lhs_rs, b, st.rhs_cs,
+                st.rhs_rs, 0.0f32, 1.0f32, false, false, false, par,
             );
         }
     });

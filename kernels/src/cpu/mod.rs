@@ -10,6 +10,7 @@ mod conv;
 mod elementwise;
 mod fused;
 pub mod gemm_bf16;
+mod grouped;
 mod index;
 mod layout;
 mod loss;
@@ -968,7 +969,7 @@ impl Backend for CpuBackend {
         );
         let ys = self.w("grouped_matmul y", y)?;
         with_index!(self, "grouped_matmul offsets", offsets, o => {
-            moe::grouped_matmul(xs, ws, o, ys, dims)
+            grouped::grouped_matmul(xs, ws, o, ys, dims)
         })
     }
 
@@ -1043,7 +1044,42 @@ impl Backend for CpuBackend {
         let ys = self.w("grouped_matmul y", y)?;
         let outs = self.w("grouped_matmul act_out", act_out)?;
         with_index!(self, "grouped_matmul offsets", offsets, o => {
-            moe::grouped_matmul_act(xs, ws, o, ys, dims, Some((act, outs)))
+            grouped::grouped_matmul_act(xs, ws, o, ys, dims, Some((act, outs)))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_matmul_gelu_grad(
+        &mut self,
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: &GroupedMatMulDims,
+        tanh: bool,
+        pre: View,
+        dx: View,
+    ) -> Result<()> {
+        if crate::widen::any_half(&[x, w, offsets, y, pre, dx]) {
+            return self.widened(
+                "grouped_matmul_gelu_grad",
+                [x, w, offsets, y, pre, dx],
+                [false, false, false, true, false, true],
+                |b, [x, w, offsets, y, pre, dx]| {
+                    b.grouped_matmul_gelu_grad(x, w, offsets, y, dims, tanh, pre, dx)
+                },
+            );
+        }
+        disjoint("grouped_matmul_gelu_grad", &[y, dx], &[x, w, offsets, pre])?;
+        let (xs, ws) = (
+            self.r("grouped_matmul x", x)?,
+            self.r("grouped_matmul w", w)?,
+        );
+        let pres = self.r("grouped_matmul_gelu_grad pre", pre)?;
+        let ys = self.w("grouped_matmul y", y)?;
+        let dxs = self.w("grouped_matmul_gelu_grad dx", dx)?;
+        with_index!(self, "grouped_matmul offsets", offsets, o => {
+            grouped::grouped_matmul_gelu_grad(xs, ws, o, ys, dims, tanh, pres, dxs)
         })
     }
 
@@ -1068,7 +1104,7 @@ impl Backend for CpuBackend {
         let dys = self.r("grouped_matmul_grad_w dy", dy)?;
         let dws = self.w("grouped_matmul_grad_w dw", dw)?;
         with_index!(self, "grouped_matmul_grad_w offsets", offsets, o => {
-            moe::grouped_matmul_grad_w(xs, dys, o, dws, dims)
+            grouped::grouped_matmul_grad_w(xs, dys, o, dws, dims)
         })
     }
 }

@@ -13,12 +13,18 @@
 //!   activation of its result (the experts' GELU) becomes one
 //!   [`Instr::GroupedMatMulAct`], which applies the activation to each
 //!   group's rows right after its GEMM, while they are in cache.
+//! - **Grouped GEMM + GELU backward.** A grouped matmul whose result only
+//!   the GELU backward right after it reads (the experts' backward:
+//!   `dh = dy·W2ᵀ`, then `dh · gelu'(pre)`) becomes one
+//!   [`Instr::GroupedMatMulGeluGrad`], likewise group by group.
 //!
 //! The memory plan is the unfused program's. A rewrite only merges
 //! instructions that are adjacent in the program, so every value a merged
 //! instruction reads is still live where it runs; and it refuses a group
 //! when a value it writes overlaps one it reads (the plan may put a value
-//! in the memory of one that died at the node before). The fused
+//! in the memory of one that died at the node before; for the GELU
+//! backward the planner keeps the matmul's inputs live through it, so
+//! that pair is not refused). The fused
 //! instruction sits where the group's first instruction was, and every
 //! node of the group ends there, so gradient buckets and freed-buffer
 //! poisoning see each node's outputs written when they expect.
@@ -47,6 +53,8 @@ pub struct FuseReport {
     pub chain_instrs: usize,
     /// Grouped matmuls that took their activation.
     pub grouped_acts: usize,
+    /// Grouped matmuls that took GELU's backward after them.
+    pub grouped_gelu_grads: usize,
 }
 
 /// Whether `ADJOINT_FUSE=0` (or `off`, `false`) turns the rewrites off.
@@ -65,6 +73,14 @@ pub fn fuse(graph: &Graph, program: &mut Program, kept: &[ValueId]) -> FuseRepor
     let mut moved = vec![0usize; program.instrs.len()];
     let mut i = 0;
     while i < program.instrs.len() {
+        if let Some(fused) = grouped_gelu_grad(graph, &nodes, &program.instrs, i) {
+            moved[i] = out.len();
+            moved[i + 1] = out.len();
+            out.push(fused);
+            report.grouped_gelu_grads += 1;
+            i += 2;
+            continue;
+        }
         if let Some(act) = grouped_act(&program.instrs, i) {
             moved[i] = out.len();
             moved[i + 1] = out.len();
@@ -179,6 +195,50 @@ fn grouped_act(instrs: &[Instr], i: usize) -> Option<Instr> {
         dims: *dims,
         act: *op,
         act_out: *ay,
+    })
+}
+
+/// `GroupedMatMul` at `i` followed by GELU's backward taking its result
+/// as the cotangent, when nothing else reads that result. The planner
+/// keeps the matmul's inputs live through the `GeluGrad`
+/// (`adjoint_graph::plan`), so `dx` cannot sit in their memory; the check
+/// here refuses the pair if it does all the same.
+fn grouped_gelu_grad(graph: &Graph, nodes: &NodeMap, instrs: &[Instr], i: usize) -> Option<Instr> {
+    let (
+        Instr::GroupedMatMul {
+            x,
+            w,
+            offsets,
+            y,
+            dims,
+        },
+        Some(Instr::GeluGrad {
+            tanh,
+            x: pre,
+            dy,
+            dx,
+        }),
+    ) = (&instrs[i], instrs.get(i + 1))
+    else {
+        return None;
+    };
+    let (gemm, next) = (nodes.sole[i]?, nodes.sole[i + 1]?);
+    let v = *graph.nodes[gemm].outputs.first()?;
+    let only_next = nodes.consumers[v.index()] == [next] && !nodes.kept[v.index()];
+    let dx_clear = ![*x, *w, *offsets, *pre, *y].iter().any(|r| r.overlaps(dx));
+    let f32s = [*y, *pre, *dx].iter().all(|v| v.elem == ElemType::F32);
+    if dy != y || !only_next || !dx_clear || !f32s {
+        return None;
+    }
+    Some(Instr::GroupedMatMulGeluGrad {
+        x: *x,
+        w: *w,
+        offsets: *offsets,
+        y: *y,
+        dims: *dims,
+        tanh: *tanh,
+        pre: *pre,
+        dx: *dx,
     })
 }
 

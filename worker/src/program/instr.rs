@@ -250,6 +250,19 @@ pub enum Instr {
         act: UnaryOp,
         act_out: View,
     },
+    /// A grouped matmul and GELU's backward taking its result as the
+    /// cotangent, `dx = y · gelu'(pre)`, applied group by group (the
+    /// fusion rewrite).
+    GroupedMatMulGeluGrad {
+        x: View,
+        w: View,
+        offsets: View,
+        y: View,
+        dims: GroupedMatMulDims,
+        tanh: bool,
+        pre: View,
+        dx: View,
+    },
     /// Data that crosses ranks: run by the executor with the job's
     /// collective, never by [`Instr::run`].
     Exchange(Box<Exchange>),
@@ -473,6 +486,16 @@ impl Instr {
                 act,
                 act_out,
             } => backend.grouped_matmul_act(*x, *w, *offsets, *y, dims, *act, *act_out),
+            Instr::GroupedMatMulGeluGrad {
+                x,
+                w,
+                offsets,
+                y,
+                dims,
+                tanh,
+                pre,
+                dx,
+            } => backend.grouped_matmul_gelu_grad(*x, *w, *offsets, *y, dims, *tanh, *pre, *dx),
             Instr::Conv2d { x, w, y, dims } => backend.conv2d(*x, *w, *y, dims),
             Instr::Conv2dGradInput { w, dy, dx, dims } => {
                 backend.conv2d_grad_input(*w, *dy, *dx, dims)
@@ -532,6 +555,7 @@ impl Instr {
             Instr::GroupedMatMulGradW { .. } => "GroupedMatMulGradW",
             Instr::Fused(_) => "Fused",
             Instr::GroupedMatMulAct { .. } => "GroupedMatMulAct",
+            Instr::GroupedMatMulGeluGrad { .. } => "GroupedMatMulGeluGrad",
             Instr::Conv2d { .. } => "Conv2d",
             Instr::Conv2dGradInput { .. } => "Conv2dGradInput",
             Instr::Conv2dGradWeight { .. } => "Conv2dGradWeight",
@@ -580,6 +604,7 @@ impl Instr {
             Instr::GroupedMatMulGradW { dw, .. } => vec![*dw],
             Instr::Fused(f) => f.steps.iter().map(|s| s.out).collect(),
             Instr::GroupedMatMulAct { y, act_out, .. } => vec![*y, *act_out],
+            Instr::GroupedMatMulGeluGrad { y, dx, .. } => vec![*y, *dx],
             Instr::Conv2d { y, .. }
             | Instr::MaxPool2d { y, .. }
             | Instr::MaxPool2dSelect { y, .. }
