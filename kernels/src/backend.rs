@@ -762,8 +762,9 @@ pub trait Backend {
 
     /// [`Backend::grouped_matmul`] into `y`, then GELU's backward with `y`
     /// as the cotangent, `dx = y · gelu'(pre)` ([`Backend::gelu_grad`]); a
-    /// backend may apply it to each group's rows while they are in cache.
-    /// The default makes the two calls.
+    /// backend may apply it to each group's rows while they are in cache,
+    /// and then need not write `y` at all (it is scratch: the CPU's kernel
+    /// leaves it unwritten). The default makes the two calls.
     #[allow(clippy::too_many_arguments)]
     fn grouped_matmul_gelu_grad(
         &mut self,

@@ -811,6 +811,19 @@ pub(crate) fn gelu_grad_serial(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]
     }
 }
 
+/// [`gelu_grad_serial`] with `dy` read from `dx` and overwritten (the
+/// same bits): blocks of `dx` are copied aside first, so the loop is the
+/// two-input one.
+pub(crate) fn gelu_grad_in_place_serial(tanh: bool, x: &[f32], dx: &mut [f32]) {
+    const BLOCK: usize = 256;
+    let mut dy = [0.0f32; BLOCK];
+    for (x, dx) in x.chunks(BLOCK).zip(dx.chunks_mut(BLOCK)) {
+        let dy = &mut dy[..dx.len()];
+        dy.copy_from_slice(dx);
+        gelu_grad_serial(tanh, x, dy, dx);
+    }
+}
+
 /// `dx = dy · f(x)`, split over the pool when `parallel` and long enough.
 fn gelu_grad_with(
     f: impl Fn(f32) -> f32 + Sync,

@@ -18,6 +18,8 @@
 //!
 //! Offsets are checked before anything is written; nothing allocates.
 
+use rayon::prelude::*;
+
 use super::elementwise;
 use super::index::IndexElem;
 use super::matmul::{BATCH_PARALLEL_WORK, Strides, gemm_checked, gemm_raw, parallelism};
@@ -76,16 +78,18 @@ pub fn grouped_matmul_act<I: IndexElem>(
     grouped_forward(x, w, offsets, y, dims, epilogue)
 }
 
-/// [`grouped_matmul`], then GELU's backward `dx = y · gelu'(pre)` (`tanh`:
-/// of the tanh form) on each part's rows right after their GEMM, while
-/// they are in cache (the same bits as a separate
-/// [`super::elementwise::gelu_grad`] with `dy = y`).
+/// [`grouped_matmul`]'s result `y`, then GELU's backward `dx = y ·
+/// gelu'(pre)` (`tanh`: of the tanh form) on each part's rows right after
+/// their GEMM, while they are in cache (the same bits as a separate
+/// [`super::elementwise::gelu_grad`] with `dy = y`). The GEMM writes into
+/// `dx` and the backward runs in place, so `y` never reaches memory: its
+/// slice is only checked, and left as it was.
 #[allow(clippy::too_many_arguments)]
 pub fn grouped_matmul_gelu_grad<I: IndexElem>(
     x: &[f32],
     w: &[f32],
     offsets: &[I],
-    y: &mut [f32],
+    y: &[f32],
     dims: &GroupedMatMulDims,
     tanh: bool,
     pre: &[f32],
@@ -93,7 +97,7 @@ pub fn grouped_matmul_gelu_grad<I: IndexElem>(
 ) -> Result<()> {
     expect_len("grouped_matmul_gelu_grad pre", y.len(), pre.len())?;
     expect_len("grouped_matmul_gelu_grad dx", y.len(), dx.len())?;
-    grouped_forward(x, w, offsets, y, dims, Epilogue::GeluGrad { tanh, pre, dx })
+    grouped_forward(x, w, offsets, dx, dims, Epilogue::GeluGrad { tanh, pre })
 }
 
 /// What runs on rows of a forward grouped matmul's result right after
@@ -102,11 +106,10 @@ enum Epilogue<'a> {
     None,
     /// `out = act(y)`.
     Act(UnaryOp, &'a mut [f32]),
-    /// `dx = y · gelu'(pre)`.
+    /// `y = y · gelu'(pre)`, in place.
     GeluGrad {
         tanh: bool,
         pre: &'a [f32],
-        dx: &'a mut [f32],
     },
 }
 
@@ -119,20 +122,11 @@ impl<'a> Epilogue<'a> {
                 let (a, b) = out.split_at_mut(at);
                 (Epilogue::Act(op, a), Epilogue::Act(op, b))
             }
-            Epilogue::GeluGrad { tanh, pre, dx } => {
-                let (pa, pb) = pre.split_at(at);
-                let (da, db) = dx.split_at_mut(at);
+            Epilogue::GeluGrad { tanh, pre } => {
+                let (a, b) = pre.split_at(at);
                 (
-                    Epilogue::GeluGrad {
-                        tanh,
-                        pre: pa,
-                        dx: da,
-                    },
-                    Epilogue::GeluGrad {
-                        tanh,
-                        pre: pb,
-                        dx: db,
-                    },
+                    Epilogue::GeluGrad { tanh, pre: a },
+                    Epilogue::GeluGrad { tanh, pre: b },
                 )
             }
         }
@@ -140,19 +134,28 @@ impl<'a> Epilogue<'a> {
 
     /// Applies it to `y`, its elements `range` (threaded over the pool
     /// when `parallel`).
-    fn apply(&mut self, y: &[f32], range: std::ops::Range<usize>, parallel: bool) {
+    fn apply(&mut self, y: &mut [f32], range: std::ops::Range<usize>, parallel: bool) {
         match self {
             Epilogue::None => {}
             Epilogue::Act(op, out) if parallel => elementwise::unary(*op, y, &mut out[range]),
             Epilogue::Act(op, out) => elementwise::unary_serial(*op, y, &mut out[range]),
-            Epilogue::GeluGrad { tanh, pre, dx } if parallel => {
-                elementwise::gelu_grad(*tanh, &pre[range.clone()], y, &mut dx[range])
+            Epilogue::GeluGrad { tanh, pre } if parallel => {
+                let pre = &pre[range];
+                let (t, c) = (*tanh, rows_per_task(y.len()));
+                y.par_chunks_mut(c)
+                    .zip(pre.par_chunks(c))
+                    .for_each(|(y, pre)| elementwise::gelu_grad_in_place_serial(t, pre, y));
             }
-            Epilogue::GeluGrad { tanh, pre, dx } => {
-                elementwise::gelu_grad_serial(*tanh, &pre[range.clone()], y, &mut dx[range])
+            Epilogue::GeluGrad { tanh, pre } => {
+                elementwise::gelu_grad_in_place_serial(*tanh, &pre[range], y)
             }
         }
     }
+}
+
+/// Elements per rayon task of a threaded in-place epilogue over `len`.
+fn rows_per_task(len: usize) -> usize {
+    len.div_ceil(4 * rayon::current_num_threads()).max(4096)
 }
 
 fn grouped_forward<I: IndexElem>(

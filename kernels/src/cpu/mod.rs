@@ -1076,7 +1076,7 @@ impl Backend for CpuBackend {
             self.r("grouped_matmul w", w)?,
         );
         let pres = self.r("grouped_matmul_gelu_grad pre", pre)?;
-        let ys = self.w("grouped_matmul y", y)?;
+        let ys = self.r("grouped_matmul y", y)?; // scratch, left unwritten
         let dxs = self.w("grouped_matmul_gelu_grad dx", dx)?;
         with_index!(self, "grouped_matmul offsets", offsets, o => {
             grouped::grouped_matmul_gelu_grad(xs, ws, o, ys, dims, tanh, pres, dxs)
