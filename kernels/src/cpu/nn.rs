@@ -19,6 +19,39 @@ const TASK_ELEMS: usize = 1 << 13;
 /// the final sum of LayerNorm's `dγ`/`dβ`).
 const COL_BLOCK: usize = 512;
 
+/// Calls `f(args)` (an `#[inline(always)]` function) compiled for the
+/// widest vectors the CPU has: AVX-512, AVX2, or the baseline. The same
+/// bits in every build, since Rust neither contracts nor reorders float
+/// arithmetic; only the vector width changes.
+macro_rules! widest {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            fn avx512<R>(g: impl FnOnce() -> R) -> R {
+                g()
+            }
+            #[target_feature(enable = "avx2")]
+            fn avx2<R>(g: impl FnOnce() -> R) -> R {
+                g()
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the one feature `avx512` is built with.
+                unsafe { avx512(|| $f($($arg),*)) }
+            } else if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has the one feature `avx2` is built with.
+                unsafe { avx2(|| $f($($arg),*)) }
+            } else {
+                $f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f($($arg),*)
+        }
+    }};
+}
+
 /// Applies `f(row_index, row)` to each `d`-long row of `out`, split over
 /// rayon above the parallel threshold. `d` must be positive.
 pub(super) fn each_row(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
@@ -118,7 +151,9 @@ pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, n: usize, inner: usize, l
         return;
     }
     if inner == 1 {
-        each_row(y, n, |r, yr| softmax_row(&x[r * n..(r + 1) * n], yr, log));
+        each_row(y, n, |r, yr| {
+            widest!(softmax_row(&x[r * n..(r + 1) * n], yr, log))
+        });
         return;
     }
     let slab = n * inner;
@@ -134,6 +169,7 @@ pub fn softmax(x: &[f32], y: &mut [f32], outer: usize, n: usize, inner: usize, l
 }
 
 /// One contiguous row, max-subtracted.
+#[inline(always)]
 fn softmax_row(x: &[f32], y: &mut [f32], log: bool) {
     let m = max(x);
     for (o, &v) in y.iter_mut().zip(x) {
@@ -244,12 +280,17 @@ pub fn layer_norm(
         return;
     }
     each_row(y, d, |r, yr| {
-        let xr = &x[r * d..(r + 1) * d];
-        let (mean, rstd) = row_stats(xr, eps);
-        for (((o, &v), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-            *o = (v - mean) * rstd * g + b;
-        }
+        widest!(layer_norm_row(&x[r * d..(r + 1) * d], gamma, beta, yr, eps))
     });
+}
+
+/// One row of [`layer_norm`].
+#[inline(always)]
+fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], y: &mut [f32], eps: f32) {
+    let (mean, rstd) = row_stats(x, eps);
+    for (((o, &v), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+        *o = (v - mean) * rstd * g + b;
+    }
 }
 
 /// The LayerNorm backward, statistics recomputed from `x`:
@@ -292,7 +333,14 @@ pub fn layer_norm_grad(
     let (head, tail) = dx.split_at_mut((parts - 1) * part_len);
     let part = |p: usize, dxp: &mut [f32]| {
         let (start, end) = (p * part_len, p * part_len + dxp.len());
-        part_pass(&x[start..end], &dy[start..end], gamma, dxp, d, eps);
+        widest!(part_pass(
+            &x[start..end],
+            &dy[start..end],
+            gamma,
+            dxp,
+            d,
+            eps
+        ));
     };
     if x.len() >= PARALLEL_THRESHOLD {
         let tail = rayon::iter::once(tail);
@@ -340,6 +388,7 @@ const PART_ROWS: usize = 64;
 /// One part of [`layer_norm_grad`]: `x`, `dy` and `dx` hold its rows (at
 /// least two). Writes `dx` of rows 2.. and the part's `Σ dy·x̂` and `Σ dy`
 /// into rows 0 and 1 of `dx`.
+#[inline(always)]
 fn part_pass(x: &[f32], dy: &[f32], gamma: &[f32], dx: &mut [f32], d: usize, eps: f32) {
     let (scratch, rest) = dx.split_at_mut(2 * d);
     let (sg, sb) = scratch.split_at_mut(d);

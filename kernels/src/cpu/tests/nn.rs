@@ -282,3 +282,34 @@ fn exp_is_accurate() {
         assert!((f64::from(exp(x)) - f64::from(x).exp()).abs() < 1e-44);
     }
 }
+
+/// The row kernels run through `widest!` (AVX-512 or AVX2 here) give the
+/// bits of their baseline build: softmax and log-softmax rows, LayerNorm
+/// rows and a LayerNorm-backward part.
+#[test]
+fn widest_builds_give_the_baseline_bits() {
+    let (rows, d) = (9usize, 77usize);
+    let x: Vec<f32> = (0..rows * d)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173)
+        .collect();
+    let dy: Vec<f32> = (0..rows * d)
+        .map(|i| ((i * 53 % 89) as f32 - 44.0) * 0.051)
+        .collect();
+    let gamma: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.37).sin()).collect();
+    let beta: Vec<f32> = (0..d).map(|i| (i as f32 * 0.11).cos()).collect();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for log in [false, true] {
+        let (mut base, mut wide) = (vec![0.0; d], vec![0.0; d]);
+        softmax_row(&x[..d], &mut base, log);
+        widest!(softmax_row(&x[..d], &mut wide, log));
+        assert_eq!(bits(&base), bits(&wide), "softmax_row log {log}");
+    }
+    let (mut base, mut wide) = (vec![0.0; d], vec![0.0; d]);
+    layer_norm_row(&x[..d], &gamma, &beta, &mut base, 1e-5);
+    widest!(layer_norm_row(&x[..d], &gamma, &beta, &mut wide, 1e-5));
+    assert_eq!(bits(&base), bits(&wide), "layer_norm_row");
+    let (mut base, mut wide) = (vec![0.0; rows * d], vec![0.0; rows * d]);
+    part_pass(&x, &dy, &gamma, &mut base, d, 1e-5);
+    widest!(part_pass(&x, &dy, &gamma, &mut wide, d, 1e-5));
+    assert_eq!(bits(&base), bits(&wide), "part_pass");
+}
