@@ -33,8 +33,9 @@ pub const PARALLEL_THRESHOLD: usize = 1 << 15;
 pub struct CpuBackend {
     buffers: Vec<Buffer>,
     events: u64,
-    /// im2col's column matrices, grown to the largest convolution run so
-    /// far (see `conv.rs`), so steps after the first allocate nothing.
+    /// im2col's column matrices (see `conv.rs`) and transposed right
+    /// operands of matmuls (see `matmul.rs`), grown to the largest run so
+    /// far, so steps after the first allocate nothing.
     scratch: Vec<f32>,
     /// f32 copies of half operands (see [`crate::widen`]).
     half: crate::widen::HalfScratch,
@@ -457,13 +458,20 @@ impl Backend for CpuBackend {
             );
         }
         disjoint("matmul", &[c], &[a, b])?;
-        let c_out = self.w("matmul c", c)?;
         if native_bf16 {
+            let c_out = self.w("matmul c", c)?;
             let (a, b) = (self.r("matmul a", a)?, self.r("matmul b", b)?);
             matmul::matmul::<half::bf16>(a, b, c_out, dims)
         } else {
-            let (a, b) = (self.r("matmul a", a)?, self.r("matmul b", b)?);
-            matmul::matmul::<f32>(a, b, c_out, dims)
+            // The im2col scratch doubles as the transposed right operand.
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let out = (|| {
+                let c_out = self.w("matmul c", c)?;
+                let (a, b) = (self.r("matmul a", a)?, self.r("matmul b", b)?);
+                matmul::matmul_f32(a, b, c_out, dims, &mut scratch)
+            })();
+            self.scratch = scratch;
+            out
         }
     }
 

@@ -415,3 +415,47 @@ fn bad_arguments_are_errors() {
     // Nothing was written on error.
     assert!(c.iter().all(|&x| x == 0.0));
 }
+
+/// A transposed right operand shared by the batch, copied out row-major
+/// first (`matmul_f32`), gives `matmul`'s bits: one entry, a folded batch,
+/// sizes off the 8 × 8 tile, and ones too small or with too many rows to
+/// copy.
+#[test]
+fn transposed_shared_rhs_copy_gives_the_same_bits() {
+    for &(batch, m, n, k) in &[
+        (1usize, 256usize, 1024usize, 1024usize),
+        (3, 40, 301, 253),
+        (2, 17, 300, 229),
+        (2, 310, 640, 103),
+        (1, 2000, 640, 103),
+        (1, 5, 1, 7),
+    ] {
+        let a: Vec<f32> = (0..batch * m * k)
+            .map(|i| ((i * 7919 % 1009) as f32 - 504.0) * 1e-3)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104_729 % 997) as f32 - 498.0) * 1e-3)
+            .collect();
+        let dims = MatMulDims {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: true,
+            batch: &[batch],
+            a_batch_strides: &[m * k],
+            b_batch_strides: &[0],
+            c_batch_strides: &[m * n],
+        };
+        let mut want = vec![f32::NAN; batch * m * n];
+        matmul(&a, &b, &mut want, &dims).unwrap();
+        let mut got = vec![f32::NAN; batch * m * n];
+        let mut scratch = Vec::new();
+        matmul_f32(&a, &b, &mut got, &dims, &mut scratch).unwrap();
+        let same = want
+            .iter()
+            .zip(&got)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "batch {batch} m {m} n {n} k {k}");
+    }
+}
