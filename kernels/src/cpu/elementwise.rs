@@ -231,35 +231,11 @@ pub(crate) fn map_loop<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
     }
 }
 
-/// [`map_loop`] compiled for AVX2: twice the lanes for the polynomial
-/// math. Rust never fuses `a * b + c`, so both builds give the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn map_loop_avx2<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
-    map_loop(x, y, f);
-}
-
-/// [`map_loop`] compiled for AVX-512: sixteen lanes, the same bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn map_loop_avx512<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
-    map_loop(x, y, f);
-}
-
-/// [`map_loop`] in the widest build the CPU runs.
+/// [`map_loop`] in the widest build the CPU runs (`widest!`: twice the
+/// lanes for the polynomial math with AVX2, four times with AVX-512).
 #[inline(always)]
 fn map_leaf<T: Copy, U>(x: &[T], y: &mut [U], f: &impl Fn(T) -> U) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the one feature `map_loop_avx512` is built with.
-        return unsafe { map_loop_avx512(x, y, f) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the one feature `map_loop_avx2` is built with.
-        return unsafe { map_loop_avx2(x, y, f) };
-    }
-    map_loop(x, y, f);
+    widest!(map_loop(x, y, f))
 }
 
 /// `out[i] = f(a[i], b[i])`: the loop of flat two-input maps.
@@ -270,34 +246,10 @@ fn zip_loop(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32)
     }
 }
 
-/// [`zip_loop`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn zip_loop_avx2(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
-    zip_loop(a, b, out, f);
-}
-
-/// [`zip_loop`] compiled for AVX-512.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn zip_loop_avx512(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
-    zip_loop(a, b, out, f);
-}
-
 /// [`zip_loop`] in the widest build the CPU runs.
 #[inline(always)]
 fn zip_leaf(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the one feature `zip_loop_avx512` is built with.
-        return unsafe { zip_loop_avx512(a, b, out, f) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the one feature `zip_loop_avx2` is built with.
-        return unsafe { zip_loop_avx2(a, b, out, f) };
-    }
-    zip_loop(a, b, out, f);
+    widest!(zip_loop(a, b, out, f))
 }
 
 /// `y[i] = f(x[i])`, split over threads for large inputs.
@@ -811,16 +763,26 @@ pub(crate) fn gelu_grad_serial(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]
     }
 }
 
-/// [`gelu_grad_serial`] with `dy` read from `dx` and overwritten (the
-/// same bits): blocks of `dx` are copied aside first, so the loop is the
-/// two-input one.
-pub(crate) fn gelu_grad_in_place_serial(tanh: bool, x: &[f32], dx: &mut [f32]) {
-    const BLOCK: usize = 256;
-    let mut dy = [0.0f32; BLOCK];
-    for (x, dx) in x.chunks(BLOCK).zip(dx.chunks_mut(BLOCK)) {
-        let dy = &mut dy[..dx.len()];
-        dy.copy_from_slice(dx);
-        gelu_grad_serial(tanh, x, dy, dx);
+/// [`gelu_grad`] with `dy` read from `dx` and overwritten (the same bits),
+/// split over the pool when `parallel` and long enough: blocks of `dx` are
+/// copied aside first, so the loop is the two-input one.
+pub(crate) fn gelu_grad_in_place(tanh: bool, x: &[f32], dx: &mut [f32], parallel: bool) {
+    fn blocks(tanh: bool, x: &[f32], dx: &mut [f32]) {
+        const BLOCK: usize = 256;
+        let mut dy = [0.0f32; BLOCK];
+        for (x, dx) in x.chunks(BLOCK).zip(dx.chunks_mut(BLOCK)) {
+            let dy = &mut dy[..dx.len()];
+            dy.copy_from_slice(dx);
+            gelu_grad_serial(tanh, x, dy, dx);
+        }
+    }
+    if parallel && dx.len() >= PARALLEL_THRESHOLD {
+        let c = task_len(dx.len());
+        dx.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .for_each(|(dx, x)| blocks(tanh, x, dx));
+    } else {
+        blocks(tanh, x, dx);
     }
 }
 

@@ -201,32 +201,10 @@ impl Chain<'_> {
         );
     }
 
-    /// Elements `start..start + len` of the chain; `outs` hold exactly
-    /// those elements.
+    /// Elements `start..start + len` of the chain, in the widest build the
+    /// CPU runs; `outs` hold exactly those elements.
     fn leaf(&self, start: usize, len: usize, mut outs: [Out<'_>; MAX_STEPS]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the one feature `leaf_avx512` is built with.
-            return unsafe { self.leaf_avx512(start, len, &mut outs) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has the one feature `leaf_avx2` is built with.
-            return unsafe { self.leaf_avx2(start, len, &mut outs) };
-        }
-        self.leaf_generic(start, len, &mut outs);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn leaf_avx512(&self, start: usize, len: usize, outs: &mut [Out<'_>; MAX_STEPS]) {
-        self.leaf_generic(start, len, outs);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn leaf_avx2(&self, start: usize, len: usize, outs: &mut [Out<'_>; MAX_STEPS]) {
-        self.leaf_generic(start, len, outs);
+        widest!(self.leaf_generic(start, len, &mut outs))
     }
 
     #[inline(always)]

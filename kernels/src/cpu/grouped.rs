@@ -18,8 +18,6 @@
 //!
 //! Offsets are checked before anything is written; nothing allocates.
 
-use rayon::prelude::*;
-
 use super::elementwise;
 use super::index::IndexElem;
 use super::matmul::{BATCH_PARALLEL_WORK, Strides, gemm_checked, gemm_raw, parallelism};
@@ -139,25 +137,15 @@ impl<'a> Epilogue<'a> {
             Epilogue::None => {}
             Epilogue::Act(op, out) if parallel => elementwise::unary(*op, y, &mut out[range]),
             Epilogue::Act(op, out) => elementwise::unary_serial(*op, y, &mut out[range]),
-            Epilogue::GeluGrad { tanh, pre } if parallel => {
-                let pre = &pre[range];
-                let (t, c) = (*tanh, rows_per_task(y.len()));
-                y.par_chunks_mut(c)
-                    .zip(pre.par_chunks(c))
-                    .for_each(|(y, pre)| elementwise::gelu_grad_in_place_serial(t, pre, y));
-            }
             Epilogue::GeluGrad { tanh, pre } => {
-                elementwise::gelu_grad_in_place_serial(*tanh, &pre[range], y)
+                elementwise::gelu_grad_in_place(*tanh, &pre[range], y, parallel)
             }
         }
     }
 }
 
-/// Elements per rayon task of a threaded in-place epilogue over `len`.
-fn rows_per_task(len: usize) -> usize {
-    len.div_ceil(4 * rayon::current_num_threads()).max(4096)
-}
-
+/// The forward grouped matmul into `y` (rows past the groups zero), with
+/// `epilogue` on each part's rows right after their GEMM.
 fn grouped_forward<I: IndexElem>(
     x: &[f32],
     w: &[f32],

@@ -129,8 +129,7 @@ pub fn matmul<T: GemmOperand>(
     }
     let st = strides(dims);
     let work = c_entry.saturating_mul(k);
-    let b_broadcasts =
-        (dims.b_batch_strides.iter().zip(dims.batch)).all(|(&s, &d)| s == 0 || d == 1);
+    let b_broadcasts = b_shared(dims);
     if !dims.trans_a
         && b_broadcasts
         && is_contiguous(dims.batch, dims.a_batch_strides, a_entry)
@@ -190,12 +189,11 @@ pub fn matmul_f32(
     dims: &MatMulDims<'_>,
     scratch: &mut Vec<f32>,
 ) -> Result<()> {
-    let shared_b = (dims.b_batch_strides.iter().zip(dims.batch)).all(|(&s, &d)| s == 0 || d == 1);
     let (n, k) = (dims.n, dims.k);
     let kn = k.saturating_mul(n);
     let worth = dims.trans_b
         && !dims.trans_a
-        && shared_b
+        && b_shared(dims)
         && n > 1
         && k > 1
         && (TRANSPOSE_RHS_MIN_ELEMS..=b.len()).contains(&kn)
@@ -308,6 +306,12 @@ unsafe fn tile8x8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
             _mm256_storeu_ps(dst.add(i * ds), v);
         }
     }
+}
+
+/// Whether every batch entry reads the same `b` (each batch axis
+/// broadcasts it or has one entry).
+fn b_shared(dims: &MatMulDims<'_>) -> bool {
+    (dims.b_batch_strides.iter().zip(dims.batch)).all(|(&s, &d)| s == 0 || d == 1)
 }
 
 /// The batch entry count and each operand's entry size.

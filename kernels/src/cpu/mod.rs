@@ -6,6 +6,9 @@
 //! Large kernels split their work over rayon's pool (one pool for the
 //! process, nothing spawned per op); GEMM goes through the `gemm` crate.
 
+#[macro_use]
+mod widest;
+
 mod conv;
 mod elementwise;
 mod fused;

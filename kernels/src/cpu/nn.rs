@@ -19,39 +19,6 @@ const TASK_ELEMS: usize = 1 << 13;
 /// the final sum of LayerNorm's `dγ`/`dβ`).
 const COL_BLOCK: usize = 512;
 
-/// Calls `f(args)` (an `#[inline(always)]` function) compiled for the
-/// widest vectors the CPU has: AVX-512, AVX2, or the baseline. The same
-/// bits in every build, since Rust neither contracts nor reorders float
-/// arithmetic; only the vector width changes.
-macro_rules! widest {
-    ($f:ident($($arg:expr),* $(,)?)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f")]
-            fn avx512<R>(g: impl FnOnce() -> R) -> R {
-                g()
-            }
-            #[target_feature(enable = "avx2")]
-            fn avx2<R>(g: impl FnOnce() -> R) -> R {
-                g()
-            }
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the one feature `avx512` is built with.
-                unsafe { avx512(|| $f($($arg),*)) }
-            } else if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has the one feature `avx2` is built with.
-                unsafe { avx2(|| $f($($arg),*)) }
-            } else {
-                $f($($arg),*)
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $f($($arg),*)
-        }
-    }};
-}
-
 /// Applies `f(row_index, row)` to each `d`-long row of `out`, split over
 /// rayon above the parallel threshold. `d` must be positive.
 pub(super) fn each_row(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
